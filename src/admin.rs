@@ -1,0 +1,1 @@
+//! admin (built with the data plane).

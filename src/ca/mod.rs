@@ -1,0 +1,3 @@
+//! The mesh CA: root key and certificate, workload certificate (SVID) issuance.
+
+pub mod cli;

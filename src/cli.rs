@@ -1,0 +1,38 @@
+//! The command line: `run | ca init/issue | check | demo`. Every flag of `run` can also be
+//! set by an `OUTRIDER_*` environment variable, for containers.
+
+use clap::{Parser, Subcommand};
+
+use crate::app::RunArgs;
+use crate::ca::cli::{InitArgs, IssueArgs};
+use crate::config::check::CheckArgs;
+
+/// outrider: a sidecar mTLS proxy with SPIFFE identities.
+#[derive(Debug, Parser)]
+#[command(name = "outrider", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "OUTRIDER_LOG_JSON")]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar beside one workload.
+    Run(Box<RunArgs>),
+    /// The mesh CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Validate the configuration and print the effective mode per port and why.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Create a root CA (root-cert.pem, root-key.pem).
+    Init(InitArgs),
+    /// Issue a workload certificate (cert-chain.pem, key.pem, root-cert.pem).
+    Issue(IssueArgs),
+}

@@ -1,0 +1,164 @@
+//! The resolved, immutable per-workload plan: everything the data path needs to know about
+//! one sidecar's listeners, already decided. The data path never sees YAML; it sees a `Plan`.
+//!
+//! Every decision carries the resource that made it (`decided_by`), so `outrider check`, the
+//! admin `/config_dump` and logs can answer "why is this port STRICT?".
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::identity::SpiffeId;
+
+/// One sidecar's view of the mesh.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The mesh trust domain (`cluster.local` by default).
+    pub trust_domain: String,
+    /// Who this sidecar is.
+    pub workload: WorkloadInfo,
+    /// One entry per workload port: the sidecar listens on `port`, the app on `target_port`.
+    pub inbound: Vec<InboundPlan>,
+    /// One entry per `outbound` entry of the workload.
+    pub outbound: Vec<OutboundPlan>,
+}
+
+/// The identity and labels of the workload a sidecar runs beside.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    /// The canonical service: the `app` label, else the workload name.
+    pub service: String,
+    /// The `version` label, else `latest` (Istio's canonical revision default).
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`.
+    pub spiffe_id: SpiffeId,
+}
+
+/// Server-side mTLS mode after PeerAuthentication resolution (UNSET never survives resolution).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Plaintext only; TLS is forwarded to the app untouched.
+    Disable,
+    /// Mesh mTLS and plaintext on the same port.
+    Permissive,
+    /// Mesh mTLS only; plaintext is reset.
+    Strict,
+}
+
+/// The application protocol declared for a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Protocol {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+    Tls,
+}
+
+/// One inbound listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundPlan {
+    /// The port's name (`http`).
+    pub name: String,
+    /// Where the sidecar listens (the workload's `port`).
+    pub port: u16,
+    /// Where the app listens on 127.0.0.1 (the workload's `targetPort`).
+    pub target_port: u16,
+    pub protocol: Protocol,
+    pub mode: MtlsMode,
+    /// The resource that decided `mode`, e.g. `PeerAuthentication istio-system/default (mesh)`,
+    /// `PeerAuthentication default/age portLevelMtls[9080]`, or `default (no policy)`.
+    pub decided_by: String,
+}
+
+/// One outbound listener: the app connects to `bind` in plaintext; the sidecar carries the
+/// connection to `to`.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboundPlan {
+    pub bind: SocketAddr,
+    /// As written in the configuration (`name.default:http` or `db.example.com:5432`).
+    pub to: String,
+    pub destination: Destination,
+    /// Weighted routes (from a VirtualService, else one route of weight 100 over every
+    /// endpoint). Weights are relative; a route with weight 0 receives nothing.
+    pub routes: Vec<Route>,
+    /// Which resources decided the routes (`VirtualService default/name`, or `default route`).
+    pub decided_by: String,
+}
+
+/// Where an outbound entry goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Destination {
+    /// `name.default.svc.cluster.local` for mesh services, the host for external ones.
+    pub host: String,
+    /// The service name (`name`) for mesh services; `None` outside the mesh.
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    /// The service port number (the workloads' `port`) for mesh services, the port otherwise.
+    pub port: u16,
+    /// True when `to` named a service of the mesh.
+    pub in_mesh: bool,
+}
+
+/// A share of an outbound entry's traffic sent to one subset (or to the whole service).
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// DestinationRule subset name; `None` = every endpoint of the service.
+    pub subset: Option<String>,
+    pub weight: u32,
+    /// Tried round-robin; the next one when one refuses.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One upstream endpoint with the TLS its connection uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    /// The workload name in the mesh, or `None` for an external host.
+    pub workload: Option<String>,
+    /// Host name or IP literal to connect to.
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsOrigination,
+    /// What decided `tls`: `DestinationRule default/name subset v1`, `auto mTLS (sidecar)`,
+    /// `auto mTLS (no sidecar: plaintext)`, ...
+    pub decided_by: String,
+}
+
+/// The TLS a client sidecar originates towards an endpoint (DestinationRule `tls.mode`
+/// after auto-mTLS resolution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "mode", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsOrigination {
+    /// Plaintext.
+    Disable,
+    /// Mesh mTLS with the workload's own SVID; the server must present one of
+    /// `allowed_ids` (secure naming). `sni` defaults to `outbound_.<port>_.<subset>_.<fqdn>`.
+    IstioMutual {
+        allowed_ids: Vec<SpiffeId>,
+        sni: String,
+    },
+    /// One-way TLS verified against `ca_certificates` (None = no trust configured: refuse).
+    Simple {
+        ca_certificates: Option<PathBuf>,
+        subject_alt_names: Vec<String>,
+        sni: Option<String>,
+        insecure_skip_verify: bool,
+    },
+    /// TLS with a client certificate from files.
+    Mutual {
+        client_certificate: PathBuf,
+        private_key: PathBuf,
+        ca_certificates: Option<PathBuf>,
+        subject_alt_names: Vec<String>,
+        sni: Option<String>,
+        insecure_skip_verify: bool,
+    },
+}

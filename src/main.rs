@@ -1,0 +1,23 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use outrider::cli::{CaCommand, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    outrider::app::init_logging(cli.log_json);
+    let result = match cli.command {
+        Command::Run(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Ca(CaCommand::Init(args)) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Ca(CaCommand::Issue(args)) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => args.run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("outrider: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

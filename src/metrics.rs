@@ -1,0 +1,1 @@
+//! metrics (built with the data plane).

@@ -1,0 +1,1 @@
+//! The data path: listeners, sniffing, inbound, outbound, the copy loop.

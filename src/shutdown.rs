@@ -1,0 +1,1 @@
+//! shutdown (built with the data plane).

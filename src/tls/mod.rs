@@ -1,0 +1,1 @@
+//! rustls configurations built on the live certificate store, with SPIFFE verifiers.
