@@ -1,1 +1,360 @@
-//! metrics (built with the data plane).
+//! Prometheus metrics with Istio's standard names and labels (SEMANTICS §7), plus outrider's
+//! own `outrider_*` families.
+//!
+//! Built on an explicitly passed [`Registry`], never the global one. The data path resolves a
+//! connection's label set once, when the connection opens ([`Metrics::tcp_connection`]), and
+//! then only adds byte deltas in batches from the copy loop.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// Value used for labels that are not known (Istio's convention).
+pub const UNKNOWN: &str = "unknown";
+
+/// Istio's TCP label names, in the order of [`TcpLabels::values`].
+const TCP_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// One side of a connection as the metrics see it.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub workload: String,
+    pub namespace: String,
+    pub principal: String,
+    pub app: String,
+    pub version: String,
+}
+
+impl Peer {
+    /// A peer about which nothing is known.
+    pub fn unknown() -> Peer {
+        Peer {
+            workload: UNKNOWN.into(),
+            namespace: UNKNOWN.into(),
+            principal: UNKNOWN.into(),
+            app: UNKNOWN.into(),
+            version: UNKNOWN.into(),
+        }
+    }
+}
+
+/// Who reports a connection: the client-side sidecar (`source`) or the server-side one
+/// (`destination`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reporter {
+    Source,
+    Destination,
+}
+
+/// The full Istio label set of one TCP connection.
+#[derive(Debug, Clone)]
+pub struct TcpLabels {
+    pub reporter: Reporter,
+    pub source: Peer,
+    pub destination: Peer,
+    /// `name.default.svc.cluster.local` (or the external host).
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    /// `mutual_tls` | `none` on the destination side; `unknown` on the source side.
+    pub security_policy: &'static str,
+}
+
+impl TcpLabels {
+    fn values(&self) -> [&str; 23] {
+        let reporter = match self.reporter {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        };
+        let s = &self.source;
+        let d = &self.destination;
+        [
+            reporter,
+            &s.workload,
+            &s.namespace,
+            &s.principal,
+            &s.app,
+            &s.version,
+            &s.app,
+            &s.version,
+            UNKNOWN,
+            &d.workload,
+            &d.namespace,
+            &d.principal,
+            &d.app,
+            &d.version,
+            &self.destination_service,
+            &self.destination_service_name,
+            &self.destination_service_namespace,
+            &d.app,
+            &d.version,
+            UNKNOWN,
+            "tcp",
+            "-",
+            self.security_policy,
+        ]
+    }
+}
+
+/// All metric families of one sidecar.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    tcp_opened: IntCounterVec,
+    tcp_closed: IntCounterVec,
+    tcp_sent: IntCounterVec,
+    tcp_received: IntCounterVec,
+    handshake_failures: IntCounterVec,
+    plaintext_rejected: IntCounterVec,
+    plaintext_accepted: IntCounterVec,
+    upstream_failures: IntCounterVec,
+    malformed: IntCounterVec,
+    active: IntGaugeVec,
+    cert_expiry: Gauge,
+    cert_rotations: IntCounter,
+    cert_rotation_failures: IntCounter,
+    config_reloads: IntCounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+impl Metrics {
+    /// Registers every family in `registry`.
+    pub fn new(registry: Registry) -> Metrics {
+        let r = &registry;
+        let active = IntGaugeVec::new(
+            Opts::new("outrider_active_connections", "Connections open now, by direction."),
+            &["direction"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(active.clone())).expect("metric registered once");
+        let cert_expiry = Gauge::new(
+            "outrider_cert_expiry_timestamp_seconds",
+            "Unix time at which the current workload certificate expires.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(cert_expiry.clone())).expect("metric registered once");
+        let cert_rotations = IntCounter::new("outrider_cert_rotations_total", "Workload certificates published.")
+            .expect("valid metric definition");
+        r.register(Box::new(cert_rotations.clone())).expect("metric registered once");
+        let cert_rotation_failures = IntCounter::new(
+            "outrider_cert_rotation_failures_total",
+            "Certificate updates refused (invalid material) or failed.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(cert_rotation_failures.clone())).expect("metric registered once");
+        Metrics {
+            tcp_opened: counter_vec(r, "istio_tcp_connections_opened_total", "TCP connections opened.", TCP_LABELS),
+            tcp_closed: counter_vec(r, "istio_tcp_connections_closed_total", "TCP connections closed.", TCP_LABELS),
+            tcp_sent: counter_vec(
+                r,
+                "istio_tcp_sent_bytes_total",
+                "Bytes sent to the downstream of the reporting proxy.",
+                TCP_LABELS,
+            ),
+            tcp_received: counter_vec(
+                r,
+                "istio_tcp_received_bytes_total",
+                "Bytes received from the downstream of the reporting proxy.",
+                TCP_LABELS,
+            ),
+            handshake_failures: counter_vec(
+                r,
+                "outrider_tls_handshake_failures_total",
+                "TLS handshakes that failed, by direction and reason.",
+                &["direction", "reason"],
+            ),
+            plaintext_rejected: counter_vec(
+                r,
+                "outrider_plaintext_rejected_total",
+                "Plaintext connections reset because the port is STRICT.",
+                &["port"],
+            ),
+            plaintext_accepted: counter_vec(
+                r,
+                "outrider_plaintext_accepted_total",
+                "Plaintext connections passed to the app (PERMISSIVE or DISABLE).",
+                &["port"],
+            ),
+            upstream_failures: counter_vec(
+                r,
+                "outrider_upstream_failures_total",
+                "Outbound connections that could not reach an endpoint, by reason.",
+                &["destination_service", "reason"],
+            ),
+            malformed: counter_vec(
+                r,
+                "outrider_inbound_rejected_total",
+                "Inbound connections closed before reaching the app, by reason.",
+                &["port", "reason"],
+            ),
+            active,
+            cert_expiry,
+            cert_rotations,
+            cert_rotation_failures,
+            config_reloads: counter_vec(
+                r,
+                "outrider_config_reloads_total",
+                "Configuration reloads, by result.",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Starts accounting for one proxied TCP connection: counts it opened now and closed when
+    /// the returned guard drops.
+    pub fn tcp_connection(&self, labels: &TcpLabels, direction: &'static str) -> ConnectionMetrics {
+        let values = labels.values();
+        self.tcp_opened.with_label_values(&values).inc();
+        let active = self.active.with_label_values(&[direction]);
+        active.inc();
+        ConnectionMetrics {
+            sent: self.tcp_sent.with_label_values(&values),
+            received: self.tcp_received.with_label_values(&values),
+            closed: self.tcp_closed.with_label_values(&values),
+            active,
+        }
+    }
+
+    pub fn handshake_failed(&self, direction: &str, reason: &str) {
+        self.handshake_failures.with_label_values(&[direction, reason]).inc();
+    }
+
+    pub fn plaintext_rejected(&self, port: u16) {
+        self.plaintext_rejected.with_label_values(&[&port.to_string()]).inc();
+    }
+
+    pub fn plaintext_accepted(&self, port: u16) {
+        self.plaintext_accepted.with_label_values(&[&port.to_string()]).inc();
+    }
+
+    pub fn inbound_rejected(&self, port: u16, reason: &str) {
+        self.malformed.with_label_values(&[&port.to_string(), reason]).inc();
+    }
+
+    pub fn upstream_failed(&self, destination_service: &str, reason: &str) {
+        self.upstream_failures.with_label_values(&[destination_service, reason]).inc();
+    }
+
+    /// Sets the values that are read from elsewhere at scrape time.
+    pub fn set_identity_state(&self, not_after: Option<SystemTime>, rotations: u64, rejected: u64) {
+        if let Some(t) = not_after {
+            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            self.cert_expiry.set(secs);
+        }
+        raise_to(&self.cert_rotations, rotations);
+        raise_to(&self.cert_rotation_failures, rejected);
+    }
+
+    /// Sets the reload counters from the configuration watcher's totals.
+    pub fn set_reloads(&self, ok: u64, failed: u64) {
+        raise_to(&self.config_reloads.with_label_values(&["success"]), ok);
+        raise_to(&self.config_reloads.with_label_values(&["failure"]), failed);
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn raise_to(counter: &IntCounter, total: u64) {
+    let now = counter.get();
+    if total > now {
+        counter.inc_by(total - now);
+    }
+}
+
+/// Per-connection metric handles, resolved once. Dropping it counts the connection closed.
+pub struct ConnectionMetrics {
+    sent: IntCounter,
+    received: IntCounter,
+    closed: IntCounter,
+    active: prometheus::IntGauge,
+}
+
+impl ConnectionMetrics {
+    /// Adds bytes received from and sent to the reporting proxy's downstream.
+    pub fn add(&self, received: u64, sent: u64) {
+        if received > 0 {
+            self.received.inc_by(received);
+        }
+        if sent > 0 {
+            self.sent.inc_by(sent);
+        }
+    }
+}
+
+impl Drop for ConnectionMetrics {
+    fn drop(&mut self) {
+        self.closed.inc();
+        self.active.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_counts_and_bytes_appear_with_istio_labels() {
+        let m = Metrics::new(Registry::new());
+        let labels = TcpLabels {
+            reporter: Reporter::Destination,
+            source: Peer {
+                principal: "spiffe://cluster.local/ns/default/sa/sentences".into(),
+                ..Peer::unknown()
+            },
+            destination: Peer::unknown(),
+            destination_service: "age.default.svc.cluster.local".into(),
+            destination_service_name: "age".into(),
+            destination_service_namespace: "default".into(),
+            security_policy: "mutual_tls",
+        };
+        {
+            let c = m.tcp_connection(&labels, "inbound");
+            c.add(10, 20);
+        }
+        let text = m.encode();
+        assert!(text.contains("istio_tcp_connections_opened_total{"), "{text}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_tcp_received_bytes_total{"))
+            .unwrap();
+        assert!(line.contains(r#"connection_security_policy="mutual_tls""#));
+        assert!(line.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/sentences""#));
+        assert!(line.ends_with(" 10"), "{line}");
+        assert!(text.contains("istio_tcp_connections_closed_total{"));
+    }
+}

@@ -1,1 +1,107 @@
-//! shutdown (built with the data plane).
+//! Graceful shutdown: a drain signal every listener watches, a count of live connections,
+//! and a hard deadline after which whatever is left is dropped.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+/// The trigger side: flips the drain signal and waits for connections to finish.
+#[derive(Clone)]
+pub struct Shutdown {
+    signal: watch::Sender<bool>,
+    live: Arc<Live>,
+}
+
+struct Live {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held by every proxied connection; the drain waits for all of them to drop.
+pub struct ConnectionGuard {
+    live: Arc<Live>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.live.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.live.idle.notify_waiters();
+        }
+    }
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown {
+            signal: watch::channel(false).0,
+            live: Arc::new(Live { count: AtomicUsize::new(0), idle: Notify::new() }),
+        }
+    }
+
+    /// A receiver that turns `true` when draining starts.
+    pub fn watch(&self) -> watch::Receiver<bool> {
+        self.signal.subscribe()
+    }
+
+    /// Registers one live connection.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.live.count.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard { live: self.live.clone() }
+    }
+
+    pub fn live_connections(&self) -> usize {
+        self.live.count.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.signal.borrow()
+    }
+
+    /// Stops accepting, then waits up to `deadline` for live connections to end. Returns how
+    /// many were still open at the deadline.
+    pub async fn drain(&self, deadline: Duration) -> usize {
+        self.signal.send_replace(true);
+        let wait = async {
+            loop {
+                let notified = self.live.idle.notified();
+                if self.live_connections() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
+        self.live_connections()
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,1 +1,3 @@
 //! rustls configurations built on the live certificate store, with SPIFFE verifiers.
+
+pub mod origination;

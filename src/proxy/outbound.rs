@@ -1,0 +1,268 @@
+//! Outbound: one listener per `outbound` entry. The app connects in plaintext; the sidecar
+//! picks an endpoint (weighted across routes, round-robin within a route, the next endpoint
+//! when one fails), originates the TLS the plan says (ISTIO_MUTUAL with secure naming,
+//! SIMPLE, MUTUAL, or none), and copies.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rand::Rng;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use super::copy::{copy_bidirectional, CopyEnd};
+use super::{reset, tls_error, tune, Runtime, Shared};
+use crate::config::Destination;
+use crate::metrics::{Peer, Reporter, TcpLabels};
+
+/// TLS to originate towards one endpoint, ready to use.
+#[derive(Clone)]
+pub enum UpstreamTls {
+    Plain,
+    Tls {
+        connector: TlsConnector,
+        server_name: ServerName<'static>,
+        /// True for ISTIO_MUTUAL (the peer is a mesh sidecar with an SVID).
+        mesh: bool,
+    },
+}
+
+/// One endpoint as the data path uses it.
+pub struct UpstreamEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: UpstreamTls,
+    /// The workload behind the endpoint, as metrics name it.
+    pub peer: Peer,
+}
+
+/// One weighted route.
+pub struct UpstreamRoute {
+    pub weight: u32,
+    pub endpoints: Vec<UpstreamEndpoint>,
+    next: AtomicUsize,
+}
+
+impl UpstreamRoute {
+    pub fn new(weight: u32, endpoints: Vec<UpstreamEndpoint>) -> Self {
+        UpstreamRoute { weight, endpoints, next: AtomicUsize::new(0) }
+    }
+}
+
+/// One outbound entry, resolved.
+pub struct OutboundRuntime {
+    pub destination: Destination,
+    pub routes: Vec<UpstreamRoute>,
+}
+
+impl OutboundRuntime {
+    /// Picks a route by weight (routes of weight 0 never), then the endpoint order to try:
+    /// round-robin start, then the others.
+    fn pick(&self) -> Option<(&UpstreamRoute, usize)> {
+        let total: u64 = self.routes.iter().map(|r| r.weight as u64).sum();
+        let route = if total == 0 {
+            self.routes.iter().find(|r| !r.endpoints.is_empty())?
+        } else {
+            let mut ticket = rand::rng().random_range(0..total);
+            let mut chosen = None;
+            for r in &self.routes {
+                if ticket < r.weight as u64 {
+                    chosen = Some(r);
+                    break;
+                }
+                ticket -= r.weight as u64;
+            }
+            chosen?
+        };
+        if route.endpoints.is_empty() {
+            return None;
+        }
+        let start = route.next.fetch_add(1, Ordering::Relaxed) % route.endpoints.len();
+        Some((route, start))
+    }
+}
+
+/// One bound outbound listener.
+pub struct Outbound {
+    listener: TcpListener,
+    /// Index of this entry in `plan.outbound` / `runtime.outbound`.
+    index: usize,
+}
+
+impl Outbound {
+    pub async fn bind(addr: SocketAddr, index: usize) -> std::io::Result<Outbound> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (outbound): {e}")))?;
+        Ok(Outbound { listener, index })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub async fn run(self, shared: Shared, runtime: watch::Receiver<Arc<Runtime>>) {
+        let mut draining = shared.shutdown.watch();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(index = self.index, error = %e, "outbound accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = draining.wait_for(|d| *d) => return,
+            };
+            let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+                reset(stream);
+                continue;
+            };
+            let rt = runtime.borrow().clone();
+            let Some(out) = rt.outbound.get(self.index).cloned() else {
+                reset(stream);
+                continue;
+            };
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _guard = shared.shutdown.connection();
+                serve(stream, peer, &out, &rt, &shared).await;
+            });
+        }
+    }
+}
+
+async fn serve(mut app: TcpStream, peer: SocketAddr, out: &OutboundRuntime, rt: &Runtime, shared: &Shared) {
+    tune(&app);
+    let service = out.destination.host.as_str();
+    let Some((route, start)) = out.pick() else {
+        shared.metrics.upstream_failed(service, "no_endpoint");
+        tracing::warn!(%peer, destination = service, "no endpoint to send to");
+        return;
+    };
+    let n = route.endpoints.len();
+    for attempt in 0..n {
+        let ep = &route.endpoints[(start + attempt) % n];
+        match connect(ep, shared).await {
+            Ok(Upstream::Plain(mut s)) => {
+                return copy_to(&mut app, &mut s, peer, ep, None, out, rt, shared).await;
+            }
+            Ok(Upstream::Tls(mut s)) => {
+                let server_id = s.get_ref().1.peer_certificates().and_then(crate::tls::peer_spiffe_id);
+                return copy_to(&mut app, &mut s, peer, ep, server_id, out, rt, shared).await;
+            }
+            Err((reason, detail)) => {
+                shared.metrics.upstream_failed(service, reason);
+                tracing::warn!(
+                    %peer,
+                    destination = service,
+                    endpoint = %format!("{}:{}", ep.host, ep.port),
+                    side = "upstream",
+                    reason,
+                    error = %detail,
+                    "upstream connection failed"
+                );
+            }
+        }
+    }
+    // Every endpoint failed: the app sees its connection closed.
+    reset(app);
+}
+
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn connect(ep: &UpstreamEndpoint, shared: &Shared) -> Result<Upstream, (&'static str, String)> {
+    let settings = shared.settings;
+    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
+        .await
+        .map_err(|_| ("connect_timeout", "connect timed out".to_string()))?
+        .map_err(|e| ("connect_failed", e.to_string()))?;
+    tune(&tcp);
+    match &ep.tls {
+        UpstreamTls::Plain => Ok(Upstream::Plain(tcp)),
+        UpstreamTls::Tls { connector, server_name, .. } => {
+            let handshake = tokio::time::timeout(settings.handshake_timeout, connector.connect(server_name.clone(), tcp)).await;
+            match handshake {
+                Err(_) => {
+                    shared.metrics.handshake_failed("outbound", "timeout");
+                    Err(("tls_timeout", "TLS handshake timed out".into()))
+                }
+                Ok(Err(e)) => {
+                    let reason = tls_error(&e).map(crate::tls::failure_reason).unwrap_or("io");
+                    shared.metrics.handshake_failed("outbound", reason);
+                    Err(("tls_failed", format!("{reason}: {e}")))
+                }
+                Ok(Ok(s)) => Ok(Upstream::Tls(Box::new(s))),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
+    app: &mut TcpStream,
+    upstream: &mut U,
+    peer: SocketAddr,
+    ep: &UpstreamEndpoint,
+    server_id: Option<crate::identity::SpiffeId>,
+    out: &OutboundRuntime,
+    rt: &Runtime,
+    shared: &Shared,
+) {
+    let started = Instant::now();
+    let mut destination = ep.peer.clone();
+    if let Some(id) = &server_id {
+        destination.principal = id.to_string();
+    }
+    let d = &out.destination;
+    let labels = TcpLabels {
+        reporter: Reporter::Source,
+        source: rt.me.clone(),
+        destination,
+        destination_service: d.host.clone(),
+        destination_service_name: d.service.clone().unwrap_or_else(|| d.host.clone()),
+        destination_service_namespace: d.namespace.clone().unwrap_or_else(|| crate::metrics::UNKNOWN.into()),
+        security_policy: "unknown",
+    };
+    let conn = shared.metrics.tcp_connection(&labels, "outbound");
+    let (end, received, sent) = copy_bidirectional(app, upstream, shared.settings.copy, |rx, tx| conn.add(rx, tx)).await;
+    let outcome = match &end {
+        CopyEnd::Done => "done".to_string(),
+        CopyEnd::Idle => "idle_timeout".to_string(),
+        CopyEnd::Failed { side, error } => {
+            let side = match side {
+                super::copy::Side::Downstream => "app",
+                super::copy::Side::Upstream => "upstream",
+            };
+            format!("{side} failed: {error}")
+        }
+    };
+    let tls = match &ep.tls {
+        UpstreamTls::Plain => "none",
+        UpstreamTls::Tls { mesh: true, .. } => "istio_mutual",
+        UpstreamTls::Tls { .. } => "tls",
+    };
+    tracing::info!(
+        target: "access",
+        direction = "outbound",
+        %peer,
+        destination = %d.host,
+        endpoint = %format!("{}:{}", ep.host, ep.port),
+        server_principal = %server_id.map(|i| i.to_string()).unwrap_or_default(),
+        tls,
+        sent = received,
+        received = sent,
+        duration_ms = started.elapsed().as_millis() as u64,
+        outcome,
+    );
+}
