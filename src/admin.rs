@@ -85,7 +85,7 @@ impl HttpServer {
                         continue;
                     }
                 },
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = crate::shutdown::draining(&mut shutdown) => return,
             };
             let handler = handler.clone();
             let role = self.role;

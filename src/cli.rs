@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use crate::app::RunArgs;
 use crate::ca::cli::{InitArgs, IssueArgs};
 use crate::config::check::CheckArgs;
+use crate::demo::DemoArgs;
+use crate::samples::SampleArgs;
 
 /// outrider: a sidecar mTLS proxy with SPIFFE identities.
 #[derive(Debug, Parser)]
@@ -27,6 +29,10 @@ pub enum Command {
     Ca(CaCommand),
     /// Validate the configuration and print the effective mode per port and why.
     Check(CheckArgs),
+    /// The one-command local mesh on loopback: CA, sample app, sidecars, a plaintext intruder.
+    Demo(DemoArgs),
+    /// One service of the seeds' sample app (age, name, sentences): a tiny HTTP server.
+    SampleApp(SampleArgs),
 }
 
 #[derive(Debug, Subcommand)]

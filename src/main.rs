@@ -12,6 +12,8 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Init(args)) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Ca(CaCommand::Issue(args)) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Check(args) => args.run(),
+        Command::Demo(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::SampleApp(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -105,3 +105,8 @@ pub async fn termination_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+/// Resolves once the drain signal of `rx` has turned true.
+pub async fn draining(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await.map(|_| ());
+}

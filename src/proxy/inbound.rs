@@ -51,7 +51,7 @@ impl Inbound {
                         continue;
                     }
                 },
-                _ = draining.wait_for(|d| *d) => return,
+                _ = crate::shutdown::draining(&mut draining) => return,
             };
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                 shared.metrics.inbound_rejected(self.port, "connection_limit");

@@ -118,7 +118,7 @@ impl Outbound {
                         continue;
                     }
                 },
-                _ = draining.wait_for(|d| *d) => return,
+                _ = crate::shutdown::draining(&mut draining) => return,
             };
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                 reset(stream);

@@ -1,0 +1,141 @@
+//! The seeds' sample app as small real HTTP services: `sentences` (the front end) calls `age`
+//! and `name`; `name` runs as two versions. They know nothing about the mesh: they talk plain
+//! HTTP to 127.0.0.1 and their sidecars do the rest. Used by `outrider demo`, the
+//! docker-compose file (`outrider sample-app`) and `cargo run --example <service>`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Which service to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    /// Answers a random age.
+    Age,
+    /// Answers a random name (v2 answers in capitals).
+    Name,
+    /// Calls `name` and `age` and answers a sentence.
+    Sentences,
+}
+
+/// `outrider sample-app`: one service of the sample app.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SampleArgs {
+    #[arg(long, value_enum)]
+    pub service: Service,
+    /// Where the service listens (its sidecar's `targetPort`).
+    #[arg(long, env = "SAMPLE_LISTEN", default_value = "127.0.0.1:9080")]
+    pub listen: SocketAddr,
+    /// The version label it reports (`v1`, `v2`).
+    #[arg(long, env = "SAMPLE_VERSION", default_value = "v1")]
+    pub version: String,
+    /// For `sentences`: where `name` is reached (its sidecar's outbound bind address).
+    #[arg(long, env = "SAMPLE_NAME_ADDR")]
+    pub name_addr: Option<String>,
+    /// For `sentences`: where `age` is reached.
+    #[arg(long, env = "SAMPLE_AGE_ADDR")]
+    pub age_addr: Option<String>,
+}
+
+impl SampleArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let listener = TcpListener::bind(self.listen).await?;
+            serve(listener, self).await;
+            Ok(())
+        })
+    }
+}
+
+/// Serves HTTP/1.1 on `listener` forever.
+pub async fn serve(listener: TcpListener, args: SampleArgs) {
+    let args = std::sync::Arc::new(args);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let args = args.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let args = args.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&args, req.uri().path()).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+const NAMES: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+
+async fn answer(args: &SampleArgs, path: &str) -> Response<Full<Bytes>> {
+    use rand::Rng;
+    if path == "/health_check" || path == "/healthz" {
+        return reply(200, "ok".into());
+    }
+    match args.service {
+        Service::Age => reply(200, rand::rng().random_range(1..100u32).to_string()),
+        Service::Name => {
+            let name = NAMES[rand::rng().random_range(0..NAMES.len())];
+            let name = if args.version == "v1" { name.to_string() } else { name.to_uppercase() };
+            reply(200, format!("{name} ({})", args.version))
+        }
+        Service::Sentences => {
+            let (Some(name_addr), Some(age_addr)) = (&args.name_addr, &args.age_addr) else {
+                return reply(500, "sentences needs --name-addr and --age-addr".into());
+            };
+            let (name, age) = tokio::join!(fetch(name_addr), fetch(age_addr));
+            match (name, age) {
+                (Ok(n), Ok(a)) => reply(200, format!("{n} is {a} years old")),
+                (Err(e), _) => reply(502, format!("name failed: {e}")),
+                (_, Err(e)) => reply(502, format!("age failed: {e}")),
+            }
+        }
+    }
+}
+
+fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// A one-shot HTTP/1.1 GET of `/` returning the body of a 200 answer.
+pub async fn fetch(addr: &str) -> std::io::Result<String> {
+    fetch_path(addr, "/").await
+}
+
+/// A one-shot HTTP/1.1 GET of `path` returning the body of a 200 answer.
+pub async fn fetch_path(addr: &str, path: &str) -> std::io::Result<String> {
+    let io = async {
+        let mut s = TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        let text = String::from_utf8_lossy(&raw);
+        let status_ok = text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200");
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        if status_ok {
+            Ok(body)
+        } else if text.is_empty() {
+            Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed without an answer"))
+        } else {
+            Err(std::io::Error::other(text.lines().next().unwrap_or_default().to_string()))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), io)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")))
+}

@@ -1,0 +1,268 @@
+//! Helpers for end-to-end tests: a PKI made with the built binary, free loopback ports,
+//! sidecar processes that are killed on drop, small real apps (echo, HTTP, server-first).
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
+
+/// Runs the built binary to completion; panics with its output on failure.
+pub fn outrider(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run outrider");
+    assert!(
+        out.status.success(),
+        "outrider {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA directory plus one identity directory per service account.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        outrider(&["ca", "init", "--dir", ca.to_str().unwrap(), "--trust-domain", "cluster.local"]);
+        Pki { dir }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    /// Issues `spiffe://cluster.local/ns/<ns>/sa/<sa>` into `<tmp>/<name>` and returns it.
+    pub fn issue(&self, name: &str, ns: &str, sa: &str) -> PathBuf {
+        let out = self.dir.path().join(name);
+        outrider(&[
+            "ca",
+            "issue",
+            "--ca-dir",
+            self.ca_dir().to_str().unwrap(),
+            "--namespace",
+            ns,
+            "--service-account",
+            sa,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        out
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A sidecar process; killed when dropped.
+pub struct Sidecar {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub metrics: SocketAddr,
+    pub ready: SocketAddr,
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts `outrider run` for `workload` and waits until it reports ready.
+    pub fn start(config: &Path, workload: &str, cert_dir: &Path, extra: &[&str]) -> Sidecar {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ready: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("sidecar.log");
+        let child = Command::new(BIN)
+            .args(["run", "--config", config.to_str().unwrap(), "--workload", workload])
+            .args(["--cert-dir", cert_dir.to_str().unwrap()])
+            .args(["--admin-addr", &admin.to_string(), "--metrics-addr", &metrics.to_string()])
+            .args(["--ready-addr", &ready.to_string(), "--inbound-ip", "127.0.0.1"])
+            .args(extra)
+            .env("OUTRIDER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start sidecar");
+        let mut s = Sidecar { child, admin, metrics, ready, log, _logdir: logdir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = s.child.try_wait().unwrap() {
+                panic!("sidecar {workload} exited {status}: {}", s.logs());
+            }
+            if let Ok((200, _)) = http_get(s.ready, "/healthz/ready") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "sidecar {workload} never became ready: {}", s.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        http_get(self.metrics, "/stats/prometheus").expect("scrape").1
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        http_get(self.admin, path).expect("admin").1
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "sidecar did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection: (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Sum of a metric's samples whose label set contains every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A background app: each connection handled on its own thread by `handler`.
+pub struct App {
+    pub port: u16,
+}
+
+impl App {
+    pub fn spawn(handler: fn(TcpStream)) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || handler(s));
+            }
+        });
+        App { port }
+    }
+
+    /// Echoes every byte back until the client half-closes, then closes.
+    pub fn echo() -> App {
+        App::spawn(|mut s| {
+            let mut buf = [0u8; 8192];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        })
+    }
+
+    /// Answers one HTTP request with `200 OK` and the body `hello from the app`.
+    pub fn http() -> App {
+        App::spawn(|mut s| {
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = "hello from the app";
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        })
+    }
+
+    /// Speaks first (like MySQL or SMTP): sends a greeting without waiting for the client.
+    pub fn server_first() -> App {
+        App::spawn(|mut s| {
+            let _ = s.write_all(b"220 greetings\r\n");
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+/// Writes `msg`, half-closes, reads everything back.
+pub fn round_trip(addr: SocketAddr, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(msg)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut back = Vec::new();
+    s.read_to_end(&mut back)?;
+    Ok(back)
+}
+
+/// Whether an external tool is usable; a missing tool skips the test (prints why) unless
+/// `OUTRIDER_REQUIRE_TOOLS=1`, when it fails it.
+pub fn tool_available(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("OUTRIDER_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{tool} is required (OUTRIDER_REQUIRE_TOOLS=1) but not installed");
+        }
+        eprintln!("skipping: {tool} is not installed");
+    }
+    found
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}

@@ -1,0 +1,272 @@
+//! End to end: real `outrider run` processes, real apps, real TLS over loopback. These walk
+//! the seeds' storyline (SCENARIOS.md S1–S3): mTLS between sidecars, PERMISSIVE lets a
+//! sidecar-less client through and lists it, STRICT resets it while the mesh keeps working, a
+//! DestinationRule subset turns mTLS off for one version.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+/// Two workloads: `sentences` (client, with an outbound to `age`) and `age` (server).
+struct Mesh {
+    pki: Pki,
+    dir: tempfile::TempDir,
+    age_in: u16,
+    sentences_out: u16,
+}
+
+fn policy(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n"
+    )
+}
+
+impl Mesh {
+    fn new(age_app: u16, age_protocol: &str, mode: &str) -> Mesh {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let age_in = free_port();
+        let sentences_out = free_port();
+        let sentences_in = free_port();
+        let mesh = format!(
+            r#"apiVersion: outrider.dev/v1alpha1
+kind: Mesh
+metadata: {{ name: mesh }}
+spec: {{ trustDomain: cluster.local, rootNamespace: istio-system }}
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: sentences, namespace: default, labels: {{ app: sentences, version: v1 }} }}
+spec:
+  serviceAccount: sentences
+  address: 127.0.0.1
+  ports:
+    - {{ name: http, port: {sentences_in}, targetPort: {sentences_app}, protocol: HTTP }}
+  outbound:
+    - {{ bind: "127.0.0.1:{sentences_out}", to: "age.default:tcp" }}
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: age, namespace: default, labels: {{ app: age, version: v1 }} }}
+spec:
+  serviceAccount: age
+  address: 127.0.0.1
+  ports:
+    - {{ name: tcp, port: {age_in}, targetPort: {age_app}, protocol: {age_protocol} }}
+"#,
+            sentences_app = free_port(),
+        );
+        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), policy(mode)).unwrap();
+        pki.issue("sentences", "default", "sentences");
+        pki.issue("age", "default", "age");
+        Mesh { pki, dir, age_in, sentences_out }
+    }
+
+    fn config(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn sidecar(&self, workload: &str) -> Sidecar {
+        Sidecar::start(self.config(), workload, &self.pki.dir.path().join(workload), &["--detect-timeout", "300ms"])
+    }
+
+    fn age_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.age_in))
+    }
+
+    fn sentences_out_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sentences_out))
+    }
+}
+
+fn is_reset(r: std::io::Result<Vec<u8>>) -> bool {
+    match r {
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(bytes) => bytes.is_empty(),
+    }
+}
+
+#[test]
+fn permissive_carries_mesh_traffic_over_mtls_and_admits_plaintext() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let sentences = mesh.sidecar("sentences");
+
+    // Through both sidecars: app → sentences outbound → mTLS → age inbound → echo.
+    let big = vec![7u8; 300_000];
+    assert_eq!(round_trip(mesh.sentences_out_addr(), &big).unwrap(), big);
+    // A client without a sidecar talks plaintext straight to age's port: PERMISSIVE lets it in.
+    assert_eq!(round_trip(mesh.age_addr(), b"plain hello").unwrap(), b"plain hello");
+
+    let m = age.metrics_text();
+    let mtls = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+        ("source_principal", "spiffe://cluster.local/ns/default/sa/sentences"),
+        ("source_workload", "sentences"),
+        ("destination_principal", "spiffe://cluster.local/ns/default/sa/age"),
+        ("destination_workload", "age"),
+    ];
+    assert!(eventually(Duration::from_secs(3), || {
+        metric_sum(&age.metrics_text(), "istio_tcp_received_bytes_total", &mtls) >= 300_000.0
+    }), "{m}");
+    assert_eq!(metric_sum(&m, "istio_tcp_connections_opened_total", &mtls), 1.0, "{m}");
+    let none = [("reporter", "destination"), ("connection_security_policy", "none")];
+    assert_eq!(metric_sum(&m, "istio_tcp_connections_opened_total", &none), 1.0, "{m}");
+    // The source side reports too.
+    let sm = sentences.metrics_text();
+    let src = [("reporter", "source"), ("destination_principal", "spiffe://cluster.local/ns/default/sa/age")];
+    assert_eq!(metric_sum(&sm, "istio_tcp_connections_opened_total", &src), 1.0, "{sm}");
+
+    // Who still blocks STRICT: the plaintext client is listed.
+    let plaintext = age.admin("/plaintext");
+    assert!(plaintext.contains("\"127.0.0.1\""), "{plaintext}");
+    let certs = age.admin("/certs");
+    assert!(certs.contains("spiffe://cluster.local/ns/default/sa/age"), "{certs}");
+    let dump = age.admin("/config_dump");
+    assert!(dump.contains("PERMISSIVE"), "{dump}");
+}
+
+#[test]
+fn strict_resets_plaintext_while_the_mesh_keeps_working() {
+    let app = App::http();
+    let mesh = Mesh::new(app.port, "HTTP", "STRICT");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+
+    let (status, body) = http_get(mesh.sentences_out_addr(), "/").unwrap();
+    assert_eq!((status, body.as_str()), (200, "hello from the app"));
+
+    let direct = http_get(mesh.age_addr(), "/");
+    assert!(
+        matches!(&direct, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "plaintext to a STRICT port must be reset: {direct:?}"
+    );
+    if tool_available("curl") {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", &format!("http://{}/", mesh.age_addr())])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(56), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Connection reset by peer"), "{stderr}");
+    }
+    let m = age.metrics_text();
+    assert!(metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0, "{m}");
+    assert!(age.admin("/plaintext").contains("\"rejected\": 1") || age.admin("/plaintext").contains("\"rejected\": 2"));
+    // The mesh path still works after the rejections.
+    assert_eq!(http_get(mesh.sentences_out_addr(), "/").unwrap().0, 200);
+}
+
+#[test]
+fn silent_client_of_a_server_first_app_is_not_hung_in_permissive() {
+    let app = App::server_first();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let _age = mesh.sidecar("age");
+    let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut greeting = [0u8; 15];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting, b"220 greetings\r\n");
+}
+
+#[test]
+fn garbage_and_foreign_clients_are_closed_and_counted_and_the_rest_keeps_serving() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "STRICT");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+
+    // Bytes that start like a TLS record but are not a ClientHello.
+    let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+
+    // A client that connects and says nothing, on a STRICT port.
+    let silent = TcpStream::connect(mesh.age_addr()).unwrap();
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let r = (&silent).read(&mut buf);
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+
+    // A TLS client from another CA (a rogue workload with a certificate of its own).
+    let rogue = Pki::new();
+    let rogue_dir = rogue.issue("rogue", "default", "sentences");
+    if tool_available("openssl") {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &mesh.age_addr().to_string(), "-alpn", "istio"])
+            .args(["-cert", rogue_dir.join("cert-chain.pem").to_str().unwrap()])
+            .args(["-key", rogue_dir.join("key.pem").to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains("Verification: OK") || text.contains("alert"), "{text}");
+    }
+    let m = age.metrics_text();
+    assert!(metric_sum(&m, "outrider_inbound_rejected_total", &[("reason", "malformed_client_hello")]) >= 1.0, "{m}");
+    assert!(metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0, "{m}");
+
+    // Still serving the mesh.
+    assert_eq!(round_trip(mesh.sentences_out_addr(), b"still here").unwrap(), b"still here");
+}
+
+#[test]
+fn switching_the_policy_file_to_strict_applies_without_a_restart() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    assert_eq!(round_trip(mesh.age_addr(), b"before").unwrap(), b"before");
+
+    std::fs::write(mesh.config().join("policy.yaml"), policy("STRICT")).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || is_reset(round_trip(mesh.age_addr(), b"after"))),
+        "plaintext still admitted after the switch to STRICT: {}",
+        age.logs()
+    );
+    assert_eq!(round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(), b"mesh");
+
+    // A broken edit keeps the last good configuration.
+    std::fs::write(mesh.config().join("policy.yaml"), "kind: PeerAuthentication\nspec: { mtls: { mode: STRIKT } }\n").unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        metric_sum(&age.metrics_text(), "outrider_config_reloads_total", &[("result", "failure")]) >= 1.0
+    }));
+    assert!(is_reset(round_trip(mesh.age_addr(), b"still strict")));
+    assert_eq!(round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(), b"mesh");
+}
+
+#[test]
+fn a_listener_address_in_use_fails_start_up_naming_it() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let _hold = std::net::TcpListener::bind(mesh.age_addr()).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config", mesh.config().to_str().unwrap(), "--workload", "age"])
+        .args(["--cert-dir", mesh.pki.dir.path().join("age").to_str().unwrap(), "--inbound-ip", "127.0.0.1"])
+        .args(["--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&mesh.age_addr().to_string()), "{stderr}");
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let mut age = mesh.sidecar("age");
+    assert_eq!(round_trip(mesh.age_addr(), b"x").unwrap(), b"x");
+    let status = age.terminate();
+    assert!(status.success(), "{status}: {}", age.logs());
+}
