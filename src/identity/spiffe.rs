@@ -93,6 +93,13 @@ impl SpiffeId {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, SpiffeIdError> {
+        // Each part must be one path segment: "a/b" would silently build a non-Istio ID.
+        if namespace.contains('/') || service_account.contains('/') {
+            return Err(SpiffeIdError::BadPathChar {
+                id: format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"),
+                ch: '/',
+            });
+        }
         Self::new(
             trust_domain,
             &format!("/ns/{namespace}/sa/{service_account}"),
@@ -351,13 +358,7 @@ mod tests {
             assert_eq!(id.namespace(), None, "{not_istio}");
             assert_eq!(id.service_account(), None, "{not_istio}");
         }
-        assert!(
-            SpiffeId::istio("cluster.local", "a/b", "c").is_err()
-                || SpiffeId::istio("cluster.local", "a/b", "c")
-                    .unwrap()
-                    .namespace()
-                    .is_none()
-        );
+        assert!(SpiffeId::istio("cluster.local", "a/b", "c").is_err());
         assert!(SpiffeId::istio("cluster.local", "..", "c").is_err());
         assert!(SpiffeId::istio("cluster.local", "", "c").is_err());
     }
