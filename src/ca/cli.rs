@@ -1,6 +1,9 @@
-//! `outrider ca init` and `outrider ca issue`.
+//! `outrider ca init` and `outrider ca issue`: thin wrappers around [`Authority`].
 
 use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::ca::{parse_duration, workload_id, Authority};
 
 /// `outrider ca init --dir <dir> --trust-domain <td> [--ttl 87600h] [--force]`.
 #[derive(Debug, clap::Args)]
@@ -17,7 +20,15 @@ pub struct InitArgs {
 
 impl InitArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("outrider ca init is not built yet")
+        let ttl = parse_duration(&self.ttl)?;
+        let ca = Authority::init(&self.dir, &self.trust_domain, ttl, self.force)?;
+        println!(
+            "created CA for trust domain {} in {} (root-cert.pem, root-key.pem), valid until {}",
+            ca.trust_domain(),
+            self.dir.display(),
+            rfc3339(ca.not_after()),
+        );
+        Ok(())
     }
 }
 
@@ -40,6 +51,24 @@ pub struct IssueArgs {
 
 impl IssueArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("outrider ca issue is not built yet")
+        let ttl = parse_duration(&self.ttl)?;
+        let ca = Authority::load(&self.ca_dir)?;
+        let id = workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
+        let issued = ca.issue(&id, ttl, &self.dns)?;
+        Authority::write_svid(&issued, &self.out)?;
+        println!(
+            "issued {} (serial {}, valid until {}) into {} (cert-chain.pem, key.pem, root-cert.pem)",
+            issued.id,
+            issued.serial_hex,
+            rfc3339(issued.not_after),
+            self.out.display(),
+        );
+        Ok(())
     }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
 }

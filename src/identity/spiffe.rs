@@ -93,6 +93,13 @@ impl SpiffeId {
         namespace: &str,
         service_account: &str,
     ) -> Result<Self, SpiffeIdError> {
+        // Each part must be one path segment: "a/b" would silently build a non-Istio ID.
+        if namespace.contains('/') || service_account.contains('/') {
+            return Err(SpiffeIdError::BadPathChar {
+                id: format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"),
+                ch: '/',
+            });
+        }
         Self::new(
             trust_domain,
             &format!("/ns/{namespace}/sa/{service_account}"),
@@ -228,5 +235,131 @@ mod tests {
         assert_eq!(id.service_account(), Some("age"));
         assert_eq!(id.principal(), "cluster.local/ns/default/sa/age");
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/default/sa/age");
+    }
+
+    #[test]
+    fn valid_ids() {
+        let long_path = format!("/{}", "a".repeat(MAX_ID_LEN - "spiffe://td".len() - 1));
+        let long = format!("spiffe://td{long_path}");
+        assert_eq!(long.len(), MAX_ID_LEN);
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "spiffe://cluster.local/ns/default/sa/age",
+                "cluster.local",
+                "/ns/default/sa/age",
+            ),
+            (
+                "spiffe://example.org/ns/prod-1/sa/front_end.v2",
+                "example.org",
+                "/ns/prod-1/sa/front_end.v2",
+            ),
+            ("spiffe://example.org", "example.org", ""),
+            ("spiffe://10.0.0.1/ns/a/sa/b", "10.0.0.1", "/ns/a/sa/b"),
+            (
+                "spiffe://my_domain-1.test/Path/With/UPPER",
+                "my_domain-1.test",
+                "/Path/With/UPPER",
+            ),
+            (
+                "SPIFFE://cluster.local/ns/a/sa/b",
+                "cluster.local",
+                "/ns/a/sa/b",
+            ),
+            ("SpIfFe://cluster.local/x", "cluster.local", "/x"),
+            ("spiffe://td/.../a..b/.hidden", "td", "/.../a..b/.hidden"),
+            (&long, "td", &long_path),
+        ];
+        for (input, domain, path) in cases {
+            let id = SpiffeId::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(id.trust_domain(), *domain, "{input}");
+            assert_eq!(id.path(), *path, "{input}");
+            assert_eq!(id.to_string(), format!("spiffe://{domain}{path}"));
+            assert_eq!(SpiffeId::parse(&id.to_string()).unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn invalid_ids() {
+        use SpiffeIdError as E;
+        let too_long = format!("spiffe://td/{}", "a".repeat(MAX_ID_LEN));
+        let long_domain = format!("spiffe://{}/a", "a".repeat(MAX_TRUST_DOMAIN_LEN + 1));
+        type Check = fn(&SpiffeIdError) -> bool;
+        let cases: &[(&str, Check)] = &[
+            ("", |e| matches!(e, E::Empty)),
+            ("spiffe://Cluster.local/ns/a/sa/b", |e| {
+                matches!(e, E::BadTrustDomainChar { ch: 'C', .. })
+            }),
+            ("spiffe://td/ns/../sa/b", |e| matches!(e, E::DotSegment(_))),
+            ("spiffe://td/ns/./sa", |e| matches!(e, E::DotSegment(_))),
+            ("spiffe://td/..", |e| matches!(e, E::DotSegment(_))),
+            ("spiffe://td/ns//sa/b", |e| matches!(e, E::EmptySegment(_))),
+            ("spiffe://td//", |e| matches!(e, E::TrailingSlash(_))),
+            ("spiffe://td/ns/a/", |e| matches!(e, E::TrailingSlash(_))),
+            ("spiffe://td/", |e| matches!(e, E::TrailingSlash(_))),
+            ("spiffe://td/ns/a?x=1", |e| {
+                matches!(e, E::QueryOrFragment(_))
+            }),
+            ("spiffe://td/ns/a#frag", |e| {
+                matches!(e, E::QueryOrFragment(_))
+            }),
+            ("spiffe://td?x", |e| matches!(e, E::QueryOrFragment(_))),
+            ("spiffe://td:8443/ns/a", |e| {
+                matches!(e, E::BadTrustDomainChar { ch: ':', .. })
+            }),
+            ("spiffe://user@td/ns/a", |e| {
+                matches!(e, E::BadTrustDomainChar { ch: '@', .. })
+            }),
+            ("spiffe://user:pw@td/ns/a", |e| {
+                matches!(e, E::BadTrustDomainChar { .. })
+            }),
+            ("spiffe://t%41d/ns/a", |e| {
+                matches!(e, E::BadTrustDomainChar { ch: '%', .. })
+            }),
+            ("spiffe://td/ns/a%20b", |e| {
+                matches!(e, E::BadPathChar { ch: '%', .. })
+            }),
+            ("spiffe://td/ns/a b", |e| {
+                matches!(e, E::BadPathChar { ch: ' ', .. })
+            }),
+            ("spiffe://[::1]/ns/a", |e| {
+                matches!(e, E::BadTrustDomainChar { ch: '[', .. })
+            }),
+            ("https://td/ns/a", |e| matches!(e, E::WrongScheme(_))),
+            ("spiffe:/td/ns/a", |e| matches!(e, E::WrongScheme(_))),
+            ("spiffe:td", |e| matches!(e, E::WrongScheme(_))),
+            ("td/ns/a", |e| matches!(e, E::WrongScheme(_))),
+            ("spiffe://", |e| matches!(e, E::EmptyTrustDomain(_))),
+            ("spiffe:///ns/a", |e| matches!(e, E::EmptyTrustDomain(_))),
+            (&too_long, |e| matches!(e, E::TooLong)),
+            (&long_domain, |e| matches!(e, E::TrustDomainTooLong)),
+        ];
+        for (input, check) in cases {
+            match SpiffeId::parse(input) {
+                Ok(id) => panic!("{input:?} was accepted as {id}"),
+                Err(e) => {
+                    assert!(check(&e), "{input:?}: unexpected error {e:?}");
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn istio_shape() {
+        let id = SpiffeId::istio("cluster.local", "ns1", "sa1").unwrap();
+        assert_eq!(id.to_string(), "spiffe://cluster.local/ns/ns1/sa/sa1");
+        for not_istio in [
+            "spiffe://td/ns/a",
+            "spiffe://td/ns/a/sa/b/c",
+            "spiffe://td/x/a/sa/b",
+            "spiffe://td",
+        ] {
+            let id = SpiffeId::parse(not_istio).unwrap();
+            assert_eq!(id.namespace(), None, "{not_istio}");
+            assert_eq!(id.service_account(), None, "{not_istio}");
+        }
+        assert!(SpiffeId::istio("cluster.local", "a/b", "c").is_err());
+        assert!(SpiffeId::istio("cluster.local", "..", "c").is_err());
+        assert!(SpiffeId::istio("cluster.local", "", "c").is_err());
     }
 }
