@@ -1,0 +1,633 @@
+//! From documents to a validated [`MeshConfig`]: dispatch on `apiVersion`/`kind`, typed
+//! parsing, then the checks that need more than one document (duplicates, selectors,
+//! references), then a trial plan of every workload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_yaml_ng::Value;
+
+use super::error::ConfigError;
+use super::outbound::{DestinationRule, VirtualService};
+use super::peer_authn::PeerPolicy;
+use super::plan::Protocol;
+use super::resources::{
+    ClientTls, ClientTlsMode, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec,
+    ProtocolSpec, Resource, TrafficPolicy, VirtualServiceSpec, WorkloadSpec,
+};
+use super::source::{self, Document};
+use super::{MeshConfig, Workload, WorkloadPort};
+use crate::identity::spiffe::validate_trust_domain;
+use crate::identity::SpiffeId;
+
+const OUTRIDER_API: &str = "outrider.dev/v1alpha1";
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// Istio kinds accepted and ignored (with a warning), by API group.
+const IGNORED_KINDS: &[(&str, &str)] = &[
+    ("security.istio.io", "AuthorizationPolicy"),
+    ("security.istio.io", "RequestAuthentication"),
+    ("networking.istio.io", "Gateway"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("networking.istio.io", "Sidecar"),
+    ("networking.istio.io", "WorkloadEntry"),
+    ("networking.istio.io", "WorkloadGroup"),
+    ("networking.istio.io", "EnvoyFilter"),
+    ("networking.istio.io", "ProxyConfig"),
+    ("telemetry.istio.io", "Telemetry"),
+    ("extensions.istio.io", "WasmPlugin"),
+];
+
+#[derive(Default)]
+struct Parsed {
+    mesh: Option<(Document, MeshSpec)>,
+    workloads: Vec<(Document, Resource<WorkloadSpec>)>,
+    peer: Vec<(Document, Resource<PeerAuthenticationSpec>)>,
+    rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
+    services: Vec<(Document, Resource<VirtualServiceSpec>)>,
+    warnings: Vec<String>,
+}
+
+pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+    let mut texts = Vec::new();
+    for file in source::files(path)? {
+        let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        texts.push((file, text));
+    }
+    load_texts(texts)
+}
+
+pub fn load_texts(texts: Vec<(PathBuf, String)>) -> Result<MeshConfig, ConfigError> {
+    let mut parsed = Parsed::default();
+    let files: Vec<PathBuf> = texts.iter().map(|(f, _)| f.clone()).collect();
+    for (file, text) in texts {
+        for doc in source::split_documents(Arc::new(file), &text) {
+            parse_document(doc, &mut parsed)?;
+        }
+    }
+    build(parsed, files)
+}
+
+fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError> {
+    let value = doc.value()?;
+    let map = match &value {
+        Value::Null => return Ok(()),
+        Value::Mapping(m) => m,
+        _ => return Err(doc.error("", "a document must be a mapping with apiVersion and kind")),
+    };
+    let field = |name: &str| -> Result<String, ConfigError> {
+        match map.get(name) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(doc.error(name, "must be a string")),
+            None => Err(doc.error(name, format!("missing field \"{name}\""))),
+        }
+    };
+    let api_version = field("apiVersion")?;
+    let kind = field("kind")?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let bad_version = |expected: &str| {
+        doc.error(
+            "apiVersion",
+            format!("{kind} has apiVersion {api_version:?}, expected {expected}"),
+        )
+    };
+    match kind.as_str() {
+        "Mesh" | "Workload" if api_version != OUTRIDER_API => return Err(bad_version(OUTRIDER_API)),
+        "Mesh" => {
+            let r: Resource<MeshSpec> = doc.typed()?;
+            if let Some((first, _)) = &parsed.mesh {
+                return Err(doc.error(
+                    "kind",
+                    format!(
+                        "a second Mesh document (the first is at {}:{})",
+                        first.file.display(),
+                        first.line_offset + 1
+                    ),
+                ));
+            }
+            parsed.mesh = Some((doc, r.spec.unwrap_or_default()));
+        }
+        "Workload" => {
+            let r: Resource<WorkloadSpec> = doc.typed()?;
+            if r.spec.is_none() {
+                return Err(doc.error("spec", "missing field \"spec\""));
+            }
+            parsed.workloads.push((doc, r));
+        }
+        "PeerAuthentication" => {
+            if group != "security.istio.io" || !matches!(version, "v1beta1" | "v1") {
+                return Err(bad_version("security.istio.io/v1 or security.istio.io/v1beta1"));
+            }
+            parsed.peer.push((doc.clone(), doc.typed()?));
+        }
+        "DestinationRule" | "VirtualService" => {
+            if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1")
+            {
+                return Err(bad_version(
+                    "networking.istio.io/v1, networking.istio.io/v1beta1 or networking.istio.io/v1alpha3",
+                ));
+            }
+            if kind == "DestinationRule" {
+                let r: Resource<DestinationRuleSpec> = doc.typed()?;
+                if r.spec.is_none() {
+                    return Err(doc.error("spec", "missing field \"spec\""));
+                }
+                parsed.rules.push((doc, r));
+            } else {
+                let r: Resource<VirtualServiceSpec> = doc.typed()?;
+                if r.spec.is_none() {
+                    return Err(doc.error("spec", "missing field \"spec\""));
+                }
+                parsed.services.push((doc, r));
+            }
+        }
+        _ if IGNORED_KINDS.contains(&(group, kind.as_str())) => {
+            let name = map
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("?");
+            let at = doc.locate("kind");
+            parsed.warnings.push(format!(
+                "{}:{}: {kind} {name} is not acted on by outrider yet; ignored",
+                at.file.display(),
+                at.line
+            ));
+        }
+        _ => {
+            return Err(doc.error(
+                "kind",
+                format!("unknown kind {kind:?} (apiVersion {api_version:?})"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError> {
+    let Parsed {
+        mesh,
+        workloads: raw_workloads,
+        peer,
+        rules,
+        services,
+        mut warnings,
+    } = parsed;
+    let (trust_domain, root_namespace, enable_auto_mtls) = match mesh {
+        Some((doc, spec)) => {
+            let td = spec.trust_domain.as_deref().unwrap_or("cluster.local");
+            let td = validate_trust_domain(td)
+                .map_err(|e| doc.error("spec.trustDomain", e.to_string()))?;
+            let root = spec
+                .root_namespace
+                .clone()
+                .unwrap_or_else(|| "istio-system".into());
+            if root.is_empty() {
+                return Err(doc.error("spec.rootNamespace", "must not be empty"));
+            }
+            (td, root, spec.enable_auto_mtls.unwrap_or(true))
+        }
+        None => ("cluster.local".to_string(), "istio-system".to_string(), true),
+    };
+
+    let mut workloads: Vec<Workload> = Vec::new();
+    let mut listeners: BTreeMap<String, String> = BTreeMap::new();
+    for (doc, r) in raw_workloads {
+        let w = build_workload(&doc, r, &trust_domain)?;
+        if let Some(first) = workloads.iter().find(|o| o.name == w.name) {
+            return Err(doc.error(
+                "metadata.name",
+                format!(
+                    "duplicate workload {:?} (first declared at {}:{})",
+                    w.name,
+                    first.doc.file.display(),
+                    first.doc.line_offset + 1
+                ),
+            ));
+        }
+        for (i, p) in w.ports.iter().enumerate() {
+            let addr = format!("{}:{}", w.address, p.port);
+            if let Some(other) = listeners.insert(addr.clone(), w.name.clone()) {
+                return Err(doc.error(
+                    &format!("spec.ports[{i}].port"),
+                    format!("{addr} is already the address of workload {other:?}"),
+                ));
+            }
+        }
+        workloads.push(w);
+    }
+
+    let mut peer_policies = Vec::new();
+    let mut namespace_wide: BTreeMap<String, String> = BTreeMap::new();
+    for (doc, r) in peer {
+        let spec = r.spec.unwrap_or_default();
+        let namespace = r
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let name = r.metadata.name;
+        let selector = spec.selector.map(|s| s.match_labels).unwrap_or_default();
+        let mut port_level = BTreeMap::new();
+        for (port, mtls) in spec.port_level_mtls {
+            let field = format!("spec.portLevelMtls.{port}");
+            let port = u16::try_from(port)
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| doc.error(&field, format!("port {port} is out of range 1-65535")))?;
+            port_level.insert(port, mtls.mode);
+        }
+        if !port_level.is_empty() && selector.is_empty() {
+            return Err(doc.error(
+                "spec.portLevelMtls",
+                "portLevelMtls needs a selector (a namespace- or mesh-wide policy cannot set port-level modes)",
+            ));
+        }
+        let at = doc.locate("metadata.name");
+        if !selector.is_empty() && namespace == root_namespace {
+            warnings.push(format!(
+                "{}:{}: PeerAuthentication {namespace}/{name} has a selector in the root namespace {root_namespace}; ignored (as Istio does)",
+                at.file.display(),
+                at.line
+            ));
+        } else if !selector.is_empty() {
+            let matches = workloads.iter().any(|w| {
+                w.namespace == namespace
+                    && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+            });
+            if !matches {
+                return Err(doc.error(
+                    "spec.selector.matchLabels",
+                    format!(
+                        "selector {} matches no workload in namespace {namespace}",
+                        labels_text(&selector)
+                    ),
+                ));
+            }
+        } else if let Some(first) = namespace_wide.get(&namespace) {
+            let scope = if namespace == root_namespace {
+                "mesh-wide"
+            } else {
+                "namespace-wide"
+            };
+            warnings.push(format!(
+                "{}:{}: PeerAuthentication {namespace}/{name} is ignored: {namespace}/{first} is the {scope} policy (first in load order)",
+                at.file.display(),
+                at.line
+            ));
+        } else {
+            namespace_wide.insert(namespace.clone(), name.clone());
+        }
+        peer_policies.push(PeerPolicy {
+            namespace,
+            name,
+            selector,
+            mode: spec.mtls.map(|m| m.mode).unwrap_or_default(),
+            port_level,
+        });
+    }
+
+    let mut destination_rules = Vec::new();
+    for (doc, r) in rules {
+        let spec = r.spec.expect("checked at parse");
+        let namespace = r
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let name = r.metadata.name;
+        check_destination_rule(&doc, &namespace, &name, &spec, &mut warnings)?;
+        destination_rules.push(DestinationRule {
+            namespace,
+            name,
+            host: spec.host,
+            traffic_policy: spec.traffic_policy,
+            subsets: spec.subsets,
+            export_to: spec.export_to,
+            doc,
+        });
+    }
+
+    let mut virtual_services = Vec::new();
+    for (doc, r) in services {
+        let spec = r.spec.expect("checked at parse");
+        let namespace = r
+            .metadata
+            .namespace
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let name = r.metadata.name;
+        let at = doc.locate("spec");
+        let warn = |what: &str, warnings: &mut Vec<String>| {
+            warnings.push(format!(
+                "{}:{}: VirtualService {namespace}/{name}: {what} not acted on by outrider yet; ignored",
+                at.file.display(),
+                at.line
+            ))
+        };
+        if spec.hosts.is_empty() {
+            return Err(doc.error("spec.hosts", "needs at least one host"));
+        }
+        if spec.tls.is_some() {
+            warn("tls routes are", &mut warnings);
+        }
+        if spec.http.iter().any(|r| r.matches.is_some())
+            || spec.tcp.iter().any(|r| r.matches.is_some())
+        {
+            warn(
+                "match conditions are (the first rule without a match, else the first rule, is used)",
+                &mut warnings,
+            );
+        }
+        if spec.http.iter().any(|r| {
+            r.redirect.is_some()
+                || r.direct_response.is_some()
+                || r.delegate.is_some()
+                || r.rewrite.is_some()
+                || r.timeout.is_some()
+                || r.retries.is_some()
+                || r.fault.is_some()
+                || r.mirror.is_some()
+                || r.mirrors.is_some()
+                || r.mirror_percentage.is_some()
+                || r.cors_policy.is_some()
+                || r.headers.is_some()
+        }) {
+            warn(
+                "http features other than match and route (redirect, rewrite, retries, ...) are",
+                &mut warnings,
+            );
+        }
+        for (kind, rules) in [
+            ("http", spec.http.iter().map(|r| &r.route).collect::<Vec<_>>()),
+            ("tcp", spec.tcp.iter().map(|r| &r.route).collect()),
+        ] {
+            for (i, route) in rules.iter().enumerate() {
+                if route.is_empty() {
+                    return Err(doc.error(
+                        &format!("spec.{kind}[{i}].route"),
+                        "needs at least one destination",
+                    ));
+                }
+            }
+        }
+        virtual_services.push(VirtualService {
+            namespace,
+            name,
+            hosts: spec.hosts,
+            gateways: spec.gateways,
+            http: spec.http,
+            tcp: spec.tcp,
+            export_to: spec.export_to,
+            doc,
+        });
+    }
+
+    let mut config = MeshConfig {
+        trust_domain,
+        root_namespace,
+        enable_auto_mtls,
+        workloads,
+        peer_policies,
+        destination_rules,
+        virtual_services,
+        warnings: Vec::new(),
+        files,
+    };
+    super::outbound::warn_empty_subsets(&config, &mut warnings);
+    for w in config.workloads.iter().filter(|w| w.sidecar) {
+        config.plan_workload(w, &mut warnings)?;
+    }
+    let mut seen = BTreeSet::new();
+    warnings.retain(|w| seen.insert(w.clone()));
+    config.warnings = warnings;
+    Ok(config)
+}
+
+fn build_workload(
+    doc: &Document,
+    r: Resource<WorkloadSpec>,
+    trust_domain: &str,
+) -> Result<Workload, ConfigError> {
+    let spec = r.spec.expect("checked at parse");
+    let name = r.metadata.name;
+    if name.is_empty() {
+        return Err(doc.error("metadata.name", "must not be empty"));
+    }
+    let namespace = r
+        .metadata
+        .namespace
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let labels = r.metadata.labels;
+    let spiffe_id = SpiffeId::istio(trust_domain, &namespace, &spec.service_account)
+        .map_err(|e| doc.error("spec.serviceAccount", e.to_string()))?;
+    if spec.address.trim().is_empty() {
+        return Err(doc.error("spec.address", "must not be empty"));
+    }
+    let mut ports: Vec<WorkloadPort> = Vec::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        let port_number = |n: u32, field: &str| {
+            u16::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| doc.error(field, format!("port {n} is out of range 1-65535")))
+        };
+        let port = port_number(p.port, &format!("spec.ports[{i}].port"))?;
+        let target_port = port_number(
+            p.target_port.unwrap_or(p.port),
+            &format!("spec.ports[{i}].targetPort"),
+        )?;
+        if p.name.is_empty() {
+            return Err(doc.error(&format!("spec.ports[{i}].name"), "must not be empty"));
+        }
+        if ports.iter().any(|o| o.name == p.name) {
+            return Err(doc.error(
+                &format!("spec.ports[{i}].name"),
+                format!("duplicate port name {:?}", p.name),
+            ));
+        }
+        if ports.iter().any(|o| o.port == port) {
+            return Err(doc.error(
+                &format!("spec.ports[{i}].port"),
+                format!("duplicate port {port}"),
+            ));
+        }
+        ports.push(WorkloadPort {
+            name: p.name.clone(),
+            port,
+            target_port,
+            protocol: match p.protocol {
+                ProtocolSpec::Tcp => Protocol::Tcp,
+                ProtocolSpec::Http => Protocol::Http,
+                ProtocolSpec::Http2 => Protocol::Http2,
+                ProtocolSpec::Grpc => Protocol::Grpc,
+                ProtocolSpec::Tls => Protocol::Tls,
+            },
+        });
+    }
+    let mut outbound: Vec<(SocketAddr, String)> = Vec::new();
+    for (i, o) in spec.outbound.iter().enumerate() {
+        let field = format!("spec.outbound[{i}].bind");
+        let bind: SocketAddr = o.bind.parse().map_err(|_| {
+            doc.error(
+                &field,
+                format!("{:?} is not an IP:port socket address", o.bind),
+            )
+        })?;
+        if outbound.iter().any(|(b, _)| *b == bind) {
+            return Err(doc.error(&field, format!("duplicate bind address {bind}")));
+        }
+        outbound.push((bind, o.to.clone()));
+    }
+    Ok(Workload {
+        service: labels.get("app").cloned().unwrap_or_else(|| name.clone()),
+        version: labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "latest".into()),
+        name,
+        namespace,
+        labels,
+        service_account: spec.service_account,
+        spiffe_id,
+        address: spec.address,
+        ports,
+        outbound,
+        sidecar: spec.sidecar,
+        doc: doc.clone(),
+    })
+}
+
+fn check_destination_rule(
+    doc: &Document,
+    namespace: &str,
+    name: &str,
+    spec: &DestinationRuleSpec,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    if spec.host.is_empty() {
+        return Err(doc.error("spec.host", "must not be empty"));
+    }
+    let at = doc.locate("spec");
+    let mut ignored = BTreeSet::new();
+    if spec.workload_selector.is_some() {
+        ignored.insert("workloadSelector");
+    }
+    let mut policies: Vec<(String, &TrafficPolicy)> = Vec::new();
+    if let Some(tp) = &spec.traffic_policy {
+        policies.push(("spec.trafficPolicy".into(), tp));
+    }
+    let mut names = BTreeSet::new();
+    for (i, s) in spec.subsets.iter().enumerate() {
+        if !names.insert(s.name.as_str()) {
+            return Err(doc.error(
+                &format!("spec.subsets[{i}].name"),
+                format!("duplicate subset {:?}", s.name),
+            ));
+        }
+        if let Some(tp) = &s.traffic_policy {
+            policies.push((format!("spec.subsets[{i}].trafficPolicy"), tp));
+        }
+    }
+    for (path, tp) in policies {
+        if tp.load_balancer.is_some() {
+            ignored.insert("loadBalancer");
+        }
+        if tp.connection_pool.is_some() {
+            ignored.insert("connectionPool");
+        }
+        if tp.outlier_detection.is_some() {
+            ignored.insert("outlierDetection");
+        }
+        if tp.tunnel.is_some() {
+            ignored.insert("tunnel");
+        }
+        if tp.proxy_protocol.is_some() {
+            ignored.insert("proxyProtocol");
+        }
+        if let Some(tls) = &tp.tls {
+            check_tls(doc, &format!("{path}.tls"), tls, warnings)?;
+        }
+        for (i, pl) in tp.port_level_settings.iter().enumerate() {
+            let field = format!("{path}.portLevelSettings[{i}]");
+            if pl.port.number == 0 || pl.port.number > 65535 {
+                return Err(doc.error(
+                    &format!("{field}.port.number"),
+                    format!("port {} is out of range 1-65535", pl.port.number),
+                ));
+            }
+            if pl.load_balancer.is_some() || pl.connection_pool.is_some() {
+                ignored.insert("portLevelSettings load balancing and connection pools");
+            }
+            if pl.outlier_detection.is_some() {
+                ignored.insert("outlierDetection");
+            }
+            if let Some(tls) = &pl.tls {
+                check_tls(doc, &format!("{field}.tls"), tls, warnings)?;
+            }
+        }
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "{}:{}: DestinationRule {namespace}/{name}: {} not acted on by outrider yet; ignored",
+            at.file.display(),
+            at.line,
+            ignored.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn check_tls(
+    doc: &Document,
+    field: &str,
+    tls: &ClientTls,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    match tls.mode {
+        ClientTlsMode::IstioMutual => {
+            for (i, san) in tls.subject_alt_names.iter().enumerate() {
+                SpiffeId::parse(san).map_err(|e| {
+                    doc.error(
+                        &format!("{field}.subjectAltNames[{i}]"),
+                        format!("ISTIO_MUTUAL subjectAltNames must be SPIFFE IDs: {e}"),
+                    )
+                })?;
+            }
+            if tls.client_certificate.is_some()
+                || tls.private_key.is_some()
+                || tls.ca_certificates.is_some()
+            {
+                return Err(doc.error(
+                    field,
+                    "ISTIO_MUTUAL uses the workload's own SVID and the mesh trust bundle; clientCertificate, privateKey and caCertificates must be empty",
+                ));
+            }
+        }
+        ClientTlsMode::Mutual => {
+            if tls.client_certificate.is_none() || tls.private_key.is_none() {
+                return Err(doc.error(
+                    &format!("{field}.clientCertificate"),
+                    "MUTUAL needs clientCertificate and privateKey (file paths)",
+                ));
+            }
+        }
+        ClientTlsMode::Simple | ClientTlsMode::Disable => {}
+    }
+    if tls.credential_name.is_some() || tls.ca_crl.is_some() {
+        let at = doc.locate(field);
+        warnings.push(format!(
+            "{}:{}: {field}: credentialName and caCrl are not read by outrider sidecars; ignored",
+            at.file.display(),
+            at.line
+        ));
+    }
+    Ok(())
+}
+
+fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{{{}}}", inner.join(", "))
+}

@@ -1,0 +1,274 @@
+//! The YAML schema, as users write it: outrider's `Mesh` and `Workload` kinds and the parts of
+//! Istio's `PeerAuthentication`, `DestinationRule` and `VirtualService` that outrider reads.
+//!
+//! Strict in `spec` (`deny_unknown_fields`: a typo is an error, not a silently ignored line),
+//! lenient in `metadata` (users carry annotations, uids, timestamps from `kubectl get -o yaml`).
+//! Fields of Istio resources that outrider accepts but does not act on yet are typed as raw
+//! YAML values and reported as warnings by the loader.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// The envelope shared by every kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Resource<S> {
+    #[allow(dead_code)]
+    pub api_version: String,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub metadata: Metadata,
+    pub spec: Option<S>,
+    /// Present in `kubectl get -o yaml` output; ignored.
+    #[allow(dead_code)]
+    pub status: Option<Value>,
+}
+
+/// Kubernetes object metadata; fields other than these are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    pub name: String,
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `kind: Mesh` (outrider.dev/v1alpha1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSpec {
+    pub trust_domain: Option<String>,
+    pub root_namespace: Option<String>,
+    pub enable_auto_mtls: Option<bool>,
+}
+
+/// `kind: Workload` (outrider.dev/v1alpha1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSpec {
+    pub service_account: String,
+    pub address: String,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub outbound: Vec<OutboundSpec>,
+    /// `false` for workloads without a sidecar (databases, not-yet-migrated services).
+    #[serde(default = "yes")]
+    pub sidecar: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortSpec {
+    pub name: String,
+    pub port: u32,
+    pub target_port: Option<u32>,
+    #[serde(default)]
+    pub protocol: ProtocolSpec,
+}
+
+/// Istio's port protocol names (upper case, as in Istio's Service port naming).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProtocolSpec {
+    #[default]
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+    Tls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundSpec {
+    pub bind: String,
+    pub to: String,
+}
+
+/// `PeerAuthentication` (security.istio.io v1beta1 and v1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerAuthenticationSpec {
+    pub selector: Option<Selector>,
+    pub mtls: Option<PeerMtls>,
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<u32, PeerMtls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Selector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerMtls {
+    #[serde(default)]
+    pub mode: PeerMode,
+}
+
+/// `mtls.mode` as written, UNSET included (it inherits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PeerMode {
+    #[default]
+    Unset,
+    Disable,
+    Permissive,
+    Strict,
+}
+
+/// `DestinationRule` (networking.istio.io v1alpha3, v1beta1, v1).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DestinationRuleSpec {
+    pub host: String,
+    pub traffic_policy: Option<TrafficPolicy>,
+    #[serde(default)]
+    pub subsets: Vec<Subset>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    /// Accepted, not acted on (outrider has one sidecar view per workload).
+    pub workload_selector: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TrafficPolicy {
+    pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub port_level_settings: Vec<PortTrafficPolicy>,
+    pub load_balancer: Option<Value>,
+    pub connection_pool: Option<Value>,
+    pub outlier_detection: Option<Value>,
+    pub tunnel: Option<Value>,
+    pub proxy_protocol: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PortTrafficPolicy {
+    pub port: PortSelector,
+    pub tls: Option<ClientTls>,
+    pub load_balancer: Option<Value>,
+    pub connection_pool: Option<Value>,
+    pub outlier_detection: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSelector {
+    pub number: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Subset {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub traffic_policy: Option<TrafficPolicy>,
+}
+
+/// `trafficPolicy.tls` (ClientTLSSettings).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClientTls {
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    pub ca_crl: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ClientTlsMode {
+    #[default]
+    Disable,
+    Simple,
+    Mutual,
+    IstioMutual,
+}
+
+/// `VirtualService` (networking.istio.io): weighted routes to subsets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    pub tls: Option<Value>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+}
+
+/// One `http` rule; only `route` is acted on, the rest is accepted with a warning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matches: Option<Value>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+    pub redirect: Option<Value>,
+    pub direct_response: Option<Value>,
+    pub delegate: Option<Value>,
+    pub rewrite: Option<Value>,
+    pub timeout: Option<Value>,
+    pub retries: Option<Value>,
+    pub fault: Option<Value>,
+    pub mirror: Option<Value>,
+    pub mirrors: Option<Value>,
+    pub mirror_percentage: Option<Value>,
+    pub cors_policy: Option<Value>,
+    pub headers: Option<Value>,
+}
+
+/// One `tcp` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpRoute {
+    #[serde(rename = "match")]
+    pub matches: Option<Value>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDestination {
+    pub destination: DestinationSpec,
+    pub weight: Option<u32>,
+    pub headers: Option<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub host: String,
+    pub subset: Option<String>,
+    pub port: Option<PortSelector>,
+}
