@@ -10,7 +10,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let fixed = ["sentences".to_string(), "--service".into(), "sentences".into()];
+    let fixed = [
+        "sentences".to_string(),
+        "--service".into(),
+        "sentences".into(),
+    ];
     let args = Args::parse_from(fixed.into_iter().chain(std::env::args().skip(1)));
     args.app.run()
 }

@@ -26,10 +26,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn text(status: u16, body: impl Into<String>) -> Reply {
-        Reply { status, content_type: "text/plain; charset=utf-8", body: body.into() }
+        Reply {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
     }
     pub fn json(body: impl Into<String>) -> Reply {
-        Reply { status: 200, content_type: "application/json", body: body.into() }
+        Reply {
+            status: 200,
+            content_type: "application/json",
+            body: body.into(),
+        }
     }
 }
 
@@ -63,14 +71,16 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds now, so a conflict fails start-up with the address in the message.
     pub async fn bind(addr: SocketAddr, role: Role) -> std::io::Result<HttpServer> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({role:?}): {e}")))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({role:?}): {e}"))
+        })?;
         Ok(HttpServer { listener, role })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` turns true.
@@ -104,7 +114,11 @@ impl HttpServer {
 }
 
 fn respond(role: Role, handler: &Handler, path: &str) -> Response<Full<Bytes>> {
-    let reply = if role.allows(path) { handler(path) } else { None };
+    let reply = if role.allows(path) {
+        handler(path)
+    } else {
+        None
+    };
     let reply = reply.unwrap_or_else(|| Reply::text(404, "not found\n"));
     Response::builder()
         .status(StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))

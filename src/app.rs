@@ -18,12 +18,16 @@ use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::admin::{Handler, HttpServer, Reply, Role};
-use crate::config::{MeshConfig, Plan, TlsOrigination};
+use crate::config::{Plan, TlsOrigination};
 use crate::identity::{CertStore, SpiffeId};
 use crate::metrics::{Metrics, Peer};
 use crate::proxy::inbound::Inbound;
-use crate::proxy::outbound::{Outbound, OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
-use crate::proxy::{plaintext::PlaintextLog, CopyConfig, PeerDirectory, ProxySettings, Runtime, Shared};
+use crate::proxy::outbound::{
+    Outbound, OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls,
+};
+use crate::proxy::{
+    plaintext::PlaintextLog, CopyConfig, PeerDirectory, ProxySettings, Runtime, Shared,
+};
 use crate::shutdown::Shutdown;
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -129,13 +133,20 @@ impl Sidecar {
         let plan = Arc::new(mesh.plan(&args.workload)?);
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
         let store = CertStore::new(&plan.trust_domain);
-        crate::identity::files::load_dir(&store, &args.cert_dir)
-            .with_context(|| format!("cannot load the workload identity from {}", args.cert_dir.display()))?;
+        crate::identity::files::load_dir(&store, &args.cert_dir).with_context(|| {
+            format!(
+                "cannot load the workload identity from {}",
+                args.cert_dir.display()
+            )
+        })?;
         let metrics = Metrics::new(prometheus::Registry::new());
         let settings = ProxySettings {
             detect_timeout: args.detect_timeout,
             max_connections: args.max_connections,
-            copy: CopyConfig { idle_timeout: args.idle_timeout, ..CopyConfig::default() },
+            copy: CopyConfig {
+                idle_timeout: args.idle_timeout,
+                ..CopyConfig::default()
+            },
             ..ProxySettings::default()
         };
         let shared = Shared {
@@ -149,7 +160,14 @@ impl Sidecar {
         let (runtime_tx, _) = watch::channel(runtime);
         let mut inbound = Vec::new();
         for p in &plan.inbound {
-            inbound.push(Inbound::bind(SocketAddr::new(args.inbound_ip, p.port), p.port, args.app_host).await?);
+            inbound.push(
+                Inbound::bind(
+                    SocketAddr::new(args.inbound_ip, p.port),
+                    p.port,
+                    args.app_host,
+                )
+                .await?,
+            );
         }
         let mut outbound = Vec::new();
         for (i, o) in plan.outbound.iter().enumerate() {
@@ -183,7 +201,11 @@ impl Sidecar {
 
     pub fn addrs(&self) -> BoundAddrs {
         BoundAddrs {
-            inbound: self.inbound.iter().map(|l| (l.local_addr().port(), l.local_addr())).collect(),
+            inbound: self
+                .inbound
+                .iter()
+                .map(|l| (l.local_addr().port(), l.local_addr()))
+                .collect(),
             outbound: self.outbound.iter().map(|l| l.local_addr()).collect(),
             admin: self.admin.local_addr(),
             metrics: self.metrics_server.local_addr(),
@@ -209,7 +231,10 @@ impl Sidecar {
             warnings,
         } = self;
         let addrs = BoundAddrs {
-            inbound: inbound.iter().map(|l| (l.local_addr().port(), l.local_addr())).collect(),
+            inbound: inbound
+                .iter()
+                .map(|l| (l.local_addr().port(), l.local_addr()))
+                .collect(),
             outbound: outbound.iter().map(|l| l.local_addr()).collect(),
             admin: admin.local_addr(),
             metrics: metrics_server.local_addr(),
@@ -231,14 +256,20 @@ impl Sidecar {
                         reload_tx.send_replace(Arc::new(rt));
                         tracing::info!("configuration reloaded");
                     }
-                    Err(e) => tracing::error!(error = %format!("{e:#}"), "reloaded plan refused; keeping the old one"),
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "reloaded plan refused; keeping the old one")
+                    }
                 }
             }
         });
         let tls = TlsAcceptor::from(crate::tls::server_config(&store));
         let mut tasks = Vec::new();
         for l in inbound {
-            tasks.push(tokio::spawn(l.run(shared.clone(), runtime_tx.subscribe(), tls.clone())));
+            tasks.push(tokio::spawn(l.run(
+                shared.clone(),
+                runtime_tx.subscribe(),
+                tls.clone(),
+            )));
         }
         for l in outbound {
             tasks.push(tokio::spawn(l.run(shared.clone(), runtime_tx.subscribe())));
@@ -253,7 +284,9 @@ impl Sidecar {
             warnings,
         });
         for server in [admin, metrics_server, ready] {
-            tasks.push(tokio::spawn(server.run(handler.clone(), shared.shutdown.watch())));
+            tasks.push(tokio::spawn(
+                server.run(handler.clone(), shared.shutdown.watch()),
+            ));
         }
         stop.await;
         tracing::info!(live = shared.shutdown.live_connections(), "draining");
@@ -285,16 +318,34 @@ pub fn build_runtime(plan: Arc<Plan>, store: &CertStore) -> anyhow::Result<Runti
                     TlsOrigination::IstioMutual { allowed_ids, sni } => {
                         let connector = istio_configs
                             .entry(allowed_ids.clone())
-                            .or_insert_with(|| TlsConnector::from(crate::tls::client_config(store, allowed_ids.clone())))
+                            .or_insert_with(|| {
+                                TlsConnector::from(crate::tls::client_config(
+                                    store,
+                                    allowed_ids.clone(),
+                                ))
+                            })
                             .clone();
-                        let server_name = ServerName::try_from(sni.clone())
-                            .with_context(|| format!("SNI {sni:?} for {} is not a valid name", o.to))?;
-                        UpstreamTls::Tls { connector, server_name, mesh: true }
+                        let server_name = ServerName::try_from(sni.clone()).with_context(|| {
+                            format!("SNI {sni:?} for {} is not a valid name", o.to)
+                        })?;
+                        UpstreamTls::Tls {
+                            connector,
+                            server_name,
+                            mesh: true,
+                        }
                     }
                     other => {
-                        let (config, server_name) = crate::tls::origination::client_config(other, &e.host)
-                            .with_context(|| format!("TLS settings for {}:{} ({})", e.host, e.port, e.decided_by))?;
-                        UpstreamTls::Tls { connector: TlsConnector::from(config), server_name, mesh: false }
+                        let (config, server_name) = crate::tls::origination::client_config(
+                            other, &e.host,
+                        )
+                        .with_context(|| {
+                            format!("TLS settings for {}:{} ({})", e.host, e.port, e.decided_by)
+                        })?;
+                        UpstreamTls::Tls {
+                            connector: TlsConnector::from(config),
+                            server_name,
+                            mesh: false,
+                        }
                     }
                 };
                 let peer = match &e.workload {
@@ -306,17 +357,30 @@ pub fn build_runtime(plan: Arc<Plan>, store: &CertStore) -> anyhow::Result<Runti
                         .unwrap_or_else(Peer::unknown),
                     None => Peer::unknown(),
                 };
-                endpoints.push(UpstreamEndpoint { host: e.host.clone(), port: e.port, tls, peer });
+                endpoints.push(UpstreamEndpoint {
+                    host: e.host.clone(),
+                    port: e.port,
+                    tls,
+                    peer,
+                });
             }
             routes.push(UpstreamRoute::new(r.weight, endpoints));
         }
-        outbound.push(Arc::new(OutboundRuntime { destination: o.destination.clone(), routes }));
+        outbound.push(Arc::new(OutboundRuntime {
+            destination: o.destination.clone(),
+            routes,
+        }));
     }
     let mut peers = PeerDirectory::default();
     for w in &plan.peers {
         peers.insert(w.spiffe_id.clone(), peer_of(w));
     }
-    Ok(Runtime { me: peer_of(&plan.workload), plan, outbound, peers })
+    Ok(Runtime {
+        me: peer_of(&plan.workload),
+        plan,
+        outbound,
+        peers,
+    })
 }
 
 fn peer_of(w: &crate::config::WorkloadInfo) -> Peer {
@@ -350,7 +414,11 @@ fn admin_handler(state: AdminState) -> Handler {
             }),
             "/stats/prometheus" | "/metrics" => {
                 let stats = state.store.stats();
-                state.metrics.set_identity_state(identity.as_ref().map(|i| i.svid.not_after), stats.rotations, stats.rejected);
+                state.metrics.set_identity_state(
+                    identity.as_ref().map(|i| i.svid.not_after),
+                    stats.rotations,
+                    stats.rejected,
+                );
                 state.metrics.set_reloads(
                     state.reload_stats.ok.load(Ordering::Relaxed),
                     state.reload_stats.failed.load(Ordering::Relaxed),
@@ -368,12 +436,19 @@ fn admin_handler(state: AdminState) -> Handler {
                     "listeners": &state.addrs,
                     "warnings": &state.warnings,
                 });
-                Some(Reply::json(serde_json::to_string_pretty(&dump).unwrap_or_default()))
+                Some(Reply::json(
+                    serde_json::to_string_pretty(&dump).unwrap_or_default(),
+                ))
             }
             "/certs" => Some(match identity {
                 None => Reply::text(503, "no workload certificate yet\n"),
                 Some(i) => {
-                    let not_after = i.svid.not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+                    let not_after = i
+                        .svid
+                        .not_after
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
                     let body = serde_json::json!({
                         "spiffe_id": i.svid.id.to_string(),
                         "serial": i.svid.serial_hex,
@@ -399,7 +474,9 @@ fn admin_handler(state: AdminState) -> Handler {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTRIDER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

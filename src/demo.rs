@@ -31,7 +31,10 @@ pub struct DemoArgs {
 
 impl DemoArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         rt.block_on(demo(self))
     }
 }
@@ -57,7 +60,12 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Member {
-    fn new(workload: &'static str, service: &'static str, version: &'static str, sa: &'static str) -> anyhow::Result<Member> {
+    fn new(
+        workload: &'static str,
+        service: &'static str,
+        version: &'static str,
+        sa: &'static str,
+    ) -> anyhow::Result<Member> {
         Ok(Member {
             workload,
             service,
@@ -138,7 +146,9 @@ spec:
 ";
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let workdir = tempfile::Builder::new().prefix("outrider-demo-").tempdir()?;
+    let workdir = tempfile::Builder::new()
+        .prefix("outrider-demo-")
+        .tempdir()?;
     let dir = workdir.path().to_path_buf();
     let members = vec![
         Member::new("sentences", "sentences", "v1", "sentences")?,
@@ -146,7 +156,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         Member::new("name-v1", "name", "v1", "name")?,
         Member::new("name-v2", "name", "v2", "name")?,
     ];
-    let mut d = Demo { _workdir: workdir, dir, members, to_age: free_port()?, to_name: free_port()?, children: Vec::new() };
+    let mut d = Demo {
+        _workdir: workdir,
+        dir,
+        members,
+        to_age: free_port()?,
+        to_name: free_port()?,
+        children: Vec::new(),
+    };
     let result = play(&mut d, &args).await;
     for c in &mut d.children {
         let _ = c.kill().await;
@@ -156,10 +173,18 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
 async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the outrider executable")?;
-    println!("outrider demo: the seeds' sample app on loopback (work dir {})", d.dir.display());
+    println!(
+        "outrider demo: the seeds' sample app on loopback (work dir {})",
+        d.dir.display()
+    );
 
     // Identity: a mesh CA and one SVID per service account, as `outrider ca init/issue` do.
-    let ca = Authority::init(&d.dir.join("ca"), "cluster.local", Duration::from_secs(24 * 3600), false)?;
+    let ca = Authority::init(
+        &d.dir.join("ca"),
+        "cluster.local",
+        Duration::from_secs(24 * 3600),
+        false,
+    )?;
     for m in &d.members {
         let id = SpiffeId::istio("cluster.local", "default", m.service_account)?;
         let issued = ca.issue(&id, Duration::from_secs(3600), &[])?;
@@ -170,7 +195,10 @@ async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
     let config = d.dir.join("mesh");
     std::fs::create_dir_all(&config)?;
     std::fs::write(config.join("mesh.yaml"), mesh_yaml(d))?;
-    std::fs::write(config.join("peer-authentication.yaml"), peer_authentication("PERMISSIVE"))?;
+    std::fs::write(
+        config.join("peer-authentication.yaml"),
+        peer_authentication("PERMISSIVE"),
+    )?;
 
     // The apps, then their sidecars; each a process of its own.
     for m in &d.members {
@@ -178,15 +206,39 @@ async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
         cmd.args(["sample-app", "--service", m.service, "--version", m.version]);
         cmd.args(["--listen", &Member::addr(m.app)]);
         if m.workload == "sentences" {
-            cmd.args(["--age-addr", &Member::addr(d.to_age), "--name-addr", &Member::addr(d.to_name)]);
+            cmd.args([
+                "--age-addr",
+                &Member::addr(d.to_age),
+                "--name-addr",
+                &Member::addr(d.to_name),
+            ]);
         }
-        d.children.push(spawn(cmd, &d.dir.join(format!("{}-app.log", m.workload)))?);
+        d.children
+            .push(spawn(cmd, &d.dir.join(format!("{}-app.log", m.workload)))?);
         let mut cmd = Command::new(&exe);
         cmd.args(["run", "--config", path(&config), "--workload", m.workload]);
-        cmd.args(["--cert-dir", path(&d.dir.join("certs").join(m.workload)), "--inbound-ip", "127.0.0.1"]);
-        cmd.args(["--admin-addr", &Member::addr(m.admin), "--metrics-addr", &Member::addr(m.metrics)]);
-        cmd.args(["--ready-addr", &Member::addr(m.ready), "--detect-timeout", "200ms"]);
-        d.children.push(spawn(cmd, &d.dir.join(format!("{}-sidecar.log", m.workload)))?);
+        cmd.args([
+            "--cert-dir",
+            path(&d.dir.join("certs").join(m.workload)),
+            "--inbound-ip",
+            "127.0.0.1",
+        ]);
+        cmd.args([
+            "--admin-addr",
+            &Member::addr(m.admin),
+            "--metrics-addr",
+            &Member::addr(m.metrics),
+        ]);
+        cmd.args([
+            "--ready-addr",
+            &Member::addr(m.ready),
+            "--detect-timeout",
+            "200ms",
+        ]);
+        d.children.push(spawn(
+            cmd,
+            &d.dir.join(format!("{}-sidecar.log", m.workload)),
+        )?);
     }
     for m in &d.members {
         wait_ready(m, &d.dir).await?;
@@ -209,25 +261,45 @@ async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
     traffic(&front, args.requests).await;
     edges(d).await;
     intruder(age).await;
-    let plaintext = fetch_path(&Member::addr(age.admin), "/plaintext").await.unwrap_or_default();
+    let plaintext = fetch_path(&Member::addr(age.admin), "/plaintext")
+        .await
+        .unwrap_or_default();
     let who: Vec<String> = serde_json::from_str::<serde_json::Value>(&plaintext)
         .ok()
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
         .iter()
-        .map(|c| format!("{} ({} plaintext connection(s))", c["address"].as_str().unwrap_or("?"), c["accepted"]))
+        .map(|c| {
+            format!(
+                "{} ({} plaintext connection(s))",
+                c["address"].as_str().unwrap_or("?"),
+                c["accepted"]
+            )
+        })
         .collect();
-    println!("   age's http://{}/plaintext — who still blocks STRICT: {}", Member::addr(age.admin), who.join(", "));
+    println!(
+        "   age's http://{}/plaintext — who still blocks STRICT: {}",
+        Member::addr(age.admin),
+        who.join(", ")
+    );
 
-    println!("\n2. STRICT: the same policy file now says STRICT (as `kubectl apply -f strict.yaml`)");
-    std::fs::write(config.join("peer-authentication.yaml"), peer_authentication("STRICT"))?;
+    println!(
+        "\n2. STRICT: the same policy file now says STRICT (as `kubectl apply -f strict.yaml`)"
+    );
+    std::fs::write(
+        config.join("peer-authentication.yaml"),
+        peer_authentication("STRICT"),
+    )?;
     wait_mode(d, "STRICT").await?;
     traffic(&front, args.requests).await;
     intruder(age).await;
     edges(d).await;
 
     println!("\n3. PERMISSIVE + DestinationRule for name: subset v1 tls DISABLE, v2 ISTIO_MUTUAL, routed 50/50 by a VirtualService");
-    std::fs::write(config.join("peer-authentication.yaml"), peer_authentication("PERMISSIVE"))?;
+    std::fs::write(
+        config.join("peer-authentication.yaml"),
+        peer_authentication("PERMISSIVE"),
+    )?;
     std::fs::write(config.join("name-subsets.yaml"), NAME_SUBSETS)?;
     wait_mode(d, "PERMISSIVE").await?;
     wait_subsets(d).await?;
@@ -236,7 +308,10 @@ async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
 
     println!("\nThe metrics show every edge: connection_security_policy=\"mutual_tls\" or \"none\", reported by the destination sidecar.");
     if args.once {
-        println!("done (--once): stopping every process and removing {}", d.dir.display());
+        println!(
+            "done (--once): stopping every process and removing {}",
+            d.dir.display()
+        );
         return Ok(());
     }
     println!("Running until Ctrl-C: try  curl http://{front}/  and the admin/metrics URLs above.");
@@ -251,19 +326,26 @@ fn path(p: &Path) -> &str {
 
 fn spawn(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
     let file = std::fs::File::create(log)?;
-    cmd.stdout(Stdio::null()).stderr(file).stdin(Stdio::null()).kill_on_drop(true);
+    cmd.stdout(Stdio::null())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
     cmd.env("OUTRIDER_LOG", "info,access=info");
     cmd.spawn().with_context(|| format!("cannot start {cmd:?}"))
 }
 
 async fn wait_ready(m: &Member, dir: &Path) -> anyhow::Result<()> {
     for _ in 0..200 {
-        if fetch_path(&Member::addr(m.ready), "/healthz/ready").await.is_ok() {
+        if fetch_path(&Member::addr(m.ready), "/healthz/ready")
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let log = std::fs::read_to_string(dir.join(format!("{}-sidecar.log", m.workload))).unwrap_or_default();
+    let log = std::fs::read_to_string(dir.join(format!("{}-sidecar.log", m.workload)))
+        .unwrap_or_default();
     bail!("the sidecar of {} did not become ready:\n{log}", m.workload)
 }
 
@@ -272,7 +354,9 @@ async fn wait_mode(d: &Demo, mode: &str) -> anyhow::Result<()> {
     for _ in 0..100 {
         let mut all = true;
         for m in &d.members {
-            let dump = fetch_path(&Member::addr(m.admin), "/config_dump").await.unwrap_or_default();
+            let dump = fetch_path(&Member::addr(m.admin), "/config_dump")
+                .await
+                .unwrap_or_default();
             all &= dump.contains(&format!("\"mode\": \"{mode}\""));
         }
         if all {
@@ -285,7 +369,9 @@ async fn wait_mode(d: &Demo, mode: &str) -> anyhow::Result<()> {
 
 async fn wait_subsets(d: &Demo) -> anyhow::Result<()> {
     for _ in 0..100 {
-        let dump = fetch_path(&Member::addr(d.members[0].admin), "/config_dump").await.unwrap_or_default();
+        let dump = fetch_path(&Member::addr(d.members[0].admin), "/config_dump")
+            .await
+            .unwrap_or_default();
         if dump.contains("\"subset\": \"v2\"") {
             return Ok(());
         }
@@ -311,9 +397,13 @@ async fn traffic(front: &str, n: usize) {
 
 async fn intruder(age: &Member) {
     match fetch_path(&Member::addr(age.inbound), "/").await {
-        Ok(body) => println!("   intruder (no sidecar, plaintext) → age: got through, read \"{body}\""),
+        Ok(body) => {
+            println!("   intruder (no sidecar, plaintext) → age: got through, read \"{body}\"")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-            println!("   intruder (no sidecar, plaintext) → age: connection reset by peer — blocked")
+            println!(
+                "   intruder (no sidecar, plaintext) → age: connection reset by peer — blocked"
+            )
         }
         Err(e) => println!("   intruder (no sidecar, plaintext) → age: failed: {e}"),
     }
@@ -323,11 +413,20 @@ async fn intruder(age: &Member) {
 async fn edges(d: &Demo) {
     let mut lines = Vec::new();
     for m in d.members.iter().skip(1) {
-        let text = fetch_path(&Member::addr(m.metrics), "/stats/prometheus").await.unwrap_or_default();
-        for line in text.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total{")) {
+        let text = fetch_path(&Member::addr(m.metrics), "/stats/prometheus")
+            .await
+            .unwrap_or_default();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("istio_tcp_connections_opened_total{"))
+        {
             let label = |k: &str| {
                 let key = format!("{k}=\"");
-                line.split(&key).nth(1).and_then(|r| r.split('"').next()).unwrap_or("?").to_string()
+                line.split(&key)
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                    .unwrap_or("?")
+                    .to_string()
             };
             if label("reporter") != "destination" {
                 continue;
@@ -337,9 +436,16 @@ async fn edges(d: &Demo) {
                 "unknown" => "intruder/unknown".to_string(),
                 s => s.to_string(),
             };
-            lines.push(format!("{source} → {}: {} ×{count}", m.workload, label("connection_security_policy")));
+            lines.push(format!(
+                "{source} → {}: {} ×{count}",
+                m.workload,
+                label("connection_security_policy")
+            ));
         }
     }
     lines.sort();
-    println!("   edges (cumulative, reported by the destination): {}", lines.join("; "));
+    println!(
+        "   edges (cumulative, reported by the destination): {}",
+        lines.join("; ")
+    );
 }

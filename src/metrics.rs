@@ -7,7 +7,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use prometheus::{Encoder, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Value used for labels that are not known (Istio's convention).
 pub const UNKNOWN: &str = "unknown";
@@ -142,7 +144,9 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
     c
 }
 
@@ -151,29 +155,49 @@ impl Metrics {
     pub fn new(registry: Registry) -> Metrics {
         let r = &registry;
         let active = IntGaugeVec::new(
-            Opts::new("outrider_active_connections", "Connections open now, by direction."),
+            Opts::new(
+                "outrider_active_connections",
+                "Connections open now, by direction.",
+            ),
             &["direction"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(active.clone())).expect("metric registered once");
+        r.register(Box::new(active.clone()))
+            .expect("metric registered once");
         let cert_expiry = Gauge::new(
             "outrider_cert_expiry_timestamp_seconds",
             "Unix time at which the current workload certificate expires.",
         )
         .expect("valid metric definition");
-        r.register(Box::new(cert_expiry.clone())).expect("metric registered once");
-        let cert_rotations = IntCounter::new("outrider_cert_rotations_total", "Workload certificates published.")
-            .expect("valid metric definition");
-        r.register(Box::new(cert_rotations.clone())).expect("metric registered once");
+        r.register(Box::new(cert_expiry.clone()))
+            .expect("metric registered once");
+        let cert_rotations = IntCounter::new(
+            "outrider_cert_rotations_total",
+            "Workload certificates published.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(cert_rotations.clone()))
+            .expect("metric registered once");
         let cert_rotation_failures = IntCounter::new(
             "outrider_cert_rotation_failures_total",
             "Certificate updates refused (invalid material) or failed.",
         )
         .expect("valid metric definition");
-        r.register(Box::new(cert_rotation_failures.clone())).expect("metric registered once");
+        r.register(Box::new(cert_rotation_failures.clone()))
+            .expect("metric registered once");
         Metrics {
-            tcp_opened: counter_vec(r, "istio_tcp_connections_opened_total", "TCP connections opened.", TCP_LABELS),
-            tcp_closed: counter_vec(r, "istio_tcp_connections_closed_total", "TCP connections closed.", TCP_LABELS),
+            tcp_opened: counter_vec(
+                r,
+                "istio_tcp_connections_opened_total",
+                "TCP connections opened.",
+                TCP_LABELS,
+            ),
+            tcp_closed: counter_vec(
+                r,
+                "istio_tcp_connections_closed_total",
+                "TCP connections closed.",
+                TCP_LABELS,
+            ),
             tcp_sent: counter_vec(
                 r,
                 "istio_tcp_sent_bytes_total",
@@ -246,29 +270,42 @@ impl Metrics {
     }
 
     pub fn handshake_failed(&self, direction: &str, reason: &str) {
-        self.handshake_failures.with_label_values(&[direction, reason]).inc();
+        self.handshake_failures
+            .with_label_values(&[direction, reason])
+            .inc();
     }
 
     pub fn plaintext_rejected(&self, port: u16) {
-        self.plaintext_rejected.with_label_values(&[&port.to_string()]).inc();
+        self.plaintext_rejected
+            .with_label_values(&[&port.to_string()])
+            .inc();
     }
 
     pub fn plaintext_accepted(&self, port: u16) {
-        self.plaintext_accepted.with_label_values(&[&port.to_string()]).inc();
+        self.plaintext_accepted
+            .with_label_values(&[&port.to_string()])
+            .inc();
     }
 
     pub fn inbound_rejected(&self, port: u16, reason: &str) {
-        self.malformed.with_label_values(&[&port.to_string(), reason]).inc();
+        self.malformed
+            .with_label_values(&[&port.to_string(), reason])
+            .inc();
     }
 
     pub fn upstream_failed(&self, destination_service: &str, reason: &str) {
-        self.upstream_failures.with_label_values(&[destination_service, reason]).inc();
+        self.upstream_failures
+            .with_label_values(&[destination_service, reason])
+            .inc();
     }
 
     /// Sets the values that are read from elsewhere at scrape time.
     pub fn set_identity_state(&self, not_after: Option<SystemTime>, rotations: u64, rejected: u64) {
         if let Some(t) = not_after {
-            let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let secs = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
             self.cert_expiry.set(secs);
         }
         raise_to(&self.cert_rotations, rotations);
@@ -347,13 +384,18 @@ mod tests {
             c.add(10, 20);
         }
         let text = m.encode();
-        assert!(text.contains("istio_tcp_connections_opened_total{"), "{text}");
+        assert!(
+            text.contains("istio_tcp_connections_opened_total{"),
+            "{text}"
+        );
         let line = text
             .lines()
             .find(|l| l.starts_with("istio_tcp_received_bytes_total{"))
             .unwrap();
         assert!(line.contains(r#"connection_security_policy="mutual_tls""#));
-        assert!(line.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/sentences""#));
+        assert!(
+            line.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/sentences""#)
+        );
         assert!(line.ends_with(" 10"), "{line}");
         assert!(text.contains("istio_tcp_connections_closed_total{"));
     }

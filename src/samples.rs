@@ -46,7 +46,9 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     pub fn run(self) -> anyhow::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async move {
             let listener = TcpListener::bind(self.listen).await?;
             serve(listener, self).await;
@@ -75,7 +77,9 @@ pub async fn serve(listener: TcpListener, args: SampleArgs) {
     }
 }
 
-const NAMES: &[&str] = &["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"];
+const NAMES: &[&str] = &[
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+];
 
 async fn answer(args: &SampleArgs, path: &str) -> Response<Full<Bytes>> {
     use rand::Rng;
@@ -86,7 +90,11 @@ async fn answer(args: &SampleArgs, path: &str) -> Response<Full<Bytes>> {
         Service::Age => reply(200, rand::rng().random_range(1..100u32).to_string()),
         Service::Name => {
             let name = NAMES[rand::rng().random_range(0..NAMES.len())];
-            let name = if args.version == "v1" { name.to_string() } else { name.to_uppercase() };
+            let name = if args.version == "v1" {
+                name.to_string()
+            } else {
+                name.to_uppercase()
+            };
             reply(200, format!("{name} ({})", args.version))
         }
         Service::Sentences => {
@@ -120,22 +128,37 @@ pub async fn fetch(addr: &str) -> std::io::Result<String> {
 pub async fn fetch_path(addr: &str, path: &str) -> std::io::Result<String> {
     let io = async {
         let mut s = TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await?;
         let text = String::from_utf8_lossy(&raw);
         let status_ok = text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200");
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         if status_ok {
             Ok(body)
         } else if text.is_empty() {
-            Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "connection closed without an answer"))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "connection closed without an answer",
+            ))
         } else {
-            Err(std::io::Error::other(text.lines().next().unwrap_or_default().to_string()))
+            Err(std::io::Error::other(
+                text.lines().next().unwrap_or_default().to_string(),
+            ))
         }
     };
     tokio::time::timeout(Duration::from_secs(5), io)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "timed out",
+            ))
+        })
 }

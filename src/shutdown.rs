@@ -42,7 +42,10 @@ impl Shutdown {
     pub fn new() -> Shutdown {
         Shutdown {
             signal: watch::channel(false).0,
-            live: Arc::new(Live { count: AtomicUsize::new(0), idle: Notify::new() }),
+            live: Arc::new(Live {
+                count: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
         }
     }
 
@@ -54,7 +57,9 @@ impl Shutdown {
     /// Registers one live connection.
     pub fn connection(&self) -> ConnectionGuard {
         self.live.count.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard { live: self.live.clone() }
+        ConnectionGuard {
+            live: self.live.clone(),
+        }
     }
 
     pub fn live_connections(&self) -> usize {

@@ -65,7 +65,12 @@ spec:
         std::fs::write(dir.path().join("policy.yaml"), policy(mode)).unwrap();
         pki.issue("sentences", "default", "sentences");
         pki.issue("age", "default", "age");
-        Mesh { pki, dir, age_in, sentences_out }
+        Mesh {
+            pki,
+            dir,
+            age_in,
+            sentences_out,
+        }
     }
 
     fn config(&self) -> &Path {
@@ -73,7 +78,12 @@ spec:
     }
 
     fn sidecar(&self, workload: &str) -> Sidecar {
-        Sidecar::start(self.config(), workload, &self.pki.dir.path().join(workload), &["--detect-timeout", "300ms"])
+        Sidecar::start(
+            self.config(),
+            workload,
+            &self.pki.dir.path().join(workload),
+            &["--detect-timeout", "300ms"],
+        )
     }
 
     fn age_addr(&self) -> SocketAddr {
@@ -103,33 +113,69 @@ fn permissive_carries_mesh_traffic_over_mtls_and_admits_plaintext() {
     let big = vec![7u8; 300_000];
     assert_eq!(round_trip(mesh.sentences_out_addr(), &big).unwrap(), big);
     // A client without a sidecar talks plaintext straight to age's port: PERMISSIVE lets it in.
-    assert_eq!(round_trip(mesh.age_addr(), b"plain hello").unwrap(), b"plain hello");
+    assert_eq!(
+        round_trip(mesh.age_addr(), b"plain hello").unwrap(),
+        b"plain hello"
+    );
 
     let m = age.metrics_text();
     let mtls = [
         ("reporter", "destination"),
         ("connection_security_policy", "mutual_tls"),
-        ("source_principal", "spiffe://cluster.local/ns/default/sa/sentences"),
+        (
+            "source_principal",
+            "spiffe://cluster.local/ns/default/sa/sentences",
+        ),
         ("source_workload", "sentences"),
-        ("destination_principal", "spiffe://cluster.local/ns/default/sa/age"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/age",
+        ),
         ("destination_workload", "age"),
     ];
-    assert!(eventually(Duration::from_secs(3), || {
-        metric_sum(&age.metrics_text(), "istio_tcp_received_bytes_total", &mtls) >= 300_000.0
-    }), "{m}");
-    assert_eq!(metric_sum(&m, "istio_tcp_connections_opened_total", &mtls), 1.0, "{m}");
-    let none = [("reporter", "destination"), ("connection_security_policy", "none")];
-    assert_eq!(metric_sum(&m, "istio_tcp_connections_opened_total", &none), 1.0, "{m}");
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            metric_sum(&age.metrics_text(), "istio_tcp_received_bytes_total", &mtls) >= 300_000.0
+        }),
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "istio_tcp_connections_opened_total", &mtls),
+        1.0,
+        "{m}"
+    );
+    let none = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "none"),
+    ];
+    assert_eq!(
+        metric_sum(&m, "istio_tcp_connections_opened_total", &none),
+        1.0,
+        "{m}"
+    );
     // The source side reports too.
     let sm = sentences.metrics_text();
-    let src = [("reporter", "source"), ("destination_principal", "spiffe://cluster.local/ns/default/sa/age")];
-    assert_eq!(metric_sum(&sm, "istio_tcp_connections_opened_total", &src), 1.0, "{sm}");
+    let src = [
+        ("reporter", "source"),
+        (
+            "destination_principal",
+            "spiffe://cluster.local/ns/default/sa/age",
+        ),
+    ];
+    assert_eq!(
+        metric_sum(&sm, "istio_tcp_connections_opened_total", &src),
+        1.0,
+        "{sm}"
+    );
 
     // Who still blocks STRICT: the plaintext client is listed.
     let plaintext = age.admin("/plaintext");
     assert!(plaintext.contains("\"127.0.0.1\""), "{plaintext}");
     let certs = age.admin("/certs");
-    assert!(certs.contains("spiffe://cluster.local/ns/default/sa/age"), "{certs}");
+    assert!(
+        certs.contains("spiffe://cluster.local/ns/default/sa/age"),
+        "{certs}"
+    );
     let dump = age.admin("/config_dump");
     assert!(dump.contains("PERMISSIVE"), "{dump}");
 }
@@ -151,16 +197,32 @@ fn strict_resets_plaintext_while_the_mesh_keeps_working() {
     );
     if tool_available("curl") {
         let out = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "5", &format!("http://{}/", mesh.age_addr())])
+            .args([
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{}/", mesh.age_addr()),
+            ])
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(56), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(56),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("Connection reset by peer"), "{stderr}");
     }
     let m = age.metrics_text();
-    assert!(metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0, "{m}");
-    assert!(age.admin("/plaintext").contains("\"rejected\": 1") || age.admin("/plaintext").contains("\"rejected\": 2"));
+    assert!(
+        metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        age.admin("/plaintext").contains("\"rejected\": 1")
+            || age.admin("/plaintext").contains("\"rejected\": 2")
+    );
     // The mesh path still works after the rejections.
     assert_eq!(http_get(mesh.sentences_out_addr(), "/").unwrap().0, 200);
 }
@@ -187,14 +249,17 @@ fn garbage_and_foreign_clients_are_closed_and_counted_and_the_rest_keeps_serving
     // Bytes that start like a TLS record but are not a ClientHello.
     let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0xff, 0xff, 0xff, 0xff]).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
     let mut buf = [0u8; 16];
     let r = s.read(&mut buf);
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 
     // A client that connects and says nothing, on a STRICT port.
     let silent = TcpStream::connect(mesh.age_addr()).unwrap();
-    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let r = (&silent).read(&mut buf);
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
 
@@ -203,21 +268,44 @@ fn garbage_and_foreign_clients_are_closed_and_counted_and_the_rest_keeps_serving
     let rogue_dir = rogue.issue("rogue", "default", "sentences");
     if tool_available("openssl") {
         let out = std::process::Command::new("openssl")
-            .args(["s_client", "-connect", &mesh.age_addr().to_string(), "-alpn", "istio"])
+            .args([
+                "s_client",
+                "-connect",
+                &mesh.age_addr().to_string(),
+                "-alpn",
+                "istio",
+            ])
             .args(["-cert", rogue_dir.join("cert-chain.pem").to_str().unwrap()])
             .args(["-key", rogue_dir.join("key.pem").to_str().unwrap()])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-        assert!(!text.contains("Verification: OK") || text.contains("alert"), "{text}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("Verification: OK") || text.contains("alert"),
+            "{text}"
+        );
     }
     let m = age.metrics_text();
-    assert!(metric_sum(&m, "outrider_inbound_rejected_total", &[("reason", "malformed_client_hello")]) >= 1.0, "{m}");
-    assert!(metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0, "{m}");
+    assert!(
+        metric_sum(
+            &m,
+            "outrider_inbound_rejected_total",
+            &[("reason", "malformed_client_hello")]
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "outrider_plaintext_rejected_total", &[]) >= 1.0,
+        "{m}"
+    );
 
     // Still serving the mesh.
-    assert_eq!(round_trip(mesh.sentences_out_addr(), b"still here").unwrap(), b"still here");
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"still here").unwrap(),
+        b"still here"
+    );
 }
 
 #[test]
@@ -230,19 +318,36 @@ fn switching_the_policy_file_to_strict_applies_without_a_restart() {
 
     std::fs::write(mesh.config().join("policy.yaml"), policy("STRICT")).unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || is_reset(round_trip(mesh.age_addr(), b"after"))),
+        eventually(Duration::from_secs(10), || is_reset(round_trip(
+            mesh.age_addr(),
+            b"after"
+        ))),
         "plaintext still admitted after the switch to STRICT: {}",
         age.logs()
     );
-    assert_eq!(round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(), b"mesh");
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(),
+        b"mesh"
+    );
 
     // A broken edit keeps the last good configuration.
-    std::fs::write(mesh.config().join("policy.yaml"), "kind: PeerAuthentication\nspec: { mtls: { mode: STRIKT } }\n").unwrap();
+    std::fs::write(
+        mesh.config().join("policy.yaml"),
+        "kind: PeerAuthentication\nspec: { mtls: { mode: STRIKT } }\n",
+    )
+    .unwrap();
     assert!(eventually(Duration::from_secs(10), || {
-        metric_sum(&age.metrics_text(), "outrider_config_reloads_total", &[("result", "failure")]) >= 1.0
+        metric_sum(
+            &age.metrics_text(),
+            "outrider_config_reloads_total",
+            &[("result", "failure")],
+        ) >= 1.0
     }));
     assert!(is_reset(round_trip(mesh.age_addr(), b"still strict")));
-    assert_eq!(round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(), b"mesh");
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(),
+        b"mesh"
+    );
 }
 
 #[test]
@@ -251,9 +356,27 @@ fn a_listener_address_in_use_fails_start_up_naming_it() {
     let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
     let _hold = std::net::TcpListener::bind(mesh.age_addr()).unwrap();
     let out = std::process::Command::new(BIN)
-        .args(["run", "--config", mesh.config().to_str().unwrap(), "--workload", "age"])
-        .args(["--cert-dir", mesh.pki.dir.path().join("age").to_str().unwrap(), "--inbound-ip", "127.0.0.1"])
-        .args(["--admin-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-addr", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--config",
+            mesh.config().to_str().unwrap(),
+            "--workload",
+            "age",
+        ])
+        .args([
+            "--cert-dir",
+            mesh.pki.dir.path().join("age").to_str().unwrap(),
+            "--inbound-ip",
+            "127.0.0.1",
+        ])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--ready-addr",
+            "127.0.0.1:0",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

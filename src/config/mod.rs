@@ -178,17 +178,10 @@ impl MeshConfig {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Plan {
             trust_domain: self.trust_domain.clone(),
-            workload: WorkloadInfo {
-                name: w.name.clone(),
-                namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
-                service: w.service.clone(),
-                version: w.version.clone(),
-                labels: w.labels.clone(),
-                spiffe_id: w.spiffe_id.clone(),
-            },
+            workload: workload_info(w),
             inbound,
             outbound,
+            peers: self.workloads.iter().map(workload_info).collect(),
         })
     }
 
@@ -212,5 +205,17 @@ impl MeshConfig {
             &BTreeMap::new(),
         );
         peer_authn::namespace_mode(&applicable)
+    }
+}
+
+fn workload_info(w: &Workload) -> WorkloadInfo {
+    WorkloadInfo {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: w.service_account.clone(),
+        service: w.service.clone(),
+        version: w.version.clone(),
+        labels: w.labels.clone(),
+        spiffe_id: w.spiffe_id.clone(),
     }
 }

@@ -23,6 +23,10 @@ pub struct Plan {
     pub inbound: Vec<InboundPlan>,
     /// One entry per `outbound` entry of the workload.
     pub outbound: Vec<OutboundPlan>,
+    /// Every workload of the mesh (this one included): who is behind a peer's SPIFFE ID, for
+    /// the metrics' source/destination labels (no control plane exchanges this metadata).
+    #[serde(skip)]
+    pub peers: Vec<WorkloadInfo>,
 }
 
 /// The identity and labels of the workload a sidecar runs beside.

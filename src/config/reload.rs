@@ -159,7 +159,12 @@ spec:
         let file = dir.join("mesh.yaml");
         std::fs::write(&file, BASE).unwrap();
         let initial = Arc::new(super::super::load(&file).unwrap().plan("age").unwrap());
-        let (rx, stats) = spawn(file.clone(), "age".into(), initial, Duration::from_millis(20));
+        let (rx, stats) = spawn(
+            file.clone(),
+            "age".into(),
+            initial,
+            Duration::from_millis(20),
+        );
 
         let strict = format!("{BASE}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: STRICT }} }}\n");
         std::fs::write(&file, &strict).unwrap();

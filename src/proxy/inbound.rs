@@ -28,18 +28,32 @@ pub struct Inbound {
 impl Inbound {
     /// Binds `addr` now (a conflict fails start-up with the address in the message).
     pub async fn bind(addr: SocketAddr, port: u16, app_host: IpAddr) -> std::io::Result<Inbound> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (inbound port {port}): {e}")))?;
-        Ok(Inbound { listener, port, app_host })
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (inbound port {port}): {e}"),
+            )
+        })?;
+        Ok(Inbound {
+            listener,
+            port,
+            app_host,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Accepts until draining starts.
-    pub async fn run(self, shared: Shared, runtime: watch::Receiver<Arc<Runtime>>, tls: TlsAcceptor) {
+    pub async fn run(
+        self,
+        shared: Shared,
+        runtime: watch::Receiver<Arc<Runtime>>,
+        tls: TlsAcceptor,
+    ) {
         let mut draining = shared.shutdown.watch();
         loop {
             let (stream, peer) = tokio::select! {
@@ -54,14 +68,24 @@ impl Inbound {
                 _ = crate::shutdown::draining(&mut draining) => return,
             };
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
-                shared.metrics.inbound_rejected(self.port, "connection_limit");
+                shared
+                    .metrics
+                    .inbound_rejected(self.port, "connection_limit");
                 reset(stream);
                 continue;
             };
             let rt = runtime.borrow().clone();
-            let Some(plan) = rt.plan.inbound.iter().find(|p| p.port == self.port).cloned() else {
+            let Some(plan) = rt
+                .plan
+                .inbound
+                .iter()
+                .find(|p| p.port == self.port)
+                .cloned()
+            else {
                 // The port left the plan on reload: refuse until the listener set is rebuilt.
-                shared.metrics.inbound_rejected(self.port, "port_not_in_plan");
+                shared
+                    .metrics
+                    .inbound_rejected(self.port, "port_not_in_plan");
                 reset(stream);
                 continue;
             };
@@ -103,7 +127,9 @@ async fn serve(
             Ok(d) => d,
             Err(e) => {
                 tracing::debug!(%peer, port = plan.port, error = %e, "downstream failed during detection");
-                shared.metrics.inbound_rejected(plan.port, "downstream_error");
+                shared
+                    .metrics
+                    .inbound_rejected(plan.port, "downstream_error");
                 return;
             }
         }
@@ -111,16 +137,24 @@ async fn serve(
     let carry = match (&detected, plan.mode) {
         (Detected::Closed, _) => return,
         (Detected::Malformed, _) => {
-            shared.metrics.inbound_rejected(plan.port, "malformed_client_hello");
+            shared
+                .metrics
+                .inbound_rejected(plan.port, "malformed_client_hello");
             tracing::info!(%peer, port = plan.port, "closed: malformed TLS ClientHello");
             reset(stream);
             return;
         }
-        (Detected::Tls { .. }, MtlsMode::Strict) | (Detected::Tls { mesh: true, .. }, MtlsMode::Permissive) => Carry::Mtls,
+        (Detected::Tls { .. }, MtlsMode::Strict)
+        | (Detected::Tls { mesh: true, .. }, MtlsMode::Permissive) => Carry::Mtls,
         (Detected::Tls { mesh: false, .. }, MtlsMode::Permissive) => {
-            if matches!(plan.protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc) {
+            if matches!(
+                plan.protocol,
+                Protocol::Http | Protocol::Http2 | Protocol::Grpc
+            ) {
                 // Istio builds no chain for foreign TLS on HTTP ports.
-                shared.metrics.inbound_rejected(plan.port, "non_mesh_tls_on_http_port");
+                shared
+                    .metrics
+                    .inbound_rejected(plan.port, "non_mesh_tls_on_http_port");
                 reset(stream);
                 return;
             }
@@ -143,7 +177,8 @@ async fn serve(
     let downstream = Rewind::new(prefix, stream);
     match carry {
         Carry::Mtls => {
-            let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
+            let handshake =
+                tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
             let tls_stream = match handshake {
                 Err(_) => {
                     shared.metrics.handshake_failed("inbound", "timeout");
@@ -151,22 +186,48 @@ async fn serve(
                     return;
                 }
                 Ok(Err(e)) => {
-                    let reason = tls_error(&e).map(crate::tls::failure_reason).unwrap_or("io");
+                    let reason = tls_error(&e)
+                        .map(crate::tls::failure_reason)
+                        .unwrap_or("io");
                     shared.metrics.handshake_failed("inbound", reason);
                     tracing::info!(%peer, port = plan.port, reason, error = %e, "downstream TLS handshake failed");
                     return;
                 }
                 Ok(Ok(s)) => s,
             };
-            let peer_id = tls_stream.get_ref().1.peer_certificates().and_then(crate::tls::peer_spiffe_id);
+            let peer_id = tls_stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(crate::tls::peer_spiffe_id);
             let source = match &peer_id {
                 Some(id) => rt.peers.lookup(id),
                 None => Peer::unknown(),
             };
-            forward(tls_stream, peer, source, "mutual_tls", plan, app, rt, shared).await;
+            forward(
+                tls_stream,
+                peer,
+                source,
+                "mutual_tls",
+                plan,
+                app,
+                rt,
+                shared,
+            )
+            .await;
         }
         Carry::Plain | Carry::Passthrough => {
-            forward(downstream, peer, Peer::unknown(), "none", plan, app, rt, shared).await;
+            forward(
+                downstream,
+                peer,
+                Peer::unknown(),
+                "none",
+                plan,
+                app,
+                rt,
+                shared,
+            )
+            .await;
         }
     }
 }
@@ -183,15 +244,24 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
 ) {
     let started = Instant::now();
-    let mut upstream = match tokio::time::timeout(shared.settings.connect_timeout, TcpStream::connect(app)).await {
+    let mut upstream = match tokio::time::timeout(
+        shared.settings.connect_timeout,
+        TcpStream::connect(app),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            shared.metrics.inbound_rejected(plan.port, "app_unreachable");
+            shared
+                .metrics
+                .inbound_rejected(plan.port, "app_unreachable");
             tracing::warn!(%peer, %app, error = %e, "local app refused the connection");
             return;
         }
         Err(_) => {
-            shared.metrics.inbound_rejected(plan.port, "app_unreachable");
+            shared
+                .metrics
+                .inbound_rejected(plan.port, "app_unreachable");
             tracing::warn!(%peer, %app, "local app connect timed out");
             return;
         }
@@ -208,8 +278,13 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         security_policy: security,
     };
     let conn = shared.metrics.tcp_connection(&labels, "inbound");
-    let (end, received, sent) =
-        copy_bidirectional(&mut downstream, &mut upstream, shared.settings.copy, |rx, tx| conn.add(rx, tx)).await;
+    let (end, received, sent) = copy_bidirectional(
+        &mut downstream,
+        &mut upstream,
+        shared.settings.copy,
+        |rx, tx| conn.add(rx, tx),
+    )
+    .await;
     let outcome = match &end {
         CopyEnd::Done => "done".to_string(),
         CopyEnd::Idle => "idle_timeout".to_string(),

@@ -97,7 +97,10 @@ impl PeerDirectory {
             Some(p) => p.clone(),
             None => Peer {
                 principal: id.to_string(),
-                namespace: id.namespace().unwrap_or(crate::metrics::UNKNOWN).to_string(),
+                namespace: id
+                    .namespace()
+                    .unwrap_or(crate::metrics::UNKNOWN)
+                    .to_string(),
                 ..Peer::unknown()
             },
         }
@@ -129,5 +132,6 @@ pub(crate) fn tune(stream: &TcpStream) {
 
 /// The `rustls::Error` inside an I/O error from tokio-rustls, if any.
 pub(crate) fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
-    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }

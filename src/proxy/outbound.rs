@@ -50,7 +50,11 @@ pub struct UpstreamRoute {
 
 impl UpstreamRoute {
     pub fn new(weight: u32, endpoints: Vec<UpstreamEndpoint>) -> Self {
-        UpstreamRoute { weight, endpoints, next: AtomicUsize::new(0) }
+        UpstreamRoute {
+            weight,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
     }
 }
 
@@ -96,14 +100,16 @@ pub struct Outbound {
 
 impl Outbound {
     pub async fn bind(addr: SocketAddr, index: usize) -> std::io::Result<Outbound> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} (outbound): {e}")))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr} (outbound): {e}"))
+        })?;
         Ok(Outbound { listener, index })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub async fn run(self, shared: Shared, runtime: watch::Receiver<Arc<Runtime>>) {
@@ -139,7 +145,13 @@ impl Outbound {
     }
 }
 
-async fn serve(mut app: TcpStream, peer: SocketAddr, out: &OutboundRuntime, rt: &Runtime, shared: &Shared) {
+async fn serve(
+    mut app: TcpStream,
+    peer: SocketAddr,
+    out: &OutboundRuntime,
+    rt: &Runtime,
+    shared: &Shared,
+) {
     tune(&app);
     let service = out.destination.host.as_str();
     let Some((route, start)) = out.pick() else {
@@ -155,7 +167,11 @@ async fn serve(mut app: TcpStream, peer: SocketAddr, out: &OutboundRuntime, rt: 
                 return copy_to(&mut app, &mut s, peer, ep, None, out, rt, shared).await;
             }
             Ok(Upstream::Tls(mut s)) => {
-                let server_id = s.get_ref().1.peer_certificates().and_then(crate::tls::peer_spiffe_id);
+                let server_id = s
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(crate::tls::peer_spiffe_id);
                 return copy_to(&mut app, &mut s, peer, ep, server_id, out, rt, shared).await;
             }
             Err((reason, detail)) => {
@@ -181,24 +197,40 @@ enum Upstream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-async fn connect(ep: &UpstreamEndpoint, shared: &Shared) -> Result<Upstream, (&'static str, String)> {
+async fn connect(
+    ep: &UpstreamEndpoint,
+    shared: &Shared,
+) -> Result<Upstream, (&'static str, String)> {
     let settings = shared.settings;
-    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect((ep.host.as_str(), ep.port)))
-        .await
-        .map_err(|_| ("connect_timeout", "connect timed out".to_string()))?
-        .map_err(|e| ("connect_failed", e.to_string()))?;
+    let tcp = tokio::time::timeout(
+        settings.connect_timeout,
+        TcpStream::connect((ep.host.as_str(), ep.port)),
+    )
+    .await
+    .map_err(|_| ("connect_timeout", "connect timed out".to_string()))?
+    .map_err(|e| ("connect_failed", e.to_string()))?;
     tune(&tcp);
     match &ep.tls {
         UpstreamTls::Plain => Ok(Upstream::Plain(tcp)),
-        UpstreamTls::Tls { connector, server_name, .. } => {
-            let handshake = tokio::time::timeout(settings.handshake_timeout, connector.connect(server_name.clone(), tcp)).await;
+        UpstreamTls::Tls {
+            connector,
+            server_name,
+            ..
+        } => {
+            let handshake = tokio::time::timeout(
+                settings.handshake_timeout,
+                connector.connect(server_name.clone(), tcp),
+            )
+            .await;
             match handshake {
                 Err(_) => {
                     shared.metrics.handshake_failed("outbound", "timeout");
                     Err(("tls_timeout", "TLS handshake timed out".into()))
                 }
                 Ok(Err(e)) => {
-                    let reason = tls_error(&e).map(crate::tls::failure_reason).unwrap_or("io");
+                    let reason = tls_error(&e)
+                        .map(crate::tls::failure_reason)
+                        .unwrap_or("io");
                     shared.metrics.handshake_failed("outbound", reason);
                     Err(("tls_failed", format!("{reason}: {e}")))
                 }
@@ -231,11 +263,18 @@ async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
         destination,
         destination_service: d.host.clone(),
         destination_service_name: d.service.clone().unwrap_or_else(|| d.host.clone()),
-        destination_service_namespace: d.namespace.clone().unwrap_or_else(|| crate::metrics::UNKNOWN.into()),
+        destination_service_namespace: d
+            .namespace
+            .clone()
+            .unwrap_or_else(|| crate::metrics::UNKNOWN.into()),
         security_policy: "unknown",
     };
     let conn = shared.metrics.tcp_connection(&labels, "outbound");
-    let (end, received, sent) = copy_bidirectional(app, upstream, shared.settings.copy, |rx, tx| conn.add(rx, tx)).await;
+    let (end, received, sent) =
+        copy_bidirectional(app, upstream, shared.settings.copy, |rx, tx| {
+            conn.add(rx, tx)
+        })
+        .await;
     let outcome = match &end {
         CopyEnd::Done => "done".to_string(),
         CopyEnd::Idle => "idle_timeout".to_string(),

@@ -34,10 +34,17 @@ pub struct PlaintextLog {
 impl PlaintextLog {
     /// Records one plaintext connection from `address` to `port`.
     pub fn record(&self, address: IpAddr, port: u16, rejected: bool) {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if !clients.contains_key(&address) && clients.len() >= MAX_CLIENTS {
-            if let Some(oldest) = clients.values().min_by_key(|c| c.last_seen_unix).map(|c| c.address) {
+            if let Some(oldest) = clients
+                .values()
+                .min_by_key(|c| c.last_seen_unix)
+                .map(|c| c.address)
+            {
                 clients.remove(&oldest);
             }
         }
@@ -65,7 +72,11 @@ impl PlaintextLog {
     pub fn clients(&self) -> Vec<PlaintextClient> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let mut list: Vec<_> = clients.values().cloned().collect();
-        list.sort_by(|a, b| b.last_seen_unix.cmp(&a.last_seen_unix).then(a.address.cmp(&b.address)));
+        list.sort_by(|a, b| {
+            b.last_seen_unix
+                .cmp(&a.last_seen_unix)
+                .then(a.address.cmp(&b.address))
+        });
         list
     }
 }

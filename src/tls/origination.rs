@@ -19,7 +19,10 @@ use crate::config::TlsOrigination;
 #[derive(Debug, thiserror::Error)]
 pub enum OriginationError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} holds no usable PEM {what}")]
     NoPem { path: String, what: &'static str },
     #[error("caCertificates is required for SIMPLE and MUTUAL (outrider does not use an OS trust store)")]
@@ -37,11 +40,23 @@ pub enum OriginationError {
 /// Builds the client config and the server name to send for a SIMPLE or MUTUAL endpoint.
 /// `host` is the endpoint's host, used as SNI and for verification when the rule sets no
 /// `sni` and no `subjectAltNames` (Istio's auto SNI / auto SAN validation).
-pub fn client_config(tls: &TlsOrigination, host: &str) -> Result<(Arc<ClientConfig>, ServerName<'static>), OriginationError> {
+pub fn client_config(
+    tls: &TlsOrigination,
+    host: &str,
+) -> Result<(Arc<ClientConfig>, ServerName<'static>), OriginationError> {
     let (ca, sans, sni, skip, client) = match tls {
-        TlsOrigination::Simple { ca_certificates, subject_alt_names, sni, insecure_skip_verify } => {
-            (ca_certificates, subject_alt_names, sni, *insecure_skip_verify, None)
-        }
+        TlsOrigination::Simple {
+            ca_certificates,
+            subject_alt_names,
+            sni,
+            insecure_skip_verify,
+        } => (
+            ca_certificates,
+            subject_alt_names,
+            sni,
+            *insecure_skip_verify,
+            None,
+        ),
         TlsOrigination::Mutual {
             client_certificate,
             private_key,
@@ -57,7 +72,9 @@ pub fn client_config(tls: &TlsOrigination, host: &str) -> Result<(Arc<ClientConf
             Some((client_certificate.as_path(), private_key.as_path())),
         ),
         TlsOrigination::Disable => return Err(OriginationError::NotFileBased("DISABLE")),
-        TlsOrigination::IstioMutual { .. } => return Err(OriginationError::NotFileBased("ISTIO_MUTUAL")),
+        TlsOrigination::IstioMutual { .. } => {
+            return Err(OriginationError::NotFileBased("ISTIO_MUTUAL"))
+        }
     };
     if skip {
         return Err(OriginationError::InsecureSkipVerify);
@@ -73,9 +90,15 @@ pub fn client_config(tls: &TlsOrigination, host: &str) -> Result<(Arc<ClientConf
         .map_err(|e| rustls::Error::General(e.to_string()))?;
     let mut names = Vec::new();
     for san in sans {
-        names.push(ServerName::try_from(san.clone()).map_err(|_| OriginationError::BadName(san.clone()))?);
+        names.push(
+            ServerName::try_from(san.clone())
+                .map_err(|_| OriginationError::BadName(san.clone()))?,
+        );
     }
-    let verifier = Arc::new(SanVerifier { inner: webpki, names });
+    let verifier = Arc::new(SanVerifier {
+        inner: webpki,
+        names,
+    });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(rustls::ALL_VERSIONS)?
         .dangerous() // not dangerous: the custom verifier wraps full WebPKI validation
@@ -89,22 +112,37 @@ pub fn client_config(tls: &TlsOrigination, host: &str) -> Result<(Arc<ClientConf
         }
     };
     let name = sni.clone().unwrap_or_else(|| host.to_string());
-    let server_name = ServerName::try_from(name.clone()).map_err(|_| OriginationError::BadName(name))?;
+    let server_name =
+        ServerName::try_from(name.clone()).map_err(|_| OriginationError::BadName(name))?;
     Ok((Arc::new(config), server_name))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, OriginationError> {
-    let bytes = std::fs::read(path).map_err(|source| OriginationError::Read { path: path.display().to_string(), source })?;
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes).filter_map(Result::ok).collect();
+    let bytes = std::fs::read(path).map_err(|source| OriginationError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&bytes)
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
-        return Err(OriginationError::NoPem { path: path.display().to_string(), what: "certificate" });
+        return Err(OriginationError::NoPem {
+            path: path.display().to_string(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, OriginationError> {
-    let bytes = std::fs::read(path).map_err(|source| OriginationError::Read { path: path.display().to_string(), source })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| OriginationError::NoPem { path: path.display().to_string(), what: "private key" })
+    let bytes = std::fs::read(path).map_err(|source| OriginationError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|_| OriginationError::NoPem {
+        path: path.display().to_string(),
+        what: "private key",
+    })
 }
 
 /// WebPKI validation against the names in `subjectAltNames` (any one may match) instead of
@@ -125,11 +163,20 @@ impl ServerCertVerifier for SanVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         if self.names.is_empty() {
-            return self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+            return self.inner.verify_server_cert(
+                end_entity,
+                intermediates,
+                server_name,
+                ocsp,
+                now,
+            );
         }
         let mut last = None;
         for name in &self.names {
-            match self.inner.verify_server_cert(end_entity, intermediates, name, ocsp, now) {
+            match self
+                .inner
+                .verify_server_cert(end_entity, intermediates, name, ocsp, now)
+            {
                 Ok(v) => return Ok(v),
                 Err(e) => last = Some(e),
             }

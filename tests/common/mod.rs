@@ -31,7 +31,14 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        outrider(&["ca", "init", "--dir", ca.to_str().unwrap(), "--trust-domain", "cluster.local"]);
+        outrider(&[
+            "ca",
+            "init",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--trust-domain",
+            "cluster.local",
+        ]);
         Pki { dir }
     }
 
@@ -60,7 +67,11 @@ impl Pki {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A sidecar process; killed when dropped.
@@ -82,17 +93,40 @@ impl Sidecar {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("sidecar.log");
         let child = Command::new(BIN)
-            .args(["run", "--config", config.to_str().unwrap(), "--workload", workload])
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--workload",
+                workload,
+            ])
             .args(["--cert-dir", cert_dir.to_str().unwrap()])
-            .args(["--admin-addr", &admin.to_string(), "--metrics-addr", &metrics.to_string()])
-            .args(["--ready-addr", &ready.to_string(), "--inbound-ip", "127.0.0.1"])
+            .args([
+                "--admin-addr",
+                &admin.to_string(),
+                "--metrics-addr",
+                &metrics.to_string(),
+            ])
+            .args([
+                "--ready-addr",
+                &ready.to_string(),
+                "--inbound-ip",
+                "127.0.0.1",
+            ])
             .args(extra)
             .env("OUTRIDER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start sidecar");
-        let mut s = Sidecar { child, admin, metrics, ready, log, _logdir: logdir };
+        let mut s = Sidecar {
+            child,
+            admin,
+            metrics,
+            ready,
+            log,
+            _logdir: logdir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = s.child.try_wait().unwrap() {
@@ -101,7 +135,11 @@ impl Sidecar {
             if let Ok((200, _)) = http_get(s.ready, "/healthz/ready") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "sidecar {workload} never became ready: {}", s.logs());
+            assert!(
+                Instant::now() < deadline,
+                "sidecar {workload} never became ready: {}",
+                s.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -111,7 +149,9 @@ impl Sidecar {
     }
 
     pub fn metrics_text(&self) -> String {
-        http_get(self.metrics, "/stats/prometheus").expect("scrape").1
+        http_get(self.metrics, "/stats/prometheus")
+            .expect("scrape")
+            .1
     }
 
     pub fn admin(&self, path: &str) -> String {
@@ -120,13 +160,18 @@ impl Sidecar {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "sidecar did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sidecar did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -143,11 +188,21 @@ impl Drop for Sidecar {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
@@ -155,7 +210,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> 
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -207,7 +266,11 @@ impl App {
                 }
             }
             let body = "hello from the app";
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         })
     }
 
