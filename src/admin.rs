@@ -105,6 +105,7 @@ impl HttpServer {
                     async move { Ok::<_, Infallible>(respond(role, &handler, req.uri().path())) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;

@@ -428,12 +428,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, CaError> {
         reason,
     };
     const SYNTAX: &str =
-        "write a number followed by a unit (d, h, m or s), like 24h, 90m, 30s or 1h30m";
+        "write a number followed by a unit (d, h, m, s or ms), like 24h, 90m, 30s, 500ms or 1h30m";
     let mut rest = s.trim();
     if rest.is_empty() {
         return Err(bad(SYNTAX));
     }
-    let mut total: u64 = 0;
+    let mut total_ms: u64 = 0;
     while !rest.is_empty() {
         let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
         if digits == 0 {
@@ -447,23 +447,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, CaError> {
             - rest
                 .trim_start_matches(|c: char| c.is_ascii_alphabetic())
                 .len();
-        let unit = match &rest[..unit_len] {
-            "d" => 86_400,
-            "h" => 3_600,
-            "m" => 60,
-            "s" => 1,
+        let unit_ms = match &rest[..unit_len] {
+            "d" => 86_400_000,
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
             _ => return Err(bad(SYNTAX)),
         };
         rest = &rest[unit_len..];
-        total = number
-            .checked_mul(unit)
-            .and_then(|secs| total.checked_add(secs))
+        total_ms = number
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
             .ok_or_else(|| bad("the duration is too large"))?;
     }
-    if total == 0 {
+    if total_ms == 0 {
         return Err(bad("the duration must be longer than zero"));
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total_ms))
 }
 
 fn add_ttl(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, CaError> {
