@@ -265,7 +265,12 @@ async fn store_refuses_bad_material_and_keeps_the_old() {
 
     let next = issue(&ca, "age");
     let foreign = issue(&other_ca, "age");
-    let cases: Vec<(&str, (&str, &str, &str), fn(&IdentityError) -> bool)> = vec![
+    type Case<'a> = (
+        &'a str,
+        (&'a str, &'a str, &'a str),
+        fn(&IdentityError) -> bool,
+    );
+    let cases: Vec<Case> = vec![
         (
             "key of another certificate",
             (&next.chain_pem, &good.key_pem, &good.root_pem),
