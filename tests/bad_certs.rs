@@ -579,3 +579,29 @@ async fn chain_through_an_intermediate_is_accepted() {
     assert_eq!(out.server.unwrap(), Some(id("name")));
     assert_eq!(out.client.unwrap(), Some(id("age")));
 }
+
+/// A clock running `ahead` of the wall clock.
+#[derive(Debug)]
+struct Ahead(Duration);
+
+impl rustls::time_provider::TimeProvider for Ahead {
+    fn current_time(&self) -> Option<UnixTime> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        Some(UnixTime::since_unix_epoch(now + self.0))
+    }
+}
+
+#[tokio::test]
+async fn injected_clock_sees_a_good_certificate_expire() {
+    let ca = Ca::root(TD);
+    let store = store(&ca, "name", &ca.pem());
+    let leaf = ca.leaf(|_| {});
+    let later =
+        outrider::tls::server_config_with_time(&store, Arc::new(Ahead(Duration::from_secs(7200))));
+    let out = handshake(later, bad_client_config(Some(&leaf))).await;
+    assert_eq!(failure_reason(&out.server.unwrap_err()), "expired");
+    let now = handshake(server_config(&store), bad_client_config(Some(&leaf))).await;
+    assert_eq!(now.server.unwrap(), Some(id("age")));
+}
