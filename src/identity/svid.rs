@@ -110,7 +110,7 @@ pub fn verify_svid(
     let path = cert
         .verify_for_usage(
             PROVIDER.signature_verification_algorithms.all,
-            &anchors,
+            anchors,
             intermediates,
             now,
             usage,
