@@ -553,6 +553,24 @@ mod tests {
     }
 
     #[test]
+    fn leaf_validity_is_clamped_to_the_root() {
+        let dir = std::env::temp_dir().join(format!("outrider-ca-clamp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Authority::init(&dir, "example.org", Duration::from_secs(3600), false).unwrap();
+        let id = workload_id("example.org", "ns", "sa").unwrap();
+        let issued = ca.issue(&id, Duration::from_secs(86_400), &[]).unwrap();
+        assert!(issued.not_after <= ca.not_after());
+        let loaded = Authority::load(&dir).unwrap();
+        assert_eq!(loaded.trust_domain(), "example.org");
+        assert_eq!(loaded.root_pem(), ca.root_pem());
+        assert!(matches!(
+            ca.issue(&id, Duration::from_secs(60), &["bad name!".into()]),
+            Err(CaError::BadDnsName(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn serials_are_positive_and_16_bytes() {
         for _ in 0..100 {
             let s = random_serial().to_bytes();

@@ -15,6 +15,8 @@ use crate::identity::IdentityError;
 #[derive(Clone, Default)]
 pub struct TrustBundle {
     domains: BTreeMap<String, Arc<Roots>>,
+    /// Every anchor of every domain, prepared once for the per-handshake path validation.
+    all: Arc<Vec<TrustAnchor<'static>>>,
 }
 
 struct Roots {
@@ -75,6 +77,12 @@ impl TrustBundle {
         roots.certs.push(cert);
         roots.anchors.push(anchor);
         *entry = Arc::new(roots);
+        self.all = Arc::new(
+            self.domains
+                .values()
+                .flat_map(|r| r.anchors.iter().cloned())
+                .collect(),
+        );
         Ok(())
     }
 
@@ -97,11 +105,8 @@ impl TrustBundle {
         self.domains.get(trust_domain).map(|r| r.anchors.as_slice())
     }
 
-    pub(crate) fn all_anchors(&self) -> Vec<TrustAnchor<'static>> {
-        self.domains
-            .values()
-            .flat_map(|r| r.anchors.iter().cloned())
-            .collect()
+    pub(crate) fn all_anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.all
     }
 }
 

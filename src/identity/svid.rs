@@ -110,7 +110,7 @@ pub fn verify_svid(
     let path = cert
         .verify_for_usage(
             PROVIDER.signature_verification_algorithms.all,
-            &anchors,
+            anchors,
             intermediates,
             now,
             usage,
@@ -215,7 +215,10 @@ fn pki_error(e: webpki::Error) -> rustls::Error {
         E::CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
         E::InvalidCertValidity => CertificateError::Expired,
         E::UnknownIssuer => CertificateError::UnknownIssuer,
-        E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
+        // webpki finds issuers by name: a certificate from another CA with the same subject
+        // (every Istio-style root of a trust domain looks alike) fails on the signature. To
+        // the operator that is an unknown issuer, not a corrupted certificate.
+        E::InvalidSignatureForPublicKey => CertificateError::UnknownIssuer,
         E::CaUsedAsEndEntity => return SvidError::CaLeaf.into(),
         #[allow(deprecated)]
         E::RequiredEkuNotFound | E::RequiredEkuNotFoundContext(_) => {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use rustls::{CertificateError, ClientConfig, ServerConfig, SignatureScheme};
 use rustls_pki_types::CertificateDer;
 
@@ -29,7 +30,16 @@ pub const MESH_ALPN: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
 /// against the live bundle; server certificate from the live store; ALPN offered: the mesh
 /// protocols, then `h2`, `http/1.1`.
 pub fn server_config(store: &CertStore) -> Arc<ServerConfig> {
-    let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
+    server_config_with_time(store, Arc::new(DefaultTimeProvider))
+}
+
+/// [`server_config`] with an injected clock: certificate validity (and ticket age) are judged
+/// at the time `time` reports, so tests can move time without sleeping.
+pub fn server_config_with_time(
+    store: &CertStore,
+    time: Arc<dyn TimeProvider>,
+) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_details(PROVIDER.clone(), time)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the aws-lc-rs provider supports TLS 1.3")
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone())))
@@ -47,9 +57,18 @@ pub fn server_config(store: &CertStore) -> Arc<ServerConfig> {
 /// ALPN: the mesh protocols. Session resumption uses rustls' default in-memory cache, so share
 /// one configuration per destination rather than per connection.
 pub fn client_config(store: &CertStore, allowed: Vec<SpiffeId>) -> Arc<ClientConfig> {
+    client_config_with_time(store, allowed, Arc::new(DefaultTimeProvider))
+}
+
+/// [`client_config`] with an injected clock (see [`server_config_with_time`]).
+pub fn client_config_with_time(
+    store: &CertStore,
+    allowed: Vec<SpiffeId>,
+    time: Arc<dyn TimeProvider>,
+) -> Arc<ClientConfig> {
     // `dangerous()` is rustls' only door to a custom server verifier; this one still does full
     // webpki chain validation (see `verifier`), it only replaces DNS-name matching by SPIFFE IDs.
-    let mut config = ClientConfig::builder_with_provider(PROVIDER.clone())
+    let mut config = ClientConfig::builder_with_details(PROVIDER.clone(), time)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the aws-lc-rs provider supports TLS 1.3")
         .dangerous()
