@@ -433,7 +433,7 @@ async fn edges(d: &Demo) {
             }
             let count = line.rsplit(' ').next().unwrap_or("0");
             let source = match label("source_workload").as_str() {
-                "unknown" => "intruder/unknown".to_string(),
+                "unknown" => "a plaintext client (no identity)".to_string(),
                 s => s.to_string(),
             };
             lines.push(format!(
