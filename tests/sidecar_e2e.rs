@@ -6,94 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
-
-/// Two workloads: `sentences` (client, with an outbound to `age`) and `age` (server).
-struct Mesh {
-    pki: Pki,
-    dir: tempfile::TempDir,
-    age_in: u16,
-    sentences_out: u16,
-}
-
-fn policy(mode: &str) -> String {
-    format!(
-        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n"
-    )
-}
-
-impl Mesh {
-    fn new(age_app: u16, age_protocol: &str, mode: &str) -> Mesh {
-        let pki = Pki::new();
-        let dir = tempfile::tempdir().unwrap();
-        let age_in = free_port();
-        let sentences_out = free_port();
-        let sentences_in = free_port();
-        let mesh = format!(
-            r#"apiVersion: outrider.dev/v1alpha1
-kind: Mesh
-metadata: {{ name: mesh }}
-spec: {{ trustDomain: cluster.local, rootNamespace: istio-system }}
----
-apiVersion: outrider.dev/v1alpha1
-kind: Workload
-metadata: {{ name: sentences, namespace: default, labels: {{ app: sentences, version: v1 }} }}
-spec:
-  serviceAccount: sentences
-  address: 127.0.0.1
-  ports:
-    - {{ name: http, port: {sentences_in}, targetPort: {sentences_app}, protocol: HTTP }}
-  outbound:
-    - {{ bind: "127.0.0.1:{sentences_out}", to: "age.default:tcp" }}
----
-apiVersion: outrider.dev/v1alpha1
-kind: Workload
-metadata: {{ name: age, namespace: default, labels: {{ app: age, version: v1 }} }}
-spec:
-  serviceAccount: age
-  address: 127.0.0.1
-  ports:
-    - {{ name: tcp, port: {age_in}, targetPort: {age_app}, protocol: {age_protocol} }}
-"#,
-            sentences_app = free_port(),
-        );
-        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
-        std::fs::write(dir.path().join("policy.yaml"), policy(mode)).unwrap();
-        pki.issue("sentences", "default", "sentences");
-        pki.issue("age", "default", "age");
-        Mesh {
-            pki,
-            dir,
-            age_in,
-            sentences_out,
-        }
-    }
-
-    fn config(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn sidecar(&self, workload: &str) -> Sidecar {
-        Sidecar::start(
-            self.config(),
-            workload,
-            &self.pki.dir.path().join(workload),
-            &["--detect-timeout", "300ms"],
-        )
-    }
-
-    fn age_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.age_in))
-    }
-
-    fn sentences_out_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.sentences_out))
-    }
-}
 
 fn is_reset(r: std::io::Result<Vec<u8>>) -> bool {
     match r {

@@ -27,8 +27,12 @@ pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 pub const MESH_ALPN: &[&[u8]] = &[b"istio-peer-exchange", b"istio"];
 
 /// The inbound (server) configuration: client certificate required and verified as an SVID
-/// against the live bundle; server certificate from the live store; ALPN offered: the mesh
-/// protocols, then `h2`, `http/1.1`.
+/// against the live bundle; server certificate from the live store.
+///
+/// No ALPN is negotiated: the sidecar terminates TLS and forwards bytes to the app, so agreeing
+/// on `h2` with a client would make it speak HTTP/2 to an app that may only know HTTP/1.1, and
+/// offering a fixed list would fail clients whose ALPN is not on it. Mesh clients still send
+/// their ALPN; the inbound sniffer reads it from the ClientHello to tell mesh mTLS apart.
 pub fn server_config(store: &CertStore) -> Arc<ServerConfig> {
     server_config_with_time(store, Arc::new(DefaultTimeProvider))
 }
@@ -44,11 +48,7 @@ pub fn server_config_with_time(
         .expect("the aws-lc-rs provider supports TLS 1.3")
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone())))
         .with_cert_resolver(Arc::new(StoreCertResolver::new(store.clone())));
-    config.alpn_protocols = MESH_ALPN
-        .iter()
-        .map(|p| p.to_vec())
-        .chain([b"h2".to_vec(), b"http/1.1".to_vec()])
-        .collect();
+    config.alpn_protocols = Vec::new();
     Arc::new(config)
 }
 

@@ -48,19 +48,31 @@ impl Pki {
 
     /// Issues `spiffe://cluster.local/ns/<ns>/sa/<sa>` into `<tmp>/<name>` and returns it.
     pub fn issue(&self, name: &str, ns: &str, sa: &str) -> PathBuf {
+        self.issue_args(name, ns, sa, &[])
+    }
+
+    /// Like [`Pki::issue`], with a DNS SAN as well (for clients such as curl that check one).
+    pub fn issue_with_dns(&self, name: &str, ns: &str, sa: &str, dns: &str) -> PathBuf {
+        self.issue_args(name, ns, sa, &["--dns", dns])
+    }
+
+    fn issue_args(&self, name: &str, ns: &str, sa: &str, extra: &[&str]) -> PathBuf {
         let out = self.dir.path().join(name);
-        outrider(&[
+        let ca_dir = self.ca_dir();
+        let mut args = vec![
             "ca",
             "issue",
             "--ca-dir",
-            self.ca_dir().to_str().unwrap(),
+            ca_dir.to_str().unwrap(),
             "--namespace",
             ns,
             "--service-account",
             sa,
             "--out",
             out.to_str().unwrap(),
-        ]);
+        ];
+        args.extend_from_slice(extra);
+        outrider(&args);
         out
     }
 }
@@ -328,4 +340,87 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     f()
+}
+
+/// Two workloads: `sentences` (client, with an outbound to `age`) and `age` (server).
+pub struct Mesh {
+    pub pki: Pki,
+    pub dir: tempfile::TempDir,
+    pub age_in: u16,
+    pub sentences_out: u16,
+}
+
+pub fn policy(mode: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n"
+    )
+}
+
+impl Mesh {
+    pub fn new(age_app: u16, age_protocol: &str, mode: &str) -> Mesh {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let age_in = free_port();
+        let sentences_out = free_port();
+        let sentences_in = free_port();
+        let mesh = format!(
+            r#"apiVersion: outrider.dev/v1alpha1
+kind: Mesh
+metadata: {{ name: mesh }}
+spec: {{ trustDomain: cluster.local, rootNamespace: istio-system }}
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: sentences, namespace: default, labels: {{ app: sentences, version: v1 }} }}
+spec:
+  serviceAccount: sentences
+  address: 127.0.0.1
+  ports:
+    - {{ name: http, port: {sentences_in}, targetPort: {sentences_app}, protocol: HTTP }}
+  outbound:
+    - {{ bind: "127.0.0.1:{sentences_out}", to: "age.default:tcp" }}
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: age, namespace: default, labels: {{ app: age, version: v1 }} }}
+spec:
+  serviceAccount: age
+  address: 127.0.0.1
+  ports:
+    - {{ name: tcp, port: {age_in}, targetPort: {age_app}, protocol: {age_protocol} }}
+"#,
+            sentences_app = free_port(),
+        );
+        std::fs::write(dir.path().join("mesh.yaml"), mesh).unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), policy(mode)).unwrap();
+        pki.issue("sentences", "default", "sentences");
+        pki.issue_with_dns("age", "default", "age", "age");
+        Mesh {
+            pki,
+            dir,
+            age_in,
+            sentences_out,
+        }
+    }
+
+    pub fn config(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn sidecar(&self, workload: &str) -> Sidecar {
+        Sidecar::start(
+            self.config(),
+            workload,
+            &self.pki.dir.path().join(workload),
+            &["--detect-timeout", "300ms"],
+        )
+    }
+
+    pub fn age_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.age_in))
+    }
+
+    pub fn sentences_out_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.sentences_out))
+    }
 }

@@ -1,0 +1,326 @@
+//! Real peers and bad peers against a sidecar process: curl and openssl as mesh-certificate
+//! holders and as clients without one, TLS that is not the mesh's passed through untouched,
+//! a thousand connections at once, a transfer in flight during SIGTERM, and the metrics
+//! exposition checked by promtool.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn curl_with_a_mesh_certificate_reaches_the_app_through_a_strict_port() {
+    if !tool_available("curl") {
+        return;
+    }
+    let app = App::http();
+    let mesh = Mesh::new(app.port, "HTTP", "STRICT");
+    let _age = mesh.sidecar("age");
+    let client = mesh.pki.dir.path().join("sentences");
+    let url = format!("https://age:{}/", mesh.age_in);
+    let resolve = format!("age:{}:127.0.0.1", mesh.age_in);
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &resolve, &url])
+        .args(["--cacert", client.join("root-cert.pem").to_str().unwrap()])
+        .args(["--cert", client.join("cert-chain.pem").to_str().unwrap()])
+        .args(["--key", client.join("key.pem").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the app");
+
+    // The same curl without a client certificate is refused.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--resolve", &resolve, &url])
+        .args(["--cacert", client.join("root-cert.pem").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "STRICT let a client without a certificate in"
+    );
+}
+
+#[test]
+fn openssl_without_a_client_certificate_is_refused_in_strict() {
+    if !tool_available("openssl") {
+        return;
+    }
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "STRICT");
+    let age = mesh.sidecar("age");
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &mesh.age_addr().to_string(),
+            "-alpn",
+            "istio",
+            "-quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"secret\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text.contains("secret"),
+        "the app answered a client without a certificate: {text}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            metric_sum(
+                &age.metrics_text(),
+                "outrider_tls_handshake_failures_total",
+                &[("reason", "no_client_cert")],
+            ) >= 1.0
+        }),
+        "{}",
+        age.metrics_text()
+    );
+}
+
+#[test]
+fn foreign_tls_passes_through_permissive_untouched() {
+    if !tool_available("openssl") {
+        return;
+    }
+    // The app does TLS of its own (openssl s_server with a self-signed certificate).
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("app.key"), dir.path().join("app.crt"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/O=own tls app/CN=app.example",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let app_port = free_port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &app_port.to_string(),
+            "-cert",
+            cert.to_str().unwrap(),
+            "-key",
+            key.to_str().unwrap(),
+        ])
+        .args(["-quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || TcpStream::connect((
+        "127.0.0.1",
+        app_port
+    ))
+    .is_ok()));
+    let mesh = Mesh::new(app_port, "TCP", "PERMISSIVE");
+    let _age = mesh.sidecar("age");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &mesh.age_addr().to_string(),
+            "-CAfile",
+            cert.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        text.contains("CN = app.example") || text.contains("CN=app.example"),
+        "{text}"
+    );
+    assert!(text.contains("Verify return code: 0"), "{text}");
+}
+
+#[test]
+fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_returns() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "STRICT");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"warm").unwrap(),
+        b"warm"
+    );
+    let pid = age.child.id();
+    let idle = rss_kib(pid);
+
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
+        match i % 3 {
+            0 => {}                                                           // silent
+            1 => s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap(),             // plaintext on STRICT
+            _ => s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).unwrap(), // a ClientHello that never completes
+        }
+        held.push(s);
+    }
+    // While they are open, the mesh is served.
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"during").unwrap(),
+        b"during"
+    );
+    let peak = rss_kib(pid);
+    for s in &held {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 8];
+        let r = (&*s).read(&mut buf);
+        assert!(
+            matches!(r, Ok(0) | Err(_)),
+            "a bad connection was answered: {r:?}"
+        );
+    }
+    drop(held);
+    let m = age.metrics_text();
+    let rejected = metric_sum(&m, "outrider_plaintext_rejected_total", &[])
+        + metric_sum(
+            &m,
+            "outrider_inbound_rejected_total",
+            &[("reason", "malformed_client_hello")],
+        );
+    assert!(rejected >= 1000.0, "{m}");
+    assert_eq!(
+        round_trip(mesh.sentences_out_addr(), b"after").unwrap(),
+        b"after"
+    );
+    // Memory comes back to (near) the idle level: nothing per connection is kept.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    eprintln!("RSS idle {idle} KiB, with 1000 bad connections {peak} KiB, after {after} KiB");
+    assert!(
+        after <= idle + 4096,
+        "RSS idle {idle} KiB, peak {peak} KiB, after {after} KiB"
+    );
+    let live = age.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &live,
+            "outrider_active_connections",
+            &[("direction", "inbound")]
+        ),
+        0.0,
+        "{live}"
+    );
+}
+
+#[test]
+fn sigterm_lets_a_transfer_in_flight_finish_then_exits_zero() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let _age = mesh.sidecar("age");
+    let mut sentences = mesh.sidecar("sentences");
+    let addr: SocketAddr = mesh.sentences_out_addr();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let reader = {
+        let mut r = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).map(|_| back)
+        })
+    };
+    let chunk = vec![5u8; 64 * 1024];
+    for i in 0..20 {
+        s.write_all(&chunk).unwrap();
+        if i == 5 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &sentences.child.id().to_string()])
+                .status();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let back = reader.join().unwrap().unwrap();
+    assert_eq!(back.len(), 20 * 64 * 1024);
+    let status = sentences.terminate();
+    assert!(status.success(), "{status}");
+    // Draining stopped new connections.
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn metrics_exposition_passes_promtool() {
+    if !tool_available("promtool") {
+        return;
+    }
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    assert_eq!(round_trip(mesh.sentences_out_addr(), b"x").unwrap(), b"x");
+    assert_eq!(round_trip(mesh.age_addr(), b"y").unwrap(), b"y");
+    let text = age.metrics_text();
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
