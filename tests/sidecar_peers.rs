@@ -186,7 +186,7 @@ fn foreign_tls_passes_through_permissive_untouched() {
 }
 
 #[test]
-fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_returns() {
+fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_flat() {
     let app = App::echo();
     let mesh = Mesh::new(app.port, "TCP", "STRICT");
     let age = mesh.sidecar("age");
@@ -198,51 +198,57 @@ fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_retur
     let pid = age.child.id();
     let idle = rss_kib(pid);
 
-    let mut held = Vec::new();
-    for i in 0..1000 {
-        let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
-        match i % 3 {
-            0 => {}                                                           // silent
-            1 => s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap(),             // plaintext on STRICT
-            _ => s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).unwrap(), // a ClientHello that never completes
+    // Two rounds of a thousand bad connections: the first grows the allocator's pools, the
+    // second must fit in them (nothing is kept per connection once it is closed).
+    let mut after = Vec::new();
+    for round in 1..=2 {
+        let mut held = Vec::new();
+        for i in 0..1000 {
+            let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
+            match i % 3 {
+                0 => {}                                                           // silent
+                1 => s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap(), // plaintext on STRICT
+                _ => s.write_all(&[0x16, 0x03, 0x01, 0x40, 0x00, 0x01]).unwrap(), // a ClientHello that never completes
+            }
+            held.push(s);
         }
-        held.push(s);
-    }
-    // While they are open, the mesh is served.
-    assert_eq!(
-        round_trip(mesh.sentences_out_addr(), b"during").unwrap(),
-        b"during"
-    );
-    let peak = rss_kib(pid);
-    for s in &held {
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 8];
-        let r = (&*s).read(&mut buf);
-        assert!(
-            matches!(r, Ok(0) | Err(_)),
-            "a bad connection was answered: {r:?}"
+        // While they are open, the mesh is served.
+        assert_eq!(
+            round_trip(mesh.sentences_out_addr(), b"during").unwrap(),
+            b"during"
         );
-    }
-    drop(held);
-    let m = age.metrics_text();
-    let rejected = metric_sum(&m, "outrider_plaintext_rejected_total", &[])
-        + metric_sum(
-            &m,
-            "outrider_inbound_rejected_total",
-            &[("reason", "malformed_client_hello")],
+        for s in &held {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = [0u8; 8];
+            let r = (&*s).read(&mut buf);
+            assert!(
+                matches!(r, Ok(0) | Err(_)),
+                "a bad connection was answered: {r:?}"
+            );
+        }
+        drop(held);
+        let m = age.metrics_text();
+        let rejected = metric_sum(&m, "outrider_plaintext_rejected_total", &[])
+            + metric_sum(
+                &m,
+                "outrider_inbound_rejected_total",
+                &[("reason", "malformed_client_hello")],
+            );
+        assert!(rejected >= 1000.0 * round as f64, "{m}");
+        assert_eq!(
+            round_trip(mesh.sentences_out_addr(), b"after").unwrap(),
+            b"after"
         );
-    assert!(rejected >= 1000.0, "{m}");
-    assert_eq!(
-        round_trip(mesh.sentences_out_addr(), b"after").unwrap(),
-        b"after"
+        std::thread::sleep(Duration::from_millis(300));
+        after.push(rss_kib(pid));
+    }
+    eprintln!(
+        "RSS idle {idle} KiB, after round 1 {} KiB, after round 2 {} KiB",
+        after[0], after[1]
     );
-    // Memory comes back to (near) the idle level: nothing per connection is kept.
-    std::thread::sleep(Duration::from_millis(500));
-    let after = rss_kib(pid);
-    eprintln!("RSS idle {idle} KiB, with 1000 bad connections {peak} KiB, after {after} KiB");
     assert!(
-        after <= idle + 4096,
-        "RSS idle {idle} KiB, peak {peak} KiB, after {after} KiB"
+        after[1] <= after[0] + 2048,
+        "memory grew between rounds: idle {idle} KiB, after {after:?} KiB"
     );
     let live = age.metrics_text();
     assert_eq!(
