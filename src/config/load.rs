@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_yaml_ng::Value;
@@ -50,9 +50,13 @@ struct Parsed {
     warnings: Vec<String>,
 }
 
-pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+pub fn load(paths: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
     let mut texts = Vec::new();
-    for file in source::files(path)? {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(source::files(path)?);
+    }
+    for file in all {
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
             path: file.clone(),
             source,

@@ -76,7 +76,13 @@ pub(crate) struct WorkloadPort {
 /// Loads a file or a directory (`*.yaml`/`*.yml`, sorted by name; multi-document files
 /// allowed), validates every document and plans every workload.
 pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
-    load::load(path)
+    load::load(&[path.to_path_buf()])
+}
+
+/// Loads several files or directories as one configuration, in the order given (each
+/// directory's files sorted by name): `outrider check --config mesh.yaml --config strict.yaml`.
+pub fn load_paths(paths: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
+    load::load(paths)
 }
 
 /// Loads configuration text as if read from a file called `file` (tests, tools).
