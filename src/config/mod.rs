@@ -156,8 +156,8 @@ impl MeshConfig {
         for (ignored, level, winner) in &applicable.ties {
             if *level == peer_authn::Level::Workload {
                 warnings.push(format!(
-                    "PeerAuthentication {}/{} is ignored for workload {}: {}/{} also selects it and comes first in load order",
-                    ignored.namespace, ignored.name, w.name, winner.namespace, winner.name
+                    "{}: PeerAuthentication {}/{} is ignored for workload {}: {}/{} at {} also selects it and comes first in load order",
+                    ignored.origin, ignored.namespace, ignored.name, w.name, winner.namespace, winner.name, winner.origin
                 ));
             }
         }

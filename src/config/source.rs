@@ -120,10 +120,14 @@ impl Document {
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        if !field.is_empty() {
-            if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
+        // serde_yaml_ng's own path may be the field's or a parent's.
+        let mut parent = field.as_str();
+        while !parent.is_empty() {
+            if let Some(rest) = message.strip_prefix(&format!("{parent}: ")) {
                 message = rest.to_string();
+                break;
             }
+            parent = parent.rfind(['.', '[']).map_or("", |i| &parent[..i]);
         }
         let message = tidy_serde_message(&message);
         if let Some(missing) = message
