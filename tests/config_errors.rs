@@ -35,7 +35,9 @@ fn load_error(policy: &str) -> (PathBuf, ConfigError) {
 fn assert_located(policy: &str, line: usize, column: Option<usize>, field: &str, text: &str) {
     let (file, err) = load_error(policy);
     let message = err.to_string();
-    let location = err.location().unwrap_or_else(|| panic!("no location: {message}"));
+    let location = err
+        .location()
+        .unwrap_or_else(|| panic!("no location: {message}"));
     assert_eq!(location.file, file, "{message}");
     assert_eq!(location.line, line, "{message}");
     if let Some(column) = column {

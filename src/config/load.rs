@@ -14,8 +14,8 @@ use super::outbound::{DestinationRule, VirtualService};
 use super::peer_authn::PeerPolicy;
 use super::plan::Protocol;
 use super::resources::{
-    ClientTls, ClientTlsMode, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec,
-    ProtocolSpec, Resource, TrafficPolicy, VirtualServiceSpec, WorkloadSpec,
+    ClientTls, ClientTlsMode, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec,
+    Resource, TrafficPolicy, VirtualServiceSpec, WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::{MeshConfig, Workload, WorkloadPort};
@@ -101,7 +101,9 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
         )
     };
     match kind.as_str() {
-        "Mesh" | "Workload" if api_version != OUTRIDER_API => return Err(bad_version(OUTRIDER_API)),
+        "Mesh" | "Workload" if api_version != OUTRIDER_API => {
+            return Err(bad_version(OUTRIDER_API))
+        }
         "Mesh" => {
             let r: Resource<MeshSpec> = doc.typed()?;
             if let Some((first, _)) = &parsed.mesh {
@@ -125,13 +127,14 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
         }
         "PeerAuthentication" => {
             if group != "security.istio.io" || !matches!(version, "v1beta1" | "v1") {
-                return Err(bad_version("security.istio.io/v1 or security.istio.io/v1beta1"));
+                return Err(bad_version(
+                    "security.istio.io/v1 or security.istio.io/v1beta1",
+                ));
             }
             parsed.peer.push((doc.clone(), doc.typed()?));
         }
         "DestinationRule" | "VirtualService" => {
-            if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1")
-            {
+            if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1") {
                 return Err(bad_version(
                     "networking.istio.io/v1, networking.istio.io/v1beta1 or networking.istio.io/v1alpha3",
                 ));
@@ -196,7 +199,11 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             }
             (td, root, spec.enable_auto_mtls.unwrap_or(true))
         }
-        None => ("cluster.local".to_string(), "istio-system".to_string(), true),
+        None => (
+            "cluster.local".to_string(),
+            "istio-system".to_string(),
+            true,
+        ),
     };
 
     let mut workloads: Vec<Workload> = Vec::new();
@@ -261,8 +268,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             ));
         } else if !selector.is_empty() {
             let matches = workloads.iter().any(|w| {
-                w.namespace == namespace
-                    && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
             });
             if !matches {
                 return Err(doc.error(
@@ -370,7 +376,10 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             );
         }
         for (kind, rules) in [
-            ("http", spec.http.iter().map(|r| &r.route).collect::<Vec<_>>()),
+            (
+                "http",
+                spec.http.iter().map(|r| &r.route).collect::<Vec<_>>(),
+            ),
             ("tcp", spec.tcp.iter().map(|r| &r.route).collect()),
         ] {
             for (i, route) in rules.iter().enumerate() {

@@ -144,7 +144,10 @@ pub fn auto_mtls(
     } else if !sidecar {
         (false, "auto mTLS: endpoint has no sidecar (plaintext)")
     } else if namespace_mode == MtlsMode::Disable {
-        (false, "auto mTLS: destination namespace is DISABLE (plaintext)")
+        (
+            false,
+            "auto mTLS: destination namespace is DISABLE (plaintext)",
+        )
     } else if endpoint_mode == MtlsMode::Disable {
         (false, "auto mTLS: endpoint port is DISABLE (plaintext)")
     } else {
@@ -234,7 +237,9 @@ impl MeshConfig {
 
     fn parse_to(&self, client: &Workload, to: &str) -> Result<Target, String> {
         let shape = || {
-            format!("{to:?} is neither <service>.<namespace>:<port name or number> nor <host>:<port>")
+            format!(
+                "{to:?} is neither <service>.<namespace>:<port name or number> nor <host>:<port>"
+            )
         };
         let (host, port) = to.rsplit_once(':').ok_or_else(shape)?;
         if host.is_empty() || port.is_empty() {
@@ -453,7 +458,10 @@ impl MeshConfig {
                     Some(r) => dr_tls(
                         &r.primary.id(),
                         r.primary.traffic_policy.as_ref(),
-                        subset_obj.map(|(o, s)| (o.id(), s)).as_ref().map(|(o, s)| (o.as_str(), *s)),
+                        subset_obj
+                            .map(|(o, s)| (o.id(), s))
+                            .as_ref()
+                            .map(|(o, s)| (o.as_str(), *s)),
                         *port,
                     ),
                     None => (None, String::new()),
@@ -529,9 +537,13 @@ impl MeshConfig {
                     let own = self.inbound_mode(w, p);
                     let (origination, decided_by) = match (tls, &rule) {
                         (Some(t), Some(r)) => {
-                            let o = self.originate(&t, r.primary, p.port, subset, &host, &service_ids)?;
+                            let o =
+                                self.originate(&t, r.primary, p.port, subset, &host, &service_ids)?;
                             let target = format!("{}:{} (workload {})", w.address, p.port, w.name);
-                            if o == TlsOrigination::Disable && w.sidecar && own.mode == MtlsMode::Strict {
+                            if o == TlsOrigination::Disable
+                                && w.sidecar
+                                && own.mode == MtlsMode::Strict
+                            {
                                 warnings.push(format!(
                                     "{context}: {by} sends plaintext to {target}, whose mode is STRICT ({}); its connections will be reset",
                                     own.decided_by
@@ -780,8 +792,8 @@ pub(crate) fn warn_empty_subsets(config: &MeshConfig, warnings: &mut Vec<String>
 
 #[cfg(test)]
 mod tests {
-    use super::super::resources::PortTrafficPolicy;
     use super::super::resources::PortSelector;
+    use super::super::resources::PortTrafficPolicy;
     use super::*;
 
     fn tls(mode: ClientTlsMode) -> Option<ClientTls> {
@@ -826,16 +838,86 @@ mod tests {
         let v2_no_policy = subset("v2", None);
         let v3_port = subset("v3", Some(policy(Some(Simple), &[(8080, Some(Disable))])));
         #[allow(clippy::type_complexity)]
-        let cases: Vec<(&str, Option<&TrafficPolicy>, Option<&Subset>, u16, Option<ClientTlsMode>, &str)> = vec![
-            ("no policy: auto mTLS", None, None, 8080, None, "DestinationRule d/r"),
-            ("top-level tls", Some(&top_mutual), None, 8080, Some(IstioMutual), "DestinationRule d/r"),
-            ("portLevelSettings replace", Some(&port_replaces), None, 8080, Some(Disable), "DestinationRule d/r portLevelSettings[8080]"),
-            ("other port keeps top-level", Some(&port_replaces), None, 9090, Some(IstioMutual), "DestinationRule d/r"),
-            ("port entry without tls discards top-level tls", Some(&port_without_tls), None, 8080, None, "DestinationRule d/r portLevelSettings[8080]"),
-            ("subset tls overrides", Some(&top_mutual), Some(&v1), 8080, Some(Disable), "DestinationRule d/r subset v1"),
-            ("subset without policy inherits", Some(&top_mutual), Some(&v2_no_policy), 8080, Some(IstioMutual), "DestinationRule d/r"),
-            ("subset port entry replaces", Some(&top_mutual), Some(&v3_port), 8080, Some(Disable), "DestinationRule d/r subset v3 portLevelSettings[8080]"),
-            ("subset tls on another port", Some(&top_mutual), Some(&v3_port), 9090, Some(Simple), "DestinationRule d/r subset v3"),
+        let cases: Vec<(
+            &str,
+            Option<&TrafficPolicy>,
+            Option<&Subset>,
+            u16,
+            Option<ClientTlsMode>,
+            &str,
+        )> = vec![
+            (
+                "no policy: auto mTLS",
+                None,
+                None,
+                8080,
+                None,
+                "DestinationRule d/r",
+            ),
+            (
+                "top-level tls",
+                Some(&top_mutual),
+                None,
+                8080,
+                Some(IstioMutual),
+                "DestinationRule d/r",
+            ),
+            (
+                "portLevelSettings replace",
+                Some(&port_replaces),
+                None,
+                8080,
+                Some(Disable),
+                "DestinationRule d/r portLevelSettings[8080]",
+            ),
+            (
+                "other port keeps top-level",
+                Some(&port_replaces),
+                None,
+                9090,
+                Some(IstioMutual),
+                "DestinationRule d/r",
+            ),
+            (
+                "port entry without tls discards top-level tls",
+                Some(&port_without_tls),
+                None,
+                8080,
+                None,
+                "DestinationRule d/r portLevelSettings[8080]",
+            ),
+            (
+                "subset tls overrides",
+                Some(&top_mutual),
+                Some(&v1),
+                8080,
+                Some(Disable),
+                "DestinationRule d/r subset v1",
+            ),
+            (
+                "subset without policy inherits",
+                Some(&top_mutual),
+                Some(&v2_no_policy),
+                8080,
+                Some(IstioMutual),
+                "DestinationRule d/r",
+            ),
+            (
+                "subset port entry replaces",
+                Some(&top_mutual),
+                Some(&v3_port),
+                8080,
+                Some(Disable),
+                "DestinationRule d/r subset v3 portLevelSettings[8080]",
+            ),
+            (
+                "subset tls on another port",
+                Some(&top_mutual),
+                Some(&v3_port),
+                9090,
+                Some(Simple),
+                "DestinationRule d/r subset v3",
+            ),
         ];
         for (case, top, sub, port, want, by) in cases {
             let (got, got_by) = dr_tls("d/r", top, sub.map(|s| ("d/r", s)), port);
@@ -849,7 +931,14 @@ mod tests {
         use MtlsMode::*;
         let cases = [
             ("sidecar, STRICT", true, true, Permissive, Strict, true),
-            ("sidecar, PERMISSIVE", true, true, Permissive, Permissive, true),
+            (
+                "sidecar, PERMISSIVE",
+                true,
+                true,
+                Permissive,
+                Permissive,
+                true,
+            ),
             ("no sidecar", true, false, Permissive, Permissive, false),
             ("endpoint DISABLE", true, true, Permissive, Disable, false),
             ("namespace DISABLE", true, true, Disable, Strict, false),

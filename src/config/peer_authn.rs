@@ -95,7 +95,8 @@ pub fn applicable<'a>(
             }
         } else if p.namespace == root_namespace {
             continue; // ignored: a selector in the root namespace (Istio ignores it too)
-        } else if p.namespace == namespace && p.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        } else if p.namespace == namespace
+            && p.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
         {
             Level::Workload
         } else {
@@ -118,7 +119,10 @@ pub fn applicable<'a>(
 /// to decide that a whole destination namespace is plaintext.
 pub fn namespace_mode(applicable: &Applicable<'_>) -> MtlsMode {
     let mut mode = MtlsMode::Permissive;
-    for p in [applicable.mesh, applicable.namespace].into_iter().flatten() {
+    for p in [applicable.mesh, applicable.namespace]
+        .into_iter()
+        .flatten()
+    {
         if let Some(m) = concrete(p.mode) {
             mode = m;
         }
@@ -209,7 +213,13 @@ mod tests {
         let ns = |m| policy("default", "default", &[], m);
         let wl = |m| policy("default", "age", &[("app", "age")], m);
         vec![
-            ("nothing configured", vec![], 9080, MtlsMode::Permissive, NO_POLICY),
+            (
+                "nothing configured",
+                vec![],
+                9080,
+                MtlsMode::Permissive,
+                NO_POLICY,
+            ),
             (
                 "mesh PERMISSIVE",
                 vec![mesh(Permissive)],
@@ -224,7 +234,13 @@ mod tests {
                 MtlsMode::Strict,
                 "PeerAuthentication istio-system/default (mesh)",
             ),
-            ("mesh UNSET = PERMISSIVE", vec![mesh(Unset)], 9080, MtlsMode::Permissive, NO_POLICY),
+            (
+                "mesh UNSET = PERMISSIVE",
+                vec![mesh(Unset)],
+                9080,
+                MtlsMode::Permissive,
+                NO_POLICY,
+            ),
             (
                 "namespace STRICT over mesh PERMISSIVE",
                 vec![mesh(Permissive), ns(Strict)],
@@ -276,7 +292,10 @@ mod tests {
             ),
             (
                 "selector in the root namespace is ignored",
-                vec![mesh(Strict), policy(ROOT, "age", &[("app", "age")], Disable)],
+                vec![
+                    mesh(Strict),
+                    policy(ROOT, "age", &[("app", "age")], Disable),
+                ],
                 9080,
                 MtlsMode::Strict,
                 "PeerAuthentication istio-system/default (mesh)",
@@ -293,7 +312,10 @@ mod tests {
             ),
             (
                 "selector not matching the workload does not apply",
-                vec![ns(Strict), policy("default", "name", &[("app", "name")], Disable)],
+                vec![
+                    ns(Strict),
+                    policy("default", "name", &[("app", "name")], Disable),
+                ],
                 9080,
                 MtlsMode::Strict,
                 "PeerAuthentication default/default (namespace)",
