@@ -231,6 +231,15 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
                 ));
             }
         }
+        if !w.sidecar && !w.outbound.is_empty() {
+            let at = doc.locate("spec.outbound");
+            warnings.push(format!(
+                "{}:{}: spec.outbound: workload {} has no sidecar (`sidecar: false`); its outbound entries are ignored",
+                at.file.display(),
+                at.line,
+                w.name
+            ));
+        }
         workloads.push(w);
     }
 
