@@ -23,7 +23,9 @@ pub struct ReloadStats {
     pub failed: AtomicU64,
 }
 
-/// Starts the watcher on the current tokio runtime. `initial` is the plan already in use.
+/// Starts the watcher on the current tokio runtime (call it from inside the runtime).
+/// `initial` is the plan already in use; `poll` is how often file contents are compared. The
+/// task ends when every receiver is dropped.
 pub fn spawn(
     path: PathBuf,
     workload: String,
