@@ -13,9 +13,9 @@ use super::plan::{MtlsMode, Plan, TlsOrigination};
 /// `outrider check --config <path> [--workload <name>] [--output table|json]`.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// A YAML file or a directory of YAML files.
-    #[arg(long, env = "OUTRIDER_CONFIG")]
-    pub config: PathBuf,
+    /// A YAML file or a directory of YAML files; repeat to combine several, in order.
+    #[arg(long, env = "OUTRIDER_CONFIG", required = true)]
+    pub config: Vec<PathBuf>,
     /// Only this workload's plan.
     #[arg(long, env = "OUTRIDER_WORKLOAD")]
     pub workload: Option<String>,
@@ -40,7 +40,7 @@ impl CheckArgs {
             "json" => true,
             other => anyhow::bail!("--output must be table or json, not {other:?}"),
         };
-        let result = super::load(&self.config).and_then(|config| {
+        let result = super::load_paths(&self.config).and_then(|config| {
             let names = match &self.workload {
                 Some(w) => vec![w.clone()],
                 None => config.workload_names(),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_yaml_ng::Value;
@@ -50,9 +50,13 @@ struct Parsed {
     warnings: Vec<String>,
 }
 
-pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
+pub fn load(paths: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
     let mut texts = Vec::new();
-    for file in source::files(path)? {
+    let mut all = Vec::new();
+    for path in paths {
+        all.extend(source::files(path)?);
+    }
+    for file in all {
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Io {
             path: file.clone(),
             source,
@@ -207,13 +211,14 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
     for (doc, r) in raw_workloads {
         let w = build_workload(&doc, r, &trust_domain)?;
         if let Some(first) = workloads.iter().find(|o| o.name == w.name) {
+            let at = first.doc.locate("metadata.name");
             return Err(doc.error(
                 "metadata.name",
                 format!(
                     "duplicate workload {:?} (first declared at {}:{})",
                     w.name,
-                    first.doc.file.display(),
-                    first.doc.line_offset + 1
+                    at.file.display(),
+                    at.line
                 ),
             ));
         }
@@ -226,11 +231,20 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
                 ));
             }
         }
+        if !w.sidecar && !w.outbound.is_empty() {
+            let at = doc.locate("spec.outbound");
+            warnings.push(format!(
+                "{}:{}: spec.outbound: workload {} has no sidecar (`sidecar: false`); its outbound entries are ignored",
+                at.file.display(),
+                at.line,
+                w.name
+            ));
+        }
         workloads.push(w);
     }
 
     let mut peer_policies = Vec::new();
-    let mut namespace_wide: BTreeMap<String, String> = BTreeMap::new();
+    let mut namespace_wide: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (doc, r) in peer {
         let spec = r.spec.unwrap_or_default();
         let namespace = r
@@ -274,19 +288,22 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
                     ),
                 ));
             }
-        } else if let Some(first) = namespace_wide.get(&namespace) {
+        } else if let Some((first, first_at)) = namespace_wide.get(&namespace) {
             let scope = if namespace == root_namespace {
                 "mesh-wide"
             } else {
                 "namespace-wide"
             };
             warnings.push(format!(
-                "{}:{}: PeerAuthentication {namespace}/{name} is ignored: {namespace}/{first} is the {scope} policy (first in load order)",
+                "{}:{}: PeerAuthentication {namespace}/{name} is ignored: {namespace}/{first} at {first_at} is the {scope} policy (first in load order)",
                 at.file.display(),
                 at.line
             ));
         } else {
-            namespace_wide.insert(namespace.clone(), name.clone());
+            namespace_wide.insert(
+                namespace.clone(),
+                (name.clone(), format!("{}:{}", at.file.display(), at.line)),
+            );
         }
         peer_policies.push(PeerPolicy {
             namespace,
@@ -294,6 +311,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             selector,
             mode: spec.mtls.map(|m| m.mode).unwrap_or_default(),
             port_level,
+            origin: format!("{}:{}", at.file.display(), at.line),
         });
     }
 

@@ -76,7 +76,13 @@ pub(crate) struct WorkloadPort {
 /// Loads a file or a directory (`*.yaml`/`*.yml`, sorted by name; multi-document files
 /// allowed), validates every document and plans every workload.
 pub fn load(path: &Path) -> Result<MeshConfig, ConfigError> {
-    load::load(path)
+    load::load(&[path.to_path_buf()])
+}
+
+/// Loads several files or directories as one configuration, in the order given (each
+/// directory's files sorted by name): `outrider check --config mesh.yaml --config strict.yaml`.
+pub fn load_paths(paths: &[PathBuf]) -> Result<MeshConfig, ConfigError> {
+    load::load(paths)
 }
 
 /// Loads configuration text as if read from a file called `file` (tests, tools).
@@ -150,8 +156,8 @@ impl MeshConfig {
         for (ignored, level, winner) in &applicable.ties {
             if *level == peer_authn::Level::Workload {
                 warnings.push(format!(
-                    "PeerAuthentication {}/{} is ignored for workload {}: {}/{} also selects it and comes first in load order",
-                    ignored.namespace, ignored.name, w.name, winner.namespace, winner.name
+                    "{}: PeerAuthentication {}/{} is ignored for workload {}: {}/{} at {} also selects it and comes first in load order",
+                    ignored.origin, ignored.namespace, ignored.name, w.name, winner.namespace, winner.name, winner.origin
                 ));
             }
         }
@@ -217,5 +223,370 @@ fn workload_info(w: &Workload) -> WorkloadInfo {
         version: w.version.clone(),
         labels: w.labels.clone(),
         spiffe_id: w.spiffe_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: sentences, namespace: default, labels: { app: sentences } }
+spec:
+  serviceAccount: sentences
+  address: 127.0.0.1
+  ports: [{ name: http, port: 8080, targetPort: 9080, protocol: HTTP }]
+  outbound:
+    - { bind: \"127.0.0.1:9181\", to: \"age.default:http\" }
+    - { bind: \"127.0.0.1:9182\", to: \"name.default:http\" }
+    - { bind: \"127.0.0.1:9183\", to: \"db:5432\" }
+    - { bind: \"127.0.0.1:9184\", to: \"api.example.com:443\" }
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: age, namespace: default, labels: { app: age } }
+spec:
+  serviceAccount: age
+  address: 127.0.0.1
+  ports: [{ name: http, port: 8081, targetPort: 9081, protocol: HTTP }]
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: name-v1, namespace: default, labels: { app: name, version: v1 } }
+spec:
+  serviceAccount: name
+  address: 127.0.0.1
+  ports: [{ name: http, port: 8082, targetPort: 9082, protocol: HTTP }]
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: name-v2, namespace: default, labels: { app: name, version: v2 } }
+spec:
+  serviceAccount: name-v2
+  address: 127.0.0.1
+  ports: [{ name: http, port: 8083, targetPort: 9083, protocol: HTTP }]
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: db, namespace: default }
+spec:
+  serviceAccount: db
+  address: 127.0.0.1
+  sidecar: false
+  ports: [{ name: tcp, port: 5432 }]
+";
+
+    fn config(extra: &str) -> MeshConfig {
+        load_str("mesh.yaml", &format!("{APP}---\n{extra}")).unwrap()
+    }
+
+    fn pa(ns: &str, name: &str, body: &str) -> String {
+        format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec: {body}\n---\n")
+    }
+
+    fn dr(ns: &str, name: &str, host: &str, body: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec:\n  host: {host}\n{body}\n---\n")
+    }
+
+    const NAME_VS: &str = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: { name: name, namespace: default }
+spec:
+  hosts: [name.default.svc.cluster.local]
+  http:
+    - route:
+        - { destination: { host: name, subset: v1 }, weight: 50 }
+        - { destination: { host: name, subset: v2 }, weight: 50 }
+---
+";
+
+    const NAME_SUBSETS: &str = "  subsets:
+    - { name: v1, labels: { version: v1 }, trafficPolicy: { tls: { mode: DISABLE } } }
+    - { name: v2, labels: { version: v2 }, trafficPolicy: { tls: { mode: ISTIO_MUTUAL } } }";
+
+    fn tls_modes(plan: &Plan, outbound: usize) -> Vec<(Option<String>, u32, String, String)> {
+        plan.outbound[outbound]
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.endpoints.iter().map(move |e| {
+                    let mode = match &e.tls {
+                        TlsOrigination::Disable => "DISABLE",
+                        TlsOrigination::IstioMutual { .. } => "ISTIO_MUTUAL",
+                        TlsOrigination::Simple { .. } => "SIMPLE",
+                        TlsOrigination::Mutual { .. } => "MUTUAL",
+                    };
+                    (
+                        r.subset.clone(),
+                        r.weight,
+                        e.workload.clone().unwrap_or_default(),
+                        mode.to_string(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn seeds_name_v1_v2_with_permissive_mesh() {
+        let c = config(&format!(
+            "{}{}{NAME_VS}",
+            pa("istio-system", "default", "{ mtls: { mode: PERMISSIVE } }"),
+            dr("default", "name", "name", NAME_SUBSETS)
+        ));
+        let plan = c.plan("sentences").unwrap();
+        assert_eq!(plan.inbound[0].mode, MtlsMode::Permissive);
+        assert_eq!(
+            tls_modes(&plan, 1),
+            vec![
+                (Some("v1".into()), 50, "name-v1".into(), "DISABLE".into()),
+                (
+                    Some("v2".into()),
+                    50,
+                    "name-v2".into(),
+                    "ISTIO_MUTUAL".into()
+                ),
+            ]
+        );
+        let e = &plan.outbound[1].routes[1].endpoints[0];
+        assert_eq!(e.decided_by, "DestinationRule default/name subset v2");
+        // secure naming: every service account of the service, sorted
+        let TlsOrigination::IstioMutual { allowed_ids, sni } = &e.tls else {
+            panic!()
+        };
+        let ids: Vec<String> = allowed_ids.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "spiffe://cluster.local/ns/default/sa/name",
+                "spiffe://cluster.local/ns/default/sa/name-v2"
+            ]
+        );
+        assert_eq!(sni, "outbound_.8083_.v2_.name.default.svc.cluster.local");
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn subset_tls_needs_a_route() {
+        let c = config(&dr("default", "name", "name", NAME_SUBSETS));
+        let plan = c.plan("sentences").unwrap();
+        assert_eq!(
+            tls_modes(&plan, 1),
+            vec![
+                (None, 100, "name-v1".into(), "ISTIO_MUTUAL".into()),
+                (None, 100, "name-v2".into(), "ISTIO_MUTUAL".into()),
+            ]
+        );
+        assert_eq!(
+            plan.outbound[1].decided_by,
+            "default route (no VirtualService)"
+        );
+        assert_eq!(
+            plan.outbound[1].routes[0].endpoints[0].decided_by,
+            "auto mTLS: endpoint has a sidecar"
+        );
+    }
+
+    #[test]
+    fn auto_mtls_per_endpoint() {
+        let c = config(&pa(
+            "default",
+            "v1-off",
+            "{ selector: { matchLabels: { version: v1 } }, mtls: { mode: DISABLE } }",
+        ));
+        let plan = c.plan("sentences").unwrap();
+        assert_eq!(
+            tls_modes(&plan, 1),
+            vec![
+                (None, 100, "name-v1".into(), "DISABLE".into()),
+                (None, 100, "name-v2".into(), "ISTIO_MUTUAL".into()),
+            ]
+        );
+        // the sidecar-less database gets plaintext
+        assert_eq!(
+            tls_modes(&plan, 2),
+            vec![(None, 100, "db".into(), "DISABLE".into())]
+        );
+        assert_eq!(
+            plan.outbound[2].routes[0].endpoints[0].decided_by,
+            "auto mTLS: endpoint has no sidecar (plaintext)"
+        );
+        assert_eq!(plan.outbound[2].routes[0].endpoints[0].port, 5432);
+    }
+
+    #[test]
+    fn explicit_tls_applies_to_every_endpoint_and_warns_on_contradictions() {
+        let c = config(&format!(
+            "{}{}{}",
+            pa("default", "default", "{ mtls: { mode: STRICT } }"),
+            dr(
+                "default",
+                "db",
+                "db",
+                "  trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }"
+            ),
+            dr(
+                "default",
+                "age",
+                "age.default",
+                "  trafficPolicy: { tls: { mode: DISABLE } }"
+            ),
+        ));
+        let plan = c.plan("sentences").unwrap();
+        assert_eq!(tls_modes(&plan, 2)[0].3, "ISTIO_MUTUAL");
+        assert_eq!(tls_modes(&plan, 0)[0].3, "DISABLE");
+        let w = c.warnings().join("\n");
+        assert!(w.contains("DestinationRule default/age sends plaintext to 127.0.0.1:8081 (workload age), whose mode is STRICT"), "{w}");
+        assert!(w.contains("DestinationRule default/db sends ISTIO_MUTUAL to 127.0.0.1:5432 (workload db), which has no sidecar"), "{w}");
+    }
+
+    #[test]
+    fn port_level_settings_replace_the_rule_policy() {
+        let c = config(&dr(
+            "default",
+            "name",
+            "name.default.svc.cluster.local",
+            "  trafficPolicy:
+    tls: { mode: DISABLE }
+    portLevelSettings:
+      - port: { number: 8083 }
+        loadBalancer: { simple: ROUND_ROBIN }",
+        ));
+        let plan = c.plan("sentences").unwrap();
+        let modes = tls_modes(&plan, 1);
+        assert_eq!(modes[0].3, "DISABLE"); // name-v1 on 8082: rule-level tls
+        assert_eq!(modes[1].3, "ISTIO_MUTUAL"); // 8083: the port entry has no tls ⇒ auto mTLS
+        assert!(c.warnings().iter().any(|w| w.contains("not acted on")));
+    }
+
+    #[test]
+    fn destination_rule_lookup_order_and_wildcards() {
+        // S3: mesh-wide wildcard rule in the root namespace; a client-namespace rule wins.
+        let c = config(&format!(
+            "{}{}",
+            dr(
+                "istio-system",
+                "all",
+                "\"*.default.svc.cluster.local\"",
+                "  trafficPolicy: { tls: { mode: ISTIO_MUTUAL } }"
+            ),
+            dr(
+                "default",
+                "age",
+                "age",
+                "  trafficPolicy: { tls: { mode: DISABLE } }"
+            ),
+        ));
+        let plan = c.plan("sentences").unwrap();
+        assert_eq!(
+            plan.outbound[0].routes[0].endpoints[0].decided_by,
+            "DestinationRule default/age"
+        );
+        assert_eq!(tls_modes(&plan, 0)[0].3, "DISABLE");
+        assert_eq!(
+            plan.outbound[1].routes[0].endpoints[0].decided_by,
+            "DestinationRule istio-system/all"
+        );
+        assert_eq!(tls_modes(&plan, 1)[0].3, "ISTIO_MUTUAL");
+    }
+
+    #[test]
+    fn egress_defaults_to_plaintext_and_follows_its_rule() {
+        let plan = config("").plan("sentences").unwrap();
+        assert!(!plan.outbound[3].destination.in_mesh);
+        assert_eq!(tls_modes(&plan, 3)[0].3, "DISABLE");
+        let c = config(&dr(
+            "default",
+            "example",
+            "api.example.com",
+            "  trafficPolicy: { tls: { mode: SIMPLE, caCertificates: certs/ca.pem, sni: api.example.com } }",
+        ));
+        let plan = c.plan("sentences").unwrap();
+        let e = &plan.outbound[3].routes[0].endpoints[0];
+        assert_eq!((e.host.as_str(), e.port), ("api.example.com", 443));
+        assert_eq!(
+            e.tls,
+            TlsOrigination::Simple {
+                ca_certificates: Some(PathBuf::from("certs/ca.pem")),
+                subject_alt_names: vec![],
+                sni: Some("api.example.com".into()),
+                insecure_skip_verify: false,
+            }
+        );
+    }
+
+    #[test]
+    fn policy_warnings() {
+        let c = config(&format!(
+            "{}{}{}",
+            pa("default", "a", "{ mtls: { mode: STRICT } }"),
+            pa("default", "b", "{ mtls: { mode: DISABLE } }"),
+            pa(
+                "istio-system",
+                "age",
+                "{ selector: { matchLabels: { app: age } }, mtls: { mode: DISABLE } }"
+            ),
+        ));
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains("PeerAuthentication default/b is ignored: default/a at mesh.yaml:"),
+            "{w}"
+        );
+        assert!(
+            w.contains("PeerAuthentication istio-system/age has a selector in the root namespace"),
+            "{w}"
+        );
+        assert_eq!(c.plan("age").unwrap().inbound[0].mode, MtlsMode::Strict);
+    }
+
+    #[test]
+    fn empty_subset_and_ignored_kinds_warn() {
+        let c = config(&format!(
+            "{}apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: deny-all }}\nspec: {{}}\n",
+            dr("default", "name", "name", "  subsets: [{ name: v3, labels: { version: v3 } }]"),
+        ));
+        let w = c.warnings().join("\n");
+        assert!(
+            w.contains(
+                "spec.subsets[0]: subset v3 of DestinationRule default/name matches no workload"
+            ),
+            "{w}"
+        );
+        assert!(
+            w.contains("AuthorizationPolicy deny-all is not acted on by outrider yet"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn sidecarless_workloads_have_no_plan() {
+        let c = config("");
+        assert_eq!(
+            c.workload_names(),
+            ["sentences", "age", "name-v1", "name-v2"]
+        );
+        assert!(matches!(c.plan("db"), Err(ConfigError::NoSidecar(_))));
+    }
+
+    #[test]
+    fn custom_trust_domain() {
+        let c = load_str(
+            "mesh.yaml",
+            &format!("apiVersion: outrider.dev/v1alpha1\nkind: Mesh\nmetadata: {{ name: mesh }}\nspec: {{ trustDomain: example.org, rootNamespace: mesh-root }}\n---\n{APP}---\n{}",
+                pa("mesh-root", "default", "{ mtls: { mode: STRICT } }")),
+        )
+        .unwrap();
+        let plan = c.plan("age").unwrap();
+        assert_eq!(
+            plan.workload.spiffe_id.to_string(),
+            "spiffe://example.org/ns/default/sa/age"
+        );
+        assert_eq!(plan.inbound[0].mode, MtlsMode::Strict);
+        assert_eq!(
+            c.normalize_host("age.default.svc.example.org", "x"),
+            "age.default.svc.cluster.local"
+        );
     }
 }

@@ -22,6 +22,8 @@ pub struct PeerPolicy {
     pub mode: PeerMode,
     /// `portLevelMtls`, keyed by the app's port (the workload's `targetPort`).
     pub port_level: BTreeMap<u16, PeerMode>,
+    /// Where it is written (`file:line`), for messages; empty in tests.
+    pub origin: String,
 }
 
 /// The level a policy applies at for one workload.
@@ -189,6 +191,7 @@ mod tests {
                 .collect(),
             mode,
             port_level: BTreeMap::new(),
+            origin: String::new(),
         }
     }
 

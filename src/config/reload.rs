@@ -23,7 +23,9 @@ pub struct ReloadStats {
     pub failed: AtomicU64,
 }
 
-/// Starts the watcher on the current tokio runtime. `initial` is the plan already in use.
+/// Starts the watcher on the current tokio runtime (call it from inside the runtime).
+/// `initial` is the plan already in use; `poll` is how often file contents are compared. The
+/// task ends when every receiver is dropped.
 pub fn spawn(
     path: PathBuf,
     workload: String,
@@ -33,16 +35,18 @@ pub fn spawn(
     let (tx, rx) = watch::channel(initial);
     let stats = Arc::new(ReloadStats::default());
     let task_stats = stats.clone();
+    // Taken now, not in the task: a change made right after `spawn` returns must be seen.
+    let mut last = fingerprint(&path);
+    // Registered before returning, so a SIGHUP sent right after `spawn` is a reload request,
+    // never the default action (terminate).
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload on file change only");
+            None
+        }
+    };
     tokio::spawn(async move {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload on file change only");
-                None
-            }
-        };
-        let mut last = fingerprint(&path);
         let mut ticker = tokio::time::interval(poll.max(Duration::from_millis(10)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -131,6 +135,7 @@ fn fingerprint(path: &Path) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MtlsMode;
     use super::*;
 
     const BASE: &str = "apiVersion: outrider.dev/v1alpha1
@@ -152,12 +157,29 @@ spec:
         panic!("condition not reached");
     }
 
-    #[tokio::test]
-    async fn publishes_valid_changes_and_keeps_the_plan_on_errors() {
-        let dir = std::env::temp_dir().join(format!("outrider-reload-{}", std::process::id()));
+    /// Replaces the file atomically, so the poller never sees a half-written file.
+    fn replace(file: &Path, text: &str) {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, file).unwrap();
+    }
+
+    fn strict(base: &str, mode: &str) -> String {
+        format!("{base}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("outrider-reload-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("mesh.yaml");
         std::fs::write(&file, BASE).unwrap();
+        file
+    }
+
+    #[tokio::test]
+    async fn publishes_valid_changes_and_keeps_the_plan_on_errors() {
+        let file = scratch("poll");
         let initial = Arc::new(super::super::load(&file).unwrap().plan("age").unwrap());
         let (rx, stats) = spawn(
             file.clone(),
@@ -166,14 +188,36 @@ spec:
             Duration::from_millis(20),
         );
 
-        let strict = format!("{BASE}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{ name: default, namespace: istio-system }}\nspec: {{ mtls: {{ mode: STRICT }} }}\n");
-        std::fs::write(&file, &strict).unwrap();
-        wait_for(|| rx.borrow().inbound[0].mode == super::super::MtlsMode::Strict).await;
+        replace(&file, &strict(BASE, "STRICT"));
+        wait_for(|| rx.borrow().inbound[0].mode == MtlsMode::Strict).await;
         assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
 
-        std::fs::write(&file, strict.replace("STRICT", "STRIKT")).unwrap();
+        replace(&file, &strict(BASE, "STRIKT"));
         wait_for(|| stats.failed.load(Ordering::Relaxed) == 1).await;
-        assert_eq!(rx.borrow().inbound[0].mode, super::super::MtlsMode::Strict);
-        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(rx.borrow().inbound[0].mode, MtlsMode::Strict);
+        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
+        std::fs::remove_dir_all(file.parent().unwrap()).ok();
+    }
+
+    #[tokio::test]
+    async fn sighup_reloads_without_waiting_for_the_poll() {
+        let file = scratch("hup");
+        let initial = Arc::new(super::super::load(&file).unwrap().plan("age").unwrap());
+        let (rx, stats) = spawn(
+            file.clone(),
+            "age".into(),
+            initial,
+            Duration::from_secs(3600),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await; // the first tick fires at once
+        replace(&file, &strict(BASE, "DISABLE"));
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &std::process::id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        wait_for(|| rx.borrow().inbound[0].mode == MtlsMode::Disable).await;
+        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
+        std::fs::remove_dir_all(file.parent().unwrap()).ok();
     }
 }

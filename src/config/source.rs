@@ -120,10 +120,14 @@ impl Document {
         if let Some(i) = message.find(" at line ") {
             message.truncate(i);
         }
-        if !field.is_empty() {
-            if let Some(rest) = message.strip_prefix(&format!("{field}: ")) {
+        // serde_yaml_ng's own path may be the field's or a parent's.
+        let mut parent = field.as_str();
+        while !parent.is_empty() {
+            if let Some(rest) = message.strip_prefix(&format!("{parent}: ")) {
                 message = rest.to_string();
+                break;
             }
+            parent = parent.rfind(['.', '[']).map_or("", |i| &parent[..i]);
         }
         let message = tidy_serde_message(&message);
         if let Some(missing) = message
@@ -234,6 +238,14 @@ fn find_key(text: &str, from: usize, key: &str) -> Option<usize> {
 
 fn find_item(text: &str, from: usize, index: usize) -> Option<usize> {
     let line_end = text[from..].find('\n').map_or(text.len(), |n| from + n + 1);
+    // `key: [a, b]` (flow style) on one line: the key's own position is the best we have.
+    let inline = text[from..line_end]
+        .split_once(':')
+        .map(|(_, rest)| rest.trim())
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('#'));
+    if inline {
+        return None;
+    }
     let mut offset = line_end;
     let mut item_indent = None;
     let mut count = 0;
@@ -289,6 +301,8 @@ mod tests {
         assert_eq!(locate_in(text, "spec.ports[1].port"), (7, 7));
         assert_eq!(locate_in(text, "spec.ports[0]"), (4, 5));
         assert_eq!(locate_in(text, "spec.nothing"), (2, 1));
+        let flow_list = "spec:\n  subsets: [{ name: v1 }]\n  x:\n    - a\n";
+        assert_eq!(locate_in(flow_list, "spec.subsets[0]"), (2, 3));
         let flow = "metadata: { name: age, namespace: default }\n";
         assert_eq!(locate_in(flow, "metadata.namespace"), (1, 24));
     }

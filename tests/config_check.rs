@@ -1,0 +1,259 @@
+//! `outrider check` on the example configurations of `examples/mesh/`: the mode printed per
+//! port for each case of issue 3's "Done when", and a failing configuration's exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn check(files: &[&str], extra: &[&str]) -> Output {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mesh");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrider"));
+    cmd.arg("check");
+    for f in files {
+        cmd.arg("--config").arg(dir.join(f));
+    }
+    cmd.args(extra);
+    cmd.output().expect("run outrider check")
+}
+
+fn stdout_ok(files: &[&str], extra: &[&str]) -> String {
+    let out = check(files, extra);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "check failed: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The inbound row of `port` in the table, split into columns.
+fn inbound_row(stdout: &str, workload: &str, port: u16) -> Vec<String> {
+    let section = stdout
+        .split("\nworkload ")
+        .find(|s| s.starts_with(&format!("{workload} ")))
+        .unwrap_or_else(|| panic!("no workload {workload} in:\n{stdout}"));
+    let line = section
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{port} ")))
+        .unwrap_or_else(|| panic!("no port {port} for {workload} in:\n{stdout}"));
+    let cols: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    cols
+}
+
+fn assert_mode(stdout: &str, workload: &str, port: u16, mode: &str, decided_by: &str) {
+    let row = inbound_row(stdout, workload, port);
+    assert_eq!(row[4], mode, "{workload}:{port} in:\n{stdout}");
+    assert_eq!(row[5..].join(" "), decided_by, "{workload}:{port}");
+}
+
+#[test]
+fn mesh_permissive() {
+    let out = stdout_ok(&["mesh.yaml", "mesh-permissive.yaml"], &[]);
+    for (w, port) in [
+        ("sentences", 8080),
+        ("age", 8081),
+        ("name-v1", 8082),
+        ("name-v2", 8083),
+    ] {
+        assert_mode(
+            &out,
+            w,
+            port,
+            "PERMISSIVE",
+            "PeerAuthentication istio-system/default (mesh)",
+        );
+    }
+    assert!(out.contains("no warnings"), "{out}");
+}
+
+#[test]
+fn mesh_strict() {
+    let out = stdout_ok(&["mesh.yaml", "mesh-strict.yaml"], &[]);
+    for (w, port) in [
+        ("sentences", 8080),
+        ("age", 8081),
+        ("name-v1", 8082),
+        ("name-v2", 8083),
+    ] {
+        assert_mode(
+            &out,
+            w,
+            port,
+            "STRICT",
+            "PeerAuthentication istio-system/default (mesh)",
+        );
+    }
+}
+
+#[test]
+fn namespace_strict_over_mesh_permissive() {
+    let out = stdout_ok(
+        &["mesh.yaml", "mesh-permissive.yaml", "namespace-strict.yaml"],
+        &[],
+    );
+    assert_mode(
+        &out,
+        "age",
+        8081,
+        "STRICT",
+        "PeerAuthentication default/default (namespace)",
+    );
+}
+
+#[test]
+fn workload_permissive_over_namespace_strict() {
+    let out = stdout_ok(
+        &[
+            "mesh.yaml",
+            "mesh-permissive.yaml",
+            "namespace-strict.yaml",
+            "workload-permissive.yaml",
+        ],
+        &[],
+    );
+    assert_mode(
+        &out,
+        "age",
+        8081,
+        "PERMISSIVE",
+        "PeerAuthentication default/age (workload)",
+    );
+    assert_mode(
+        &out,
+        "name-v1",
+        8082,
+        "STRICT",
+        "PeerAuthentication default/default (namespace)",
+    );
+}
+
+#[test]
+fn port_level_disable() {
+    let out = stdout_ok(&["mesh.yaml", "mesh-strict.yaml", "port-disable.yaml"], &[]);
+    assert_mode(
+        &out,
+        "age",
+        8081,
+        "DISABLE",
+        "PeerAuthentication default/age-ports portLevelMtls[9081]",
+    );
+    assert_mode(
+        &out,
+        "sentences",
+        8080,
+        "STRICT",
+        "PeerAuthentication istio-system/default (mesh)",
+    );
+    // Auto mTLS follows: sentences sends plaintext to age's DISABLE port.
+    assert!(
+        out.contains("127.0.0.1:8081  age       DISABLE  auto mTLS: endpoint port is DISABLE"),
+        "{out}"
+    );
+}
+
+#[test]
+fn name_subsets_under_permissive_mesh() {
+    let out = stdout_ok(
+        &["mesh.yaml", "mesh-permissive.yaml", "name-subsets.yaml"],
+        &["--workload", "sentences"],
+    );
+    assert_mode(
+        &out,
+        "sentences",
+        8080,
+        "PERMISSIVE",
+        "PeerAuthentication istio-system/default (mesh)",
+    );
+    let row = |endpoint: &str| -> Vec<String> {
+        out.lines()
+            .find(|l| l.contains(endpoint))
+            .unwrap_or_else(|| panic!("no endpoint {endpoint} in:\n{out}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let v1 = row("127.0.0.1:8082");
+    assert_eq!(
+        &v1[..5],
+        ["v1", "50", "127.0.0.1:8082", "name-v1", "DISABLE"]
+    );
+    assert_eq!(v1[5..].join(" "), "DestinationRule default/name subset v1");
+    let v2 = row("127.0.0.1:8083");
+    assert_eq!(
+        &v2[..5],
+        ["v2", "50", "127.0.0.1:8083", "name-v2", "ISTIO_MUTUAL"]
+    );
+    assert_eq!(v2[5..].join(" "), "DestinationRule default/name subset v2");
+    assert!(
+        out.contains("routes: VirtualService default/name http[0]"),
+        "{out}"
+    );
+    assert!(out.contains("no warnings"), "{out}");
+}
+
+#[test]
+fn name_subsets_under_strict_mesh_warn_about_plaintext() {
+    let out = stdout_ok(&["mesh.yaml", "mesh-strict.yaml", "name-subsets.yaml"], &[]);
+    assert!(
+        out.contains("DestinationRule default/name subset v1 sends plaintext to 127.0.0.1:8082 (workload name-v1), whose mode is STRICT"),
+        "{out}"
+    );
+}
+
+#[test]
+fn json_output() {
+    let out = stdout_ok(
+        &["mesh.yaml", "mesh-permissive.yaml", "name-subsets.yaml"],
+        &["--output", "json", "--workload", "sentences"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["trust_domain"], "cluster.local");
+    let plan = &v["plans"][0];
+    assert_eq!(
+        plan["workload"]["spiffe_id"],
+        "spiffe://cluster.local/ns/default/sa/sentences"
+    );
+    assert_eq!(plan["inbound"][0]["mode"], "PERMISSIVE");
+    let routes = &plan["outbound"][1]["routes"];
+    assert_eq!(routes[0]["endpoints"][0]["tls"]["mode"], "DISABLE");
+    assert_eq!(routes[1]["endpoints"][0]["tls"]["mode"], "ISTIO_MUTUAL");
+    assert_eq!(
+        routes[1]["endpoints"][0]["tls"]["sni"],
+        "outbound_.8083_.v2_.name.default.svc.cluster.local"
+    );
+    assert_eq!(
+        routes[1]["endpoints"][0]["tls"]["allowed_ids"][0],
+        "spiffe://cluster.local/ns/default/sa/name"
+    );
+    assert!(v["warnings"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn invalid_configuration_fails_with_location() {
+    let dir = std::env::temp_dir().join(format!("outrider-check-{}", std::process::id()));
+    let mesh = dir.join("mesh");
+    std::fs::create_dir_all(&mesh).unwrap();
+    std::fs::write(
+        mesh.join("strict.yaml"),
+        "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\nspec:\n  mtls: { mode: STRIKT }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
+        .current_dir(&dir)
+        .args(["check", "--config", "mesh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "mesh/strict.yaml:6:17: spec.mtls.mode: unknown variant \"STRIKT\", expected one of UNSET, DISABLE, PERMISSIVE, STRICT"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
+        .current_dir(&dir)
+        .args(["check", "--config", "mesh/strict.yaml", "--workload", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
