@@ -7,6 +7,7 @@ use crate::app::RunArgs;
 use crate::ca::cli::{InitArgs, IssueArgs};
 use crate::config::check::CheckArgs;
 use crate::demo::DemoArgs;
+use crate::fetch::FetchArgs;
 use crate::samples::SampleArgs;
 
 /// outrider: a sidecar mTLS proxy with SPIFFE identities.
@@ -33,6 +34,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// One service of the seeds' sample app (age, name, sentences): a tiny HTTP server.
     SampleApp(SampleArgs),
+    /// A plaintext HTTP GET (health checks and the intruder in a FROM-scratch image).
+    Fetch(FetchArgs),
 }
 
 #[derive(Debug, Subcommand)]

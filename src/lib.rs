@@ -20,6 +20,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fetch;
 pub mod identity;
 pub mod metrics;
 pub mod proxy;

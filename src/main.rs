@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Check(args) => args.run(),
         Command::Demo(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::SampleApp(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Fetch(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

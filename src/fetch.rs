@@ -1,0 +1,231 @@
+//! `outrider fetch`: a tiny plaintext HTTP/1.1 GET, for images that have no curl.
+//!
+//! The container image is FROM scratch: there is no shell and no curl in it. The compose file
+//! still needs two small clients, and both are this command:
+//! - the health check of a sidecar container: `outrider fetch http://127.0.0.1:15021/healthz/ready`
+//!   (exit 0 on a 2xx answer, 1 otherwise);
+//! - the sidecar-less `intruder`, which makes plain HTTP requests straight to a service's port
+//!   (`--every 5s` keeps trying and logs each attempt, as the labs' rogue `curl` loop does).
+//!
+//! Failures are printed the way curl words them (`Connection reset by peer`), so the storyline
+//! reads the same as in the labs.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::ca::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// The most of an answer that is read (the sample app answers a few bytes).
+const MAX_ANSWER: u64 = 1 << 20;
+
+/// `outrider fetch <url> [--timeout 5s] [--every 5s] [--quiet]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FetchArgs {
+    /// `http://host:port/path` (plaintext only; host is a name or an IP).
+    pub url: String,
+    /// Deadline for the whole request (connect, send, read the answer).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Repeat forever with this pause, printing one line per attempt (never exits).
+    #[arg(long, value_parser = duration)]
+    pub every: Option<Duration>,
+    /// Print nothing on success (health checks).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Where a URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// `host:port`, as dialed and as sent in `Host:`.
+    authority: String,
+    path: String,
+}
+
+/// What one GET got back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl FetchArgs {
+    /// Exits 0 on a 2xx answer; an error (exit 1) otherwise, worded like curl's.
+    pub fn run(self) -> anyhow::Result<()> {
+        let target = parse_url(&self.url)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        rt.block_on(async move {
+            let Some(every) = self.every else {
+                let answer = get(&target, self.timeout).await?;
+                if !self.quiet || !(200..300).contains(&answer.status) {
+                    println!("{} {}", answer.status, answer.body.trim_end());
+                }
+                if (200..300).contains(&answer.status) {
+                    return Ok(());
+                }
+                anyhow::bail!("{} answered HTTP {}", self.url, answer.status);
+            };
+            loop {
+                match get(&target, self.timeout).await {
+                    Ok(a) => println!("GET {} -> {} {}", self.url, a.status, a.body.trim_end()),
+                    Err(e) => println!("GET {} -> {e:#}", self.url),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+}
+
+fn parse_url(url: &str) -> anyhow::Result<Target> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        anyhow::bail!("{url:?} has no host");
+    }
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'))
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok(Target {
+        authority,
+        path: path.to_string(),
+    })
+}
+
+async fn get(target: &Target, timeout: Duration) -> anyhow::Result<Answer> {
+    let io = async {
+        let mut s = TcpStream::connect(&target.authority)
+            .await
+            .map_err(curl_words)
+            .with_context(|| format!("Failed to connect to {}", target.authority))?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: outrider-fetch\r\nConnection: close\r\n\r\n",
+            target.path, target.authority
+        );
+        s.write_all(request.as_bytes())
+            .await
+            .map_err(curl_words)
+            .context("Send failure")?;
+        let mut raw = Vec::new();
+        (&mut s)
+            .take(MAX_ANSWER)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(curl_words)
+            .context("Recv failure")?;
+        parse_answer(&raw)
+    };
+    tokio::time::timeout(timeout, io)
+        .await
+        .unwrap_or_else(|_| anyhow::bail!("Operation timed out after {timeout:?}"))
+}
+
+/// curl says "Connection reset by peer"; keep the OS wording but make the common one exact.
+fn curl_words(e: std::io::Error) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset => anyhow::anyhow!("Connection reset by peer"),
+        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!("Connection refused"),
+        _ => anyhow::Error::new(e),
+    }
+}
+
+fn parse_answer(raw: &[u8]) -> anyhow::Result<Answer> {
+    if raw.is_empty() {
+        anyhow::bail!("Empty reply from server");
+    }
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 ").or(l.strip_prefix("HTTP/1.0 ")))
+        .and_then(|l| l.get(..3))
+        .and_then(|c| c.parse::<u16>().ok())
+        .with_context(|| format!("not an HTTP answer: {:?}", head.lines().next()))?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Answer { status, body })
+}
+
+/// Joins the chunks of a chunked body (best effort: stops at the first malformed size).
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let t = parse_url("http://age:8080/healthz").unwrap();
+        assert_eq!(t.authority, "age:8080");
+        assert_eq!(t.path, "/healthz");
+        let t = parse_url("http://127.0.0.1:15021").unwrap();
+        assert_eq!(
+            (t.authority.as_str(), t.path.as_str()),
+            ("127.0.0.1:15021", "/")
+        );
+        assert_eq!(
+            parse_url("http://sentences/").unwrap().authority,
+            "sentences:80"
+        );
+        assert!(parse_url("https://age:8080/").is_err());
+        assert!(parse_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn answers() {
+        let a = parse_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n42").unwrap();
+        assert_eq!(
+            a,
+            Answer {
+                status: 200,
+                body: "42".into()
+            }
+        );
+        let a = parse_answer(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap();
+        assert_eq!(a.status, 503);
+        let a = parse_answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(a.body, "ok");
+        assert!(parse_answer(b"").is_err());
+        assert!(parse_answer(b"SSH-2.0-x\r\n").is_err());
+    }
+}
