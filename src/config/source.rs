@@ -39,7 +39,9 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             p.extension().and_then(|e| e.to_str()),
             Some("yaml") | Some("yml")
         );
-        if yaml && entry.file_type().map_err(io)?.is_file() {
+        // Follow symlinks: a Kubernetes ConfigMap volume shows each key as a symlink into
+        // its `..data/` directory.
+        if yaml && std::fs::metadata(&p).map_err(io)?.is_file() {
             files.push(p);
         }
     }
