@@ -443,19 +443,7 @@ fn admin_handler(state: AdminState) -> Handler {
             "/certs" => Some(match identity {
                 None => Reply::text(503, "no workload certificate yet\n"),
                 Some(i) => {
-                    let not_after = i
-                        .svid
-                        .not_after
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let body = serde_json::json!({
-                        "spiffe_id": i.svid.id.to_string(),
-                        "serial": i.svid.serial_hex,
-                        "not_after_unix": not_after,
-                        "trust_domains": i.bundle.trust_domains(),
-                    });
-                    Reply::json(serde_json::to_string_pretty(&body).unwrap_or_default())
+                    Reply::json(serde_json::to_string_pretty(&certs_json(&i)).unwrap_or_default())
                 }
             }),
             "/plaintext" => Some(Reply::json(
@@ -467,6 +455,53 @@ fn admin_handler(state: AdminState) -> Handler {
             )),
             _ => None,
         }
+    })
+}
+
+/// The `/certs` document: own SPIFFE ID, each certificate of the chain (serial, validity,
+/// PEM), and the trust bundle per trust domain.
+fn certs_json(identity: &crate::identity::Identity) -> serde_json::Value {
+    let describe = |der: &rustls::pki_types::CertificateDer<'_>| {
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => serde_json::json!({
+                "subject": cert.subject().to_string(),
+                "issuer": cert.issuer().to_string(),
+                "serial": cert.raw_serial_as_string().replace(':', ""),
+                "not_before": cert.validity().not_before.to_rfc2822().unwrap_or_default(),
+                "not_after": cert.validity().not_after.to_rfc2822().unwrap_or_default(),
+                "pem": pem,
+            }),
+            Err(_) => serde_json::json!({ "pem": pem }),
+        }
+    };
+    let svid = &identity.svid;
+    let not_after = svid
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bundle: serde_json::Map<String, serde_json::Value> = identity
+        .bundle
+        .trust_domains()
+        .into_iter()
+        .map(|td| {
+            let roots = identity
+                .bundle
+                .roots(&td)
+                .unwrap_or_default()
+                .iter()
+                .map(describe)
+                .collect();
+            (td, serde_json::Value::Array(roots))
+        })
+        .collect();
+    serde_json::json!({
+        "spiffe_id": svid.id.to_string(),
+        "serial": svid.serial_hex,
+        "not_after_unix": not_after,
+        "chain": svid.chain().iter().map(describe).collect::<Vec<_>>(),
+        "trust_bundle": bundle,
     })
 }
 
