@@ -215,6 +215,7 @@ impl Sidecar {
 
     /// Serves until `stop` resolves, then drains for up to the drain timeout.
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let addrs = self.addrs();
         let Sidecar {
             args,
             store,
@@ -230,16 +231,6 @@ impl Sidecar {
             mut plan_rx,
             warnings,
         } = self;
-        let addrs = BoundAddrs {
-            inbound: inbound
-                .iter()
-                .map(|l| (l.local_addr().port(), l.local_addr()))
-                .collect(),
-            outbound: outbound.iter().map(|l| l.local_addr()).collect(),
-            admin: admin.local_addr(),
-            metrics: metrics_server.local_addr(),
-            ready: ready.local_addr(),
-        };
         let files = tokio::spawn(crate::identity::files::watch_dir(
             store.clone(),
             args.cert_dir.clone(),
