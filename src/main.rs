@@ -11,6 +11,9 @@ fn main() -> ExitCode {
         Command::Run(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Ca(CaCommand::Init(args)) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Ca(CaCommand::Issue(args)) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Ca(CaCommand::Serve(args)) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Ca(CaCommand::Token(args)) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Ca(CaCommand::RotateRoot(args)) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Check(args) => args.run(),
     };
     match result {
