@@ -219,13 +219,20 @@ impl CaClient {
             metadata: None,
         };
         let config = self.tls_config(client_cert.map(|c| c.certified_key()));
-        let response =
-            tokio::time::timeout(REQUEST_TIMEOUT, call(&self.source, config, token, request))
-                .await
-                .map_err(|_| CaClientError::Timeout {
-                    address: self.source.address.clone(),
-                    timeout: REQUEST_TIMEOUT,
-                })??;
+        let host = self
+            .source
+            .server_name
+            .clone()
+            .unwrap_or_else(|| host_of(&self.source.address).to_string());
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            call(&self.source.address, &host, config, token, request),
+        )
+        .await
+        .map_err(|_| CaClientError::Timeout {
+            address: self.source.address.clone(),
+            timeout: REQUEST_TIMEOUT,
+        })??;
         let fetched_at = SystemTime::now();
         let chain = response.cert_chain;
         if chain.len() < 2 {
@@ -286,18 +293,54 @@ impl CaClient {
     }
 }
 
+/// One `CreateCertificate` call without a client certificate, trusting `root_pem` for the
+/// CA's serving certificate (which must hold the DNS name `server_name`). The request and
+/// the response are Istio's messages as they are: nothing is checked or published. For tools
+/// and tests; the sidecar uses [`run`].
+pub async fn create_certificate(
+    address: &str,
+    server_name: &str,
+    root_pem: &[u8],
+    token: Option<&str>,
+    request: IstioCertificateRequest,
+) -> Result<IstioCertificateResponse, CaClientError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem).filter_map(Result::ok) {
+        let _ = roots.add(cert);
+    }
+    let mut config = ClientConfig::builder_with_provider(PROVIDER.clone())
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        call(
+            address,
+            server_name,
+            Arc::new(config),
+            token.map(str::to_string),
+            request,
+        ),
+    )
+    .await
+    .map_err(|_| CaClientError::Timeout {
+        address: address.to_string(),
+        timeout: REQUEST_TIMEOUT,
+    })?
+}
+
 /// Connects (TCP, TLS, HTTP/2) and makes the unary call.
 async fn call(
-    source: &CaSource,
+    address: &str,
+    host: &str,
     config: Arc<ClientConfig>,
     token: Option<String>,
     request: IstioCertificateRequest,
 ) -> Result<IstioCertificateResponse, CaClientError> {
-    let address = source.address.clone();
-    let host = source
-        .server_name
-        .clone()
-        .unwrap_or_else(|| host_of(&address).to_string());
+    let address = address.to_string();
+    let host = host.to_string();
     let server_name = ServerName::try_from(host.clone()).map_err(|e| CaClientError::Tls {
         address: address.clone(),
         detail: format!("invalid server name {host:?}: {e}"),
