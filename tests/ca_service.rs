@@ -76,10 +76,18 @@ async fn refusals_carry_the_right_status() {
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let age_token = token(&ca_dir, "age");
+    let metrics_addr = free_addr();
     let ca = CaProcess::start(
         &ca_dir,
         "127.0.0.1:0",
-        &["--burst", "3", "--rate-limit", "1"],
+        &[
+            "--burst",
+            "3",
+            "--rate-limit",
+            "1",
+            "--metrics-addr",
+            &metrics_addr,
+        ],
     );
     let root = root_pem(&ca_dir);
 
@@ -221,6 +229,61 @@ async fn refusals_carry_the_right_status() {
     )
     .await
     .expect("the CA still issues after the refusals");
+
+    // Every decision is counted.
+    let metrics = http_get(&metrics_addr, "/stats/prometheus").await;
+    for line in [
+        "outrider_ca_certificates_issued_total 6",
+        "outrider_ca_requests_denied_total{reason=\"token_expired\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"token_bad_signature\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"invalid_csr\"} 2",
+        "outrider_ca_requests_denied_total{reason=\"too_large\"} 2",
+        "outrider_ca_requests_denied_total{reason=\"rate_limited\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"impersonation\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in:\n{metrics}");
+    }
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_unreachable_at_start_is_retried_then_used() {
+    let dir = temp_dir("ca-late");
+    let ca_dir = dir.join("ca");
+    init_ca(&ca_dir);
+    let addr = free_addr();
+    let store = sidecar(&addr, &ca_dir, &dir, "age", Duration::from_secs(3600));
+    wait_for(
+        "failed attempts to be counted",
+        Duration::from_secs(10),
+        || store.stats().rotation_failures >= 2,
+    )
+    .await;
+    assert!(store.current().is_none(), "no certificate without a CA");
+    let _ca = CaProcess::start(&ca_dir, &addr, &[]);
+    wait_for(
+        "the first certificate once the CA is up",
+        Duration::from_secs(15),
+        || store.current().is_some(),
+    )
+    .await;
+    assert_eq!(store.current().unwrap().svid.id, id("age"));
 }
 
 // ---- traffic harness ------------------------------------------------------------------

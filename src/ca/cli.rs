@@ -59,6 +59,15 @@ impl IssueArgs {
         let id = workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
         let issued = ca.issue(&id, ttl, &self.dns)?;
         Authority::write_svid(&issued, &self.out)?;
+        // `rotate-root --step retire` waits for this leaf too.
+        let until = issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if until > rotation::issued_until(&self.ca_dir, ca.serial_hex()) {
+            rotation::record_issued_until(&self.ca_dir, ca.serial_hex(), until)?;
+        }
         println!(
             "issued {} (serial {}, valid until {}) into {} (cert-chain.pem, key.pem, root-cert.pem)",
             issued.id,
@@ -100,6 +109,9 @@ pub struct ServeArgs {
     /// Burst of certificates per identity.
     #[arg(long, default_value_t = 10)]
     pub burst: u32,
+    /// Serve the CA's own counters on http://<addr>/stats/prometheus.
+    #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl ServeArgs {
@@ -112,6 +124,7 @@ impl ServeArgs {
             max_ttl: parse_duration(&self.max_ttl)?,
             rate_per_minute: self.rate_limit,
             burst: self.burst,
+            metrics: self.metrics_addr,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -120,6 +133,9 @@ impl ServeArgs {
             let server = CaServer::bind(config).await?;
             // One line on stdout with the bound address (scripts and tests use port 0).
             println!("CA service listening on {}", server.local_addr());
+            if let Some(addr) = server.metrics_addr() {
+                tracing::info!(%addr, "CA metrics on /stats/prometheus");
+            }
             tokio::select! {
                 () = server.run() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -72,6 +72,8 @@ pub struct ServeConfig {
     pub rate_per_minute: u32,
     /// Token bucket size per identity.
     pub burst: u32,
+    /// Where to serve `/stats/prometheus` for the CA itself (none: not served).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Decisions counted since start; read by the metrics scrape.
@@ -95,6 +97,36 @@ impl CaStats {
             .clone()
     }
 
+    /// The counters in Prometheus text format, from a registry built for this scrape (never
+    /// the global default): `outrider_ca_certificates_issued_total`,
+    /// `outrider_ca_requests_denied_total{reason}`.
+    pub fn encode_prometheus(&self) -> String {
+        use prometheus::Encoder;
+        let registry = prometheus::Registry::new();
+        let issued = prometheus::IntCounter::new(
+            "outrider_ca_certificates_issued_total",
+            "Workload certificates issued by the CA service.",
+        )
+        .expect("a valid metric name");
+        issued.inc_by(self.issued());
+        let denied = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "outrider_ca_requests_denied_total",
+                "Certificate requests refused by the CA service, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("a valid metric name");
+        for (reason, n) in self.denied_by_reason() {
+            denied.with_label_values(&[reason]).inc_by(n);
+        }
+        let _ = registry.register(Box::new(issued));
+        let _ = registry.register(Box::new(denied));
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
     fn deny(&self, reason: &'static str) {
         *self
             .denied
@@ -108,6 +140,7 @@ impl CaStats {
 /// A bound, not yet running, CA service.
 pub struct CaServer {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -179,7 +212,19 @@ impl CaServer {
                 addr: shared.config.listen,
                 source,
             })?;
-        Ok(CaServer { listener, shared })
+        let metrics = match shared.config.metrics {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| CaError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(CaServer {
+            listener,
+            metrics,
+            shared,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -189,16 +234,25 @@ impl CaServer {
             .unwrap_or(self.shared.config.listen)
     }
 
+    /// The bound metrics address, if `/stats/prometheus` is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// The decision counters.
     pub fn stats(&self) -> Arc<CaStats> {
         self.shared.stats.clone()
     }
 
     /// Serves forever.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let tls = tokio_rustls::TlsAcceptor::from(self.shared.tls_config());
         // Stops the reload task when this future is dropped (tests, shutdown).
         let _reload = AbortOnDrop(tokio::spawn(reload_loop(self.shared.clone())));
+        let _metrics = self
+            .metrics
+            .take()
+            .map(|l| AbortOnDrop(tokio::spawn(serve_metrics(l, self.shared.stats.clone()))));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tracing::info!(
             addr = %self.local_addr(),
@@ -565,6 +619,45 @@ impl Shared {
             .with_cert_resolver(Arc::new(ServingCert(self.serving.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Arc::new(config)
+    }
+}
+
+/// Serves `GET /stats/prometheus` (HTTP/1.1) with the CA's counters; 404 elsewhere.
+async fn serve_metrics(listener: TcpListener, stats: Arc<CaStats>) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let stats = stats.clone();
+                    async move {
+                        let response = if req.uri().path() == "/stats/prometheus" {
+                            http::Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(
+                                    stats.encode_prometheus(),
+                                )))
+                        } else {
+                            http::Response::builder()
+                                .status(http::StatusCode::NOT_FOUND)
+                                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"not found\n",
+                                )))
+                        };
+                        Ok::<_, http::Error>(response?)
+                    }
+                });
+            let _ = tokio::time::timeout(
+                Duration::from_secs(30),
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            )
+            .await;
+        });
     }
 }
 
