@@ -648,7 +648,7 @@ async fn serve_metrics(listener: TcpListener, stats: Arc<CaStats>) {
                                     b"not found\n",
                                 )))
                         };
-                        Ok::<_, http::Error>(response?)
+                        response
                     }
                 });
             let _ = tokio::time::timeout(
