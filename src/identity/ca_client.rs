@@ -56,7 +56,7 @@ pub struct CaSource {
 }
 
 /// Flags of the `ca` identity source, flattened into `outrider run`.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct CaSourceArgs {
     /// The mesh CA service, host:port (enables the `ca` identity source).
     #[arg(long, env = "OUTRIDER_CA_ADDRESS")]
@@ -73,6 +73,18 @@ pub struct CaSourceArgs {
     /// DNS name expected in the CA's serving certificate (default: the host of --ca-address).
     #[arg(long, env = "OUTRIDER_CA_SERVER_NAME")]
     pub ca_server_name: Option<String>,
+}
+
+impl Default for CaSourceArgs {
+    fn default() -> Self {
+        CaSourceArgs {
+            ca_address: None,
+            ca_root: None,
+            token_file: None,
+            cert_ttl: "24h".into(),
+            ca_server_name: None,
+        }
+    }
 }
 
 impl CaSourceArgs {
@@ -235,13 +247,13 @@ impl CaClient {
         })??;
         let fetched_at = SystemTime::now();
         let chain = response.cert_chain;
-        if chain.len() < 2 {
+        let Some((roots_pem, chain_pems)) = chain.split_last().filter(|(_, rest)| !rest.is_empty())
+        else {
             return Err(CaClientError::BadResponse(format!(
                 "cert_chain has {} element(s); expected the leaf and the root(s)",
                 chain.len()
             )));
-        }
-        let (roots_pem, chain_pems) = chain.split_last().expect("at least two elements");
+        };
         let chain_pem = chain_pems.concat();
         let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .next()
@@ -527,7 +539,6 @@ mod tests {
             .is_none());
         let args = CaSourceArgs {
             ca_address: Some("ca:15012".into()),
-            cert_ttl: "24h".into(),
             ..CaSourceArgs::default()
         };
         assert!(args
