@@ -673,3 +673,165 @@ async fn root_rotation_under_traffic_without_a_failed_handshake() {
         0
     );
 }
+
+/// What a fake CA answers to a request's CSR.
+type Respond = Arc<dyn Fn(&str) -> Vec<String> + Send + Sync>;
+
+/// A fake CA service answering every request with `respond(csr)` (over TLS with a certificate
+/// from `tls_ca` for `localhost`), to feed the sidecar's source responses the real CA never
+/// gives.
+async fn fake_ca(tls_ca: &outrider::ca::Authority, respond: Respond) -> SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    let serving = tls_ca
+        .issue(
+            &id("fake-ca"),
+            Duration::from_secs(3600),
+            &["localhost".into()],
+        )
+        .unwrap();
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(serving.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(serving.key_pem.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let respond = respond.clone();
+                    async move {
+                        let codec = tonic_prost::ProstCodec::<
+                            outrider::ca::proto::IstioCertificateResponse,
+                            IstioCertificateRequest,
+                        >::default();
+                        let answer =
+                            tower::service_fn(move |r: tonic::Request<IstioCertificateRequest>| {
+                                let chain = respond(&r.get_ref().csr);
+                                async move {
+                                    Ok::<_, tonic::Status>(tonic::Response::new(
+                                        outrider::ca::proto::IstioCertificateResponse {
+                                            cert_chain: chain,
+                                        },
+                                    ))
+                                }
+                            });
+                        let response: http::Response<tonic::body::Body> =
+                            tonic::server::Grpc::new(codec).unary(answer, req).await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_answering_a_wrong_identity_or_a_broken_chain_is_refused_and_counted() {
+    let dir = temp_dir("ca-fake");
+    let new_ca = |name: &str| {
+        Arc::new(
+            outrider::ca::Authority::init(
+                &dir.join(name),
+                "cluster.local",
+                Duration::from_secs(3600),
+                false,
+            )
+            .unwrap(),
+        )
+    };
+    let (tls_ca, other_ca) = (new_ca("tls-ca"), new_ca("other-ca"));
+    let token_file = dir.join("age.token");
+    std::fs::write(&token_file, "unused").unwrap();
+    let ttl = Duration::from_secs(600);
+    let sign = |ca: &Arc<outrider::ca::Authority>, sa: &'static str, root: String| -> Respond {
+        let ca = ca.clone();
+        Arc::new(move |csr: &str| {
+            let leaf = ca.sign_csr(csr.as_bytes(), &id(sa), ttl).unwrap();
+            vec![leaf.pem, root.clone()]
+        })
+    };
+    let fixed = |chain: Vec<String>| -> Respond { Arc::new(move |_: &str| chain.clone()) };
+    let someone_elses = tls_ca.issue(&id("age"), ttl, &[]).unwrap().chain_pem;
+    let cases: Vec<(&str, Respond)> = vec![
+        // Signed over our CSR, but by a root the response does not carry.
+        ("broken chain", sign(&other_ca, "age", tls_ca.root_pem())),
+        // Our identity, but not our key.
+        (
+            "another key",
+            fixed(vec![someone_elses.clone(), tls_ca.root_pem()]),
+        ),
+        // Another identity than the one expected.
+        ("wrong identity", sign(&tls_ca, "name", tls_ca.root_pem())),
+        // No root element; garbage.
+        ("leaf only", fixed(vec![someone_elses])),
+        ("garbage", fixed(vec!["garbage".into(), "garbage".into()])),
+    ];
+    for (what, respond) in cases {
+        let addr = fake_ca(&tls_ca, respond).await;
+        let store = CertStore::new("cluster.local");
+        let mut client = CaClient::new(CaSource {
+            address: addr.to_string(),
+            root_pem: tls_ca.root_pem().into_bytes(),
+            token_file: token_file.clone(),
+            ttl,
+            expected: id("age"),
+            server_name: Some("localhost".into()),
+        });
+        let err = client
+            .fetch(&store)
+            .await
+            .expect_err(&format!("{what} must be refused"));
+        eprintln!("{what}: {err}");
+        match what {
+            "broken chain" | "another key" => {
+                assert!(matches!(err, CaClientError::Rejected(_)), "{err:?}");
+                assert_eq!(store.stats().rejected, 1);
+            }
+            "wrong identity" => assert!(matches!(err, CaClientError::WrongIdentity { .. })),
+            _ => assert!(matches!(err, CaClientError::BadResponse(_)), "{err:?}"),
+        }
+        assert!(store.current().is_none(), "{what}: nothing published");
+    }
+    // Through the retry loop, each refusal is counted as a rotation failure.
+    let addr = fake_ca(&tls_ca, sign(&other_ca, "age", tls_ca.root_pem())).await;
+    let store = CertStore::new("cluster.local");
+    tokio::spawn(ca_client::run(
+        store.clone(),
+        CaSource {
+            address: addr.to_string(),
+            root_pem: tls_ca.root_pem().into_bytes(),
+            token_file,
+            ttl,
+            expected: id("age"),
+            server_name: Some("localhost".into()),
+        },
+    ));
+    wait_for("failures to be counted", Duration::from_secs(10), || {
+        store.stats().rotation_failures >= 2
+    })
+    .await;
+    assert!(store.current().is_none());
+}
