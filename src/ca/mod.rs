@@ -1,8 +1,10 @@
 //! The mesh CA: a root key and certificate, and issuance of workload certificates (X.509-SVIDs)
 //! with Istio's CA profile (SEMANTICS.md §1).
 //!
-//! [`Authority`] is a loaded CA usable in-process (tests, the demo, later the CSR service);
-//! `outrider ca init` / `ca issue` in [`cli`] are thin wrappers around it.
+//! [`Authority`] is a loaded CA usable in-process (tests, the demo, the CSR service); the
+//! service itself is [`server`] (Istio's protocol, [`proto`]), authenticating first requests
+//! with [`token`]s; [`rotation`] is the CA directory layout and the root rotation steps.
+//! The `outrider ca ...` commands in [`cli`] are thin wrappers around them.
 
 pub mod cli;
 pub mod proto;
