@@ -109,7 +109,7 @@ pub struct ServeArgs {
     /// Burst of certificates per identity.
     #[arg(long, default_value_t = 10)]
     pub burst: u32,
-    /// Serve the CA's own counters on http://<addr>/stats/prometheus.
+    /// Serve the CA's own counters on `http://<addr>/stats/prometheus`.
     #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
