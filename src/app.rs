@@ -43,9 +43,18 @@ pub struct RunArgs {
     /// Which workload of the configuration this sidecar runs beside.
     #[arg(long, env = "OUTRIDER_WORKLOAD")]
     pub workload: String,
-    /// Directory with cert-chain.pem, key.pem, root-cert.pem (watched for changes).
-    #[arg(long, env = "OUTRIDER_CERT_DIR")]
-    pub cert_dir: PathBuf,
+    /// Identity from files: a directory with cert-chain.pem, key.pem, root-cert.pem (watched
+    /// for changes). Either this or `--ca-address`.
+    #[arg(
+        long,
+        env = "OUTRIDER_CERT_DIR",
+        required_unless_present = "ca_address",
+        conflicts_with = "ca_address"
+    )]
+    pub cert_dir: Option<PathBuf>,
+    /// Identity from the mesh CA (CSR over Istio's protocol, renewed at half-life).
+    #[command(flatten)]
+    pub ca: crate::identity::ca_client::CaSourceArgs,
     /// Admin endpoints (/config_dump, /certs, /plaintext, /stats/prometheus, /healthz/ready).
     #[arg(long, env = "OUTRIDER_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: SocketAddr,
@@ -121,6 +130,7 @@ pub struct Sidecar {
     reload_stats: Arc<crate::config::reload::ReloadStats>,
     plan_rx: watch::Receiver<Arc<Plan>>,
     warnings: Vec<String>,
+    ca_source: Option<crate::identity::ca_client::CaSource>,
 }
 
 impl Sidecar {
@@ -133,12 +143,12 @@ impl Sidecar {
         let plan = Arc::new(mesh.plan(&args.workload)?);
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
         let store = CertStore::new(&plan.trust_domain);
-        crate::identity::files::load_dir(&store, &args.cert_dir).with_context(|| {
-            format!(
-                "cannot load the workload identity from {}",
-                args.cert_dir.display()
-            )
-        })?;
+        let ca_source = args.ca.to_source(plan.workload.spiffe_id.clone())?;
+        if let Some(dir) = &args.cert_dir {
+            crate::identity::files::load_dir(&store, dir).with_context(|| {
+                format!("cannot load the workload identity from {}", dir.display())
+            })?;
+        }
         let metrics = Metrics::new(prometheus::Registry::new());
         let settings = ProxySettings {
             detect_timeout: args.detect_timeout,
@@ -196,6 +206,7 @@ impl Sidecar {
             ready,
             reload_stats,
             plan_rx,
+            ca_source,
         })
     }
 
@@ -215,6 +226,7 @@ impl Sidecar {
 
     /// Serves until `stop` resolves, then drains for up to the drain timeout.
     pub async fn run(self, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let addrs = self.addrs();
         let Sidecar {
             args,
             store,
@@ -229,22 +241,21 @@ impl Sidecar {
             reload_stats,
             mut plan_rx,
             warnings,
+            ca_source,
         } = self;
-        let addrs = BoundAddrs {
-            inbound: inbound
-                .iter()
-                .map(|l| (l.local_addr().port(), l.local_addr()))
-                .collect(),
-            outbound: outbound.iter().map(|l| l.local_addr()).collect(),
-            admin: admin.local_addr(),
-            metrics: metrics_server.local_addr(),
-            ready: ready.local_addr(),
+        // The identity source: files watched for changes, or the mesh CA. Readiness waits for
+        // the first certificate.
+        let identity_source = match (&args.cert_dir, ca_source) {
+            (Some(dir), _) => tokio::spawn(crate::identity::files::watch_dir(
+                store.clone(),
+                dir.clone(),
+                Duration::from_millis(500),
+            )),
+            (None, Some(source)) => {
+                tokio::spawn(crate::identity::ca_client::run(store.clone(), source))
+            }
+            (None, None) => anyhow::bail!("no identity source: give --cert-dir or --ca-address"),
         };
-        let files = tokio::spawn(crate::identity::files::watch_dir(
-            store.clone(),
-            args.cert_dir.clone(),
-            Duration::from_millis(500),
-        ));
         // Plan reloads: rebuild the runtime; a plan that cannot be built keeps the old one.
         let reload_store = store.clone();
         let reload_tx = runtime_tx.clone();
@@ -294,7 +305,7 @@ impl Sidecar {
         if left > 0 {
             tracing::warn!(left, "drain deadline passed; closing remaining connections");
         }
-        files.abort();
+        identity_source.abort();
         reloads.abort();
         for t in tasks {
             t.abort();
@@ -417,7 +428,7 @@ fn admin_handler(state: AdminState) -> Handler {
                 state.metrics.set_identity_state(
                     identity.as_ref().map(|i| i.svid.not_after),
                     stats.rotations,
-                    stats.rejected,
+                    stats.rejected + stats.rotation_failures,
                 );
                 state.metrics.set_reloads(
                     state.reload_stats.ok.load(Ordering::Relaxed),
@@ -443,19 +454,7 @@ fn admin_handler(state: AdminState) -> Handler {
             "/certs" => Some(match identity {
                 None => Reply::text(503, "no workload certificate yet\n"),
                 Some(i) => {
-                    let not_after = i
-                        .svid
-                        .not_after
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    let body = serde_json::json!({
-                        "spiffe_id": i.svid.id.to_string(),
-                        "serial": i.svid.serial_hex,
-                        "not_after_unix": not_after,
-                        "trust_domains": i.bundle.trust_domains(),
-                    });
-                    Reply::json(serde_json::to_string_pretty(&body).unwrap_or_default())
+                    Reply::json(serde_json::to_string_pretty(&certs_json(&i)).unwrap_or_default())
                 }
             }),
             "/plaintext" => Some(Reply::json(
@@ -467,6 +466,53 @@ fn admin_handler(state: AdminState) -> Handler {
             )),
             _ => None,
         }
+    })
+}
+
+/// The `/certs` document: own SPIFFE ID, each certificate of the chain (serial, validity,
+/// PEM), and the trust bundle per trust domain.
+fn certs_json(identity: &crate::identity::Identity) -> serde_json::Value {
+    let describe = |der: &rustls::pki_types::CertificateDer<'_>| {
+        let pem = pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()));
+        match x509_parser::parse_x509_certificate(der) {
+            Ok((_, cert)) => serde_json::json!({
+                "subject": cert.subject().to_string(),
+                "issuer": cert.issuer().to_string(),
+                "serial": cert.raw_serial_as_string().replace(':', ""),
+                "not_before": cert.validity().not_before.to_rfc2822().unwrap_or_default(),
+                "not_after": cert.validity().not_after.to_rfc2822().unwrap_or_default(),
+                "pem": pem,
+            }),
+            Err(_) => serde_json::json!({ "pem": pem }),
+        }
+    };
+    let svid = &identity.svid;
+    let not_after = svid
+        .not_after
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let bundle: serde_json::Map<String, serde_json::Value> = identity
+        .bundle
+        .trust_domains()
+        .into_iter()
+        .map(|td| {
+            let roots = identity
+                .bundle
+                .roots(&td)
+                .unwrap_or_default()
+                .iter()
+                .map(describe)
+                .collect();
+            (td, serde_json::Value::Array(roots))
+        })
+        .collect();
+    serde_json::json!({
+        "spiffe_id": svid.id.to_string(),
+        "serial": svid.serial_hex,
+        "not_after_unix": not_after,
+        "chain": svid.chain().iter().map(describe).collect::<Vec<_>>(),
+        "trust_bundle": bundle,
     })
 }
 

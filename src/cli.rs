@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::app::RunArgs;
-use crate::ca::cli::{InitArgs, IssueArgs};
+use crate::ca::cli::{InitArgs, IssueArgs, RotateRootArgs, ServeArgs, TokenArgs};
 use crate::config::check::CheckArgs;
 use crate::demo::DemoArgs;
 use crate::fetch::FetchArgs;
@@ -44,4 +44,10 @@ pub enum CaCommand {
     Init(InitArgs),
     /// Issue a workload certificate (cert-chain.pem, key.pem, root-cert.pem).
     Issue(IssueArgs),
+    /// Serve Istio's CA protocol (CSR signing) over TLS.
+    Serve(ServeArgs),
+    /// Print a bootstrap token for a service account.
+    Token(TokenArgs),
+    /// Rotate the root: --step prepare, then activate, then retire.
+    RotateRoot(RotateRootArgs),
 }

@@ -8,7 +8,8 @@
 //! - [`config`] reads `mesh.yaml` (outrider's kinds plus Istio's PeerAuthentication,
 //!   DestinationRule, VirtualService) and resolves it into a per-workload [`config::Plan`].
 //! - [`identity`] holds SPIFFE IDs, SVID rules and the hot-swappable certificate store.
-//! - [`ca`] is the mesh CA: root, issuance.
+//! - [`ca`] is the mesh CA: root, issuance, the CSR service (Istio's protocol), bootstrap
+//!   tokens, root rotation.
 //! - [`tls`] builds rustls configurations on the live store, with SPIFFE verifiers.
 //! - [`proxy`] is the data path: sniffing, inbound, outbound, the copy loop.
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.

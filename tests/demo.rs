@@ -15,20 +15,39 @@ fn demo_plays_the_storyline_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // PERMISSIVE: the mesh is mTLS, the intruder gets through and is listed.
-    assert!(stdout.contains("user → sentences: 4/4 answered"), "{stdout}");
+    assert!(
+        stdout.contains("user → sentences: 4/4 answered"),
+        "{stdout}"
+    );
     assert!(stdout.contains("sentences → age: mutual_tls"), "{stdout}");
-    assert!(stdout.contains("intruder (no sidecar, plaintext) → age: got through"), "{stdout}");
-    assert!(stdout.contains("who still blocks STRICT: 127.0.0.1"), "{stdout}");
+    assert!(
+        stdout.contains("intruder (no sidecar, plaintext) → age: got through"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("who still blocks STRICT: 127.0.0.1"),
+        "{stdout}"
+    );
     // STRICT: the intruder is reset, the mesh keeps working.
-    assert!(stdout.contains("connection reset by peer — blocked"), "{stdout}");
+    assert!(
+        stdout.contains("connection reset by peer — blocked"),
+        "{stdout}"
+    );
     // Subsets: v1 plaintext, v2 mTLS.
     assert!(stdout.contains("name-v1: none"), "{stdout}");
-    assert!(stdout.contains("sentences → name-v2: mutual_tls"), "{stdout}");
+    assert!(
+        stdout.contains("sentences → name-v2: mutual_tls"),
+        "{stdout}"
+    );
     // Every request of every step was answered.
     let steps: Vec<&str> = stdout.lines().filter(|l| l.contains(" answered")).collect();
     assert_eq!(steps.len(), 3, "{stdout}");
     for line in steps {
-        let counts = line.split(": ").nth(1).and_then(|r| r.split(' ').next()).unwrap_or("");
+        let counts = line
+            .split(": ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .unwrap_or("");
         let (ok, all) = counts.split_once('/').unwrap_or(("0", "1"));
         assert_eq!(ok, all, "{line}");
     }
@@ -39,5 +58,8 @@ fn demo_plays_the_storyline_and_cleans_up() {
         .and_then(|l| l.split("(work dir ").nth(1))
         .map(|r| r.trim_end_matches(')').to_string())
         .expect("work dir printed");
-    assert!(!std::path::Path::new(&workdir).exists(), "{workdir} was left behind");
+    assert!(
+        !std::path::Path::new(&workdir).exists(),
+        "{workdir} was left behind"
+    );
 }

@@ -19,7 +19,7 @@ struct NameMesh {
 }
 
 impl NameMesh {
-    fn new(v1_app: u16, v2_app: u16, weights: (u32, u32), v1_strict: bool) -> NameMesh {
+    fn new(v1_app: u16, v2_app: u16, weights: Option<(u32, u32)>, v1_strict: bool) -> NameMesh {
         let pki = Pki::new();
         let dir = tempfile::tempdir().unwrap();
         let (v1_in, v2_in, out) = (free_port(), free_port(), free_port());
@@ -71,7 +71,13 @@ spec:
     - name: v2
       labels: {{ version: v2 }}
       trafficPolicy: {{ tls: {{ mode: ISTIO_MUTUAL }} }}
----
+"#,
+            s_in = free_port(),
+            s_app = free_port(),
+        );
+        if let Some((w1, w2)) = weights {
+            yaml.push_str(&format!(
+                r#"---
 apiVersion: networking.istio.io/v1beta1
 kind: VirtualService
 metadata: {{ name: name, namespace: default }}
@@ -81,12 +87,9 @@ spec:
     - route:
         - {{ destination: {{ host: name, subset: v1 }}, weight: {w1} }}
         - {{ destination: {{ host: name, subset: v2 }}, weight: {w2} }}
-"#,
-            s_in = free_port(),
-            s_app = free_port(),
-            w1 = weights.0,
-            w2 = weights.1,
-        );
+"#
+            ));
+        }
         if v1_strict {
             yaml.push_str(
                 "---\napiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: { name: name-v1, namespace: default }\nspec:\n  selector: { matchLabels: { app: name, version: v1 } }\n  mtls: { mode: STRICT }\n",
@@ -117,7 +120,7 @@ spec:
 #[test]
 fn subset_v1_is_plaintext_and_v2_is_mutual_tls() {
     let (a1, a2) = (App::echo(), App::echo());
-    let mesh = NameMesh::new(a1.port, a2.port, (50, 50), false);
+    let mesh = NameMesh::new(a1.port, a2.port, Some((50, 50)), false);
     let v1 = mesh.sidecar("name-v1", "name");
     let v2 = mesh.sidecar("name-v2", "name");
     let _s = mesh.sidecar("sentences", "sentences");
@@ -178,7 +181,7 @@ fn subset_v1_is_plaintext_and_v2_is_mutual_tls() {
 #[test]
 fn disable_towards_a_strict_workload_fails_while_mtls_to_the_other_subset_works() {
     let (a1, a2) = (App::echo(), App::echo());
-    let mesh = NameMesh::new(a1.port, a2.port, (100, 0), true);
+    let mesh = NameMesh::new(a1.port, a2.port, Some((100, 0)), true);
     let v1 = mesh.sidecar("name-v1", "name");
     let _v2 = mesh.sidecar("name-v2", "name");
     let _s = mesh.sidecar("sentences", "sentences");
@@ -196,5 +199,43 @@ fn disable_towards_a_strict_workload_fails_while_mtls_to_the_other_subset_works(
     assert_eq!(
         round_trip(SocketAddr::from(([127, 0, 0, 1], mesh.v2_in)), b"v2").unwrap(),
         b"v2"
+    );
+}
+
+#[test]
+fn without_routes_connections_spread_over_endpoints_and_skip_one_that_refuses() {
+    let (a1, a2) = (App::echo(), App::echo());
+    let mesh = NameMesh::new(a1.port, a2.port, None, false);
+    // name-v1's sidecar is not running: its endpoint refuses connections.
+    let v2 = mesh.sidecar("name-v2", "name");
+    let s = mesh.sidecar("sentences", "sentences");
+    let out = SocketAddr::from(([127, 0, 0, 1], mesh.out));
+    for i in 0..10 {
+        let msg = format!("request {i}");
+        assert_eq!(
+            round_trip(out, msg.as_bytes()).unwrap(),
+            msg.as_bytes(),
+            "{}",
+            s.logs()
+        );
+    }
+    let m2 = v2.metrics_text();
+    let mtls = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        metric_sum(&m2, "istio_tcp_connections_opened_total", &mtls),
+        10.0,
+        "{m2}"
+    );
+    let sm = s.metrics_text();
+    assert!(
+        metric_sum(
+            &sm,
+            "outrider_upstream_failures_total",
+            &[("reason", "connect_failed")]
+        ) >= 1.0,
+        "{sm}"
     );
 }

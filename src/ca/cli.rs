@@ -1,9 +1,12 @@
-//! `outrider ca init` and `outrider ca issue`: thin wrappers around [`Authority`].
+//! `outrider ca init | issue | serve | token | rotate-root`: thin wrappers around
+//! [`Authority`], [`CaServer`], [`TokenKey`] and [`rotation`].
 
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use crate::ca::{parse_duration, workload_id, Authority};
+use crate::ca::server::{CaServer, ServeConfig};
+use crate::ca::token::TokenKey;
+use crate::ca::{parse_duration, rotation, workload_id, Authority};
 
 /// `outrider ca init --dir <dir> --trust-domain <td> [--ttl 87600h] [--force]`.
 #[derive(Debug, clap::Args)]
@@ -56,6 +59,15 @@ impl IssueArgs {
         let id = workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
         let issued = ca.issue(&id, ttl, &self.dns)?;
         Authority::write_svid(&issued, &self.out)?;
+        // `rotate-root --step retire` waits for this leaf too.
+        let until = issued
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if until > rotation::issued_until(&self.ca_dir, ca.serial_hex()) {
+            rotation::record_issued_until(&self.ca_dir, ca.serial_hex(), until)?;
+        }
         println!(
             "issued {} (serial {}, valid until {}) into {} (cert-chain.pem, key.pem, root-cert.pem)",
             issued.id,
@@ -71,4 +83,128 @@ fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| format!("{t:?}"))
+}
+
+/// `outrider ca serve --dir <dir> [--listen 0.0.0.0:15012] [--dns ca] [--default-ttl 24h]
+/// [--max-ttl 90d]`: the CSR signing service (Istio's `IstioCertificateService`).
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The CA directory (made by `outrider ca init`).
+    #[arg(long, env = "OUTRIDER_CA_DIR")]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:15012", env = "OUTRIDER_CA_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// DNS names of the CA's serving certificate (what workloads dial). Repeatable.
+    #[arg(long, default_values_t = [String::from("ca")])]
+    pub dns: Vec<String>,
+    /// Validity of certificates whose request asks for none.
+    #[arg(long, default_value = "24h")]
+    pub default_ttl: String,
+    /// Longest validity a request may ask for (longer is refused).
+    #[arg(long, default_value = "90d")]
+    pub max_ttl: String,
+    /// Certificates per identity per minute.
+    #[arg(long, default_value_t = 60)]
+    pub rate_limit: u32,
+    /// Burst of certificates per identity.
+    #[arg(long, default_value_t = 10)]
+    pub burst: u32,
+    /// Serve the CA's own counters on `http://<addr>/stats/prometheus`.
+    #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl ServeArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let config = ServeConfig {
+            dir: self.dir,
+            listen: self.listen,
+            dns: self.dns,
+            default_ttl: parse_duration(&self.default_ttl)?,
+            max_ttl: parse_duration(&self.max_ttl)?,
+            rate_per_minute: self.rate_limit,
+            burst: self.burst,
+            metrics: self.metrics_addr,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            let server = CaServer::bind(config).await?;
+            // One line on stdout with the bound address (scripts and tests use port 0).
+            println!("CA service listening on {}", server.local_addr());
+            if let Some(addr) = server.metrics_addr() {
+                tracing::info!(%addr, "CA metrics on /stats/prometheus");
+            }
+            tokio::select! {
+                () = server.run() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `outrider ca token --dir <dir> --namespace <ns> --service-account <sa> [--ttl 24h]`: prints
+/// a bootstrap token (ES256 JWT, audience `istio-ca`) on stdout.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[arg(long, env = "OUTRIDER_CA_DIR")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub service_account: String,
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+}
+
+impl TokenArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let ttl = parse_duration(&self.ttl)?;
+        let ca = Authority::load(&self.dir)?;
+        // Refuse names that could never become an identity, before signing anything.
+        workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
+        let key = TokenKey::load_or_create(&self.dir)?;
+        println!("{}", key.mint(&self.namespace, &self.service_account, ttl)?);
+        Ok(())
+    }
+}
+
+/// One step of a root rotation (see `outrider::ca::rotation`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RotationStep {
+    /// Generate a new root and add it to the bundle handed out; signing is unchanged.
+    Prepare,
+    /// Sign with the new root; the old one stays in the bundle.
+    Activate,
+    /// Drop the old root from the bundle once no leaf it signed is still valid.
+    Retire,
+}
+
+/// `outrider ca rotate-root --dir <dir> --step prepare|activate|retire`.
+#[derive(Debug, clap::Args)]
+pub struct RotateRootArgs {
+    #[arg(long, env = "OUTRIDER_CA_DIR")]
+    pub dir: PathBuf,
+    #[arg(long, value_enum)]
+    pub step: RotationStep,
+    /// Validity of the new root (prepare).
+    #[arg(long, default_value = "87600h")]
+    pub ttl: String,
+    /// Retire even though leaves signed by the old root are still valid (they stop verifying).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl RotateRootArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        let message = match self.step {
+            RotationStep::Prepare => rotation::prepare(&self.dir, parse_duration(&self.ttl)?)?,
+            RotationStep::Activate => rotation::activate(&self.dir)?,
+            RotationStep::Retire => rotation::retire(&self.dir, self.force)?,
+        };
+        println!("{message}");
+        Ok(())
+    }
 }

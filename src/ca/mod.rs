@@ -1,10 +1,16 @@
 //! The mesh CA: a root key and certificate, and issuance of workload certificates (X.509-SVIDs)
 //! with Istio's CA profile (SEMANTICS.md §1).
 //!
-//! [`Authority`] is a loaded CA usable in-process (tests, the demo, later the CSR service);
-//! `outrider ca init` / `ca issue` in [`cli`] are thin wrappers around it.
+//! [`Authority`] is a loaded CA usable in-process (tests, the demo, the CSR service); the
+//! service itself is [`server`] (Istio's protocol, [`proto`]), authenticating first requests
+//! with [`token`]s; [`rotation`] is the CA directory layout and the root rotation steps.
+//! The `outrider ca ...` commands in [`cli`] are thin wrappers around them.
 
 pub mod cli;
+pub mod proto;
+pub mod rotation;
+pub mod server;
+pub mod token;
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -86,8 +92,26 @@ pub enum CaError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the certificate signing request is invalid: {0}")]
+    BadCsr(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("root rotation in {dir}: {detail}")]
+    Rotation { dir: PathBuf, detail: String },
     #[error("certificate generation failed: {0}")]
     Generate(String),
+}
+
+/// A certificate signed by the CA from a caller's CSR.
+#[derive(Debug, Clone)]
+pub struct SignedLeaf {
+    pub pem: String,
+    /// Lower-case hex serial number.
+    pub serial_hex: String,
+    pub not_after: SystemTime,
 }
 
 /// A loaded CA: root certificate and key.
@@ -97,6 +121,7 @@ pub struct Authority {
     key: KeyPair,
     trust_domain: String,
     not_after: OffsetDateTime,
+    serial_hex: String,
 }
 
 /// A freshly issued workload certificate with its key and the root that signed it.
@@ -157,49 +182,24 @@ impl Authority {
             source,
         })?;
 
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Generate(e.to_string()))?;
-        let now = OffsetDateTime::now_utc();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "outrider");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{trust_domain} root"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}")
-                .try_into()
-                .map_err(|e: rcgen::Error| CaError::Generate(e.to_string()))?,
-        )];
-        params.serial_number = Some(random_serial());
-        params.not_before = now - BACKDATE;
-        params.not_after = add_ttl(now, ttl)?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|e| CaError::Generate(e.to_string()))?;
-
-        write_file(&cert_path, cert.pem().as_bytes(), 0o644)?;
-        write_file(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        Ok(Authority {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().clone(),
-            key,
-            trust_domain,
-            not_after: params.not_after,
-        })
+        let (cert_pem, key_pem) = generate_root(&trust_domain, ttl)?;
+        rotation::reset(dir);
+        write_file(&cert_path, cert_pem.as_bytes(), 0o644)?;
+        write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+        Authority::load(dir)
     }
 
-    /// Loads the CA in `dir`.
+    /// Loads the CA in `dir` (`root-cert.pem` + `root-key.pem`: the signing root).
     pub fn load(dir: &Path) -> Result<Authority, CaError> {
         if !dir.is_dir() {
             return Err(CaError::DirMissing(dir.to_path_buf()));
         }
-        let cert_path = dir.join(ROOT_CERT);
-        let key_path = dir.join(ROOT_KEY);
+        Authority::load_pair(&dir.join(ROOT_CERT), &dir.join(ROOT_KEY))
+    }
+
+    /// Loads a root certificate and its key from two files.
+    pub fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Authority, CaError> {
+        let (cert_path, key_path) = (cert_path.to_path_buf(), key_path.to_path_buf());
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(|source| CaError::ReadCert {
             path: cert_path.clone(),
             source,
@@ -218,7 +218,7 @@ impl Authority {
             path: key_path.clone(),
             detail: e.to_string(),
         })?;
-        let (not_after, spki) = {
+        let (not_after, spki, serial_hex) = {
             let (_, x509) = x509_parser::parse_x509_certificate(cert_der.as_ref())
                 .map_err(|e| bad_cert(e.to_string()))?;
             let is_ca = x509
@@ -231,6 +231,10 @@ impl Authority {
             (
                 x509.validity().not_after.to_datetime(),
                 x509.public_key().subject_public_key.data.to_vec(),
+                x509.raw_serial()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
             )
         };
         if key.public_key_raw() != spki.as_slice() {
@@ -244,6 +248,7 @@ impl Authority {
             key,
             trust_domain,
             not_after,
+            serial_hex,
         })
     }
 
@@ -255,6 +260,11 @@ impl Authority {
     /// The trust domain the root was made for (from its `spiffe://<td>` URI SAN).
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// The root's serial number, lower-case hex.
+    pub fn serial_hex(&self) -> &str {
+        &self.serial_hex
     }
 
     /// When the root expires.
@@ -273,6 +283,55 @@ impl Authority {
         ttl: Duration,
         dns: &[String],
     ) -> Result<IssuedSvid, CaError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| CaError::Generate(e.to_string()))?;
+        let leaf = self.sign_leaf(id, &key, ttl, dns)?;
+        Ok(IssuedSvid {
+            chain_pem: leaf.pem,
+            key_pem: key.serialize_pem(),
+            root_pem: self.cert_pem.clone(),
+            id: id.clone(),
+            serial_hex: leaf.serial_hex,
+            not_after: leaf.not_after,
+        })
+    }
+
+    /// Signs a workload certificate for `id` over the public key of a PEM or DER certificate
+    /// signing request (PKCS#10), with the same profile as [`Authority::issue`]. The CSR's
+    /// signature is checked (proof that the caller holds the key); everything else in it
+    /// (subject, SANs, extensions) is ignored, as Istio's CA does: the identity is the caller's.
+    pub fn sign_csr(
+        &self,
+        csr: &[u8],
+        id: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<SignedLeaf, CaError> {
+        let der = csr_der(csr)?;
+        let spki = {
+            use x509_parser::prelude::FromDer;
+            let (rest, request) =
+                x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+                    .map_err(|e| CaError::BadCsr(format!("it cannot be parsed: {e}")))?;
+            if !rest.is_empty() {
+                return Err(CaError::BadCsr("it has trailing data".into()));
+            }
+            request
+                .verify_signature()
+                .map_err(|e| CaError::BadCsr(format!("its signature does not verify: {e}")))?;
+            request.certification_request_info.subject_pki.raw.to_vec()
+        };
+        let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|e| CaError::BadCsr(format!("its public key is not usable: {e}")))?;
+        self.sign_leaf(id, &public_key, ttl, &[])
+    }
+
+    fn sign_leaf(
+        &self,
+        id: &SpiffeId,
+        public_key: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+        dns: &[String],
+    ) -> Result<SignedLeaf, CaError> {
         let now = OffsetDateTime::now_utc();
         if self.not_after <= now {
             return Err(CaError::RootExpired {
@@ -286,8 +345,6 @@ impl Authority {
                 reason: "a workload certificate needs an ID with a path",
             });
         }
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| CaError::Generate(e.to_string()))?;
         let mut params = CertificateParams::default();
         // Empty subject: rcgen then marks the SAN extension critical, as SPIFFE requires.
         params.distinguished_name = DistinguishedName::new();
@@ -328,13 +385,10 @@ impl Authority {
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)
             .map_err(|e| CaError::Generate(e.to_string()))?;
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(public_key, &issuer)
             .map_err(|e| CaError::Generate(e.to_string()))?;
-        Ok(IssuedSvid {
-            chain_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            root_pem: self.cert_pem.clone(),
-            id: id.clone(),
+        Ok(SignedLeaf {
+            pem: cert.pem(),
             serial_hex,
             not_after: params.not_after.into(),
         })
@@ -361,6 +415,36 @@ impl Authority {
         )?;
         Ok(())
     }
+}
+
+/// A new self-signed root for `trust_domain` (already validated): P-256 key, CA:true,
+/// keyCertSign + cRLSign, URI SAN `spiffe://<trust_domain>`. Returns (certificate, key) PEM.
+pub fn generate_root(trust_domain: &str, ttl: Duration) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError::Generate(e.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "outrider");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{trust_domain} root"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.subject_alt_names = vec![SanType::URI(
+        format!("spiffe://{trust_domain}")
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Generate(e.to_string()))?,
+    )];
+    params.serial_number = Some(random_serial());
+    params.not_before = now - BACKDATE;
+    params.not_after = add_ttl(now, ttl)?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CaError::Generate(e.to_string()))?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// Istio's workload identity, with errors that name the offending flag.
@@ -478,6 +562,17 @@ fn add_ttl(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, CaError
         })
 }
 
+/// The DER of a CSR given as PEM (`CERTIFICATE REQUEST`) or DER.
+fn csr_der(csr: &[u8]) -> Result<Vec<u8>, CaError> {
+    if csr.first() == Some(&0x30) {
+        return Ok(csr.to_vec());
+    }
+    use rustls_pki_types::CertificateSigningRequestDer;
+    CertificateSigningRequestDer::from_pem_slice(csr)
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| CaError::BadCsr(format!("it is not a PEM CERTIFICATE REQUEST: {e}")))
+}
+
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
     // Positive, and exactly 16 bytes long once DER-encoded.
@@ -486,7 +581,7 @@ fn random_serial() -> SerialNumber {
 }
 
 /// Writes `contents` to `path` atomically (temporary file + rename) with `mode`.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     let err = |source| CaError::Write {
         path: path.to_path_buf(),
         source,

@@ -1,7 +1,9 @@
 //! Workload identity: SPIFFE IDs, X.509-SVID rules, the trust bundle, the hot-swappable
-//! certificate store and its sources (a watched directory today, the mesh CA later).
+//! certificate store and its sources: a watched directory ([`files`]) or the mesh CA
+//! ([`ca_client`]).
 
 mod bundle;
+pub mod ca_client;
 pub mod files;
 pub mod spiffe;
 mod store;

@@ -81,6 +81,9 @@ pub struct StoreStats {
     pub rotations: u64,
     /// Updates refused by validation (the previous identity stayed).
     pub rejected: u64,
+    /// Failed attempts of an identity source to obtain new material (CA unreachable,
+    /// refused, wrong identity, ...), recorded by the source.
+    pub rotation_failures: u64,
 }
 
 /// The live identity of this sidecar. Clones share one store.
@@ -95,6 +98,7 @@ struct Inner {
     writer: Mutex<()>,
     rotations: AtomicU64,
     rejected: AtomicU64,
+    rotation_failures: AtomicU64,
     generation: watch::Sender<u64>,
 }
 
@@ -109,6 +113,7 @@ impl CertStore {
                 writer: Mutex::new(()),
                 rotations: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
+                rotation_failures: AtomicU64::new(0),
                 generation,
             }),
         }
@@ -176,7 +181,14 @@ impl CertStore {
         StoreStats {
             rotations: self.inner.rotations.load(Ordering::Relaxed),
             rejected: self.inner.rejected.load(Ordering::Relaxed),
+            rotation_failures: self.inner.rotation_failures.load(Ordering::Relaxed),
         }
+    }
+
+    /// Counts a failed attempt of the identity source to renew (see
+    /// [`StoreStats::rotation_failures`]); the current identity stays.
+    pub fn record_rotation_failure(&self) {
+        self.inner.rotation_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A receiver of the generation counter, bumped on each successful publish.

@@ -56,16 +56,10 @@ impl Inbound {
     ) {
         let mut draining = shared.shutdown.watch();
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(port = self.port, error = %e, "inbound accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                _ = crate::shutdown::draining(&mut draining) => return,
+            let Some((stream, peer)) =
+                super::accept(&self.listener, &mut draining, "inbound").await
+            else {
+                return;
             };
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                 shared

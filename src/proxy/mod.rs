@@ -125,6 +125,27 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// The next accepted connection, or `None` once draining starts. Accept errors (such as
+/// running out of file descriptors) are logged and retried after a short pause.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    draining: &mut tokio::sync::watch::Receiver<bool>,
+    what: &'static str,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = crate::shutdown::draining(draining) => return None,
+        }
+    }
+}
+
 /// Disables Nagle on a proxied socket; a failure is harmless and ignored.
 pub(crate) fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);

@@ -115,16 +115,10 @@ impl Outbound {
     pub async fn run(self, shared: Shared, runtime: watch::Receiver<Arc<Runtime>>) {
         let mut draining = shared.shutdown.watch();
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(index = self.index, error = %e, "outbound accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                _ = crate::shutdown::draining(&mut draining) => return,
+            let Some((stream, peer)) =
+                super::accept(&self.listener, &mut draining, "outbound").await
+            else {
+                return;
             };
             let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
                 reset(stream);

@@ -2,6 +2,8 @@
 //! sidecar processes that are killed on drop, small real apps (echo, HTTP, server-first).
 #![allow(dead_code)]
 
+pub mod ca;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -99,6 +101,17 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `outrider run` for `workload` and waits until it reports ready.
     pub fn start(config: &Path, workload: &str, cert_dir: &Path, extra: &[&str]) -> Sidecar {
+        Sidecar::start_with(
+            config,
+            workload,
+            &["--cert-dir", cert_dir.to_str().unwrap()],
+            extra,
+        )
+    }
+
+    /// Starts `outrider run` with the given identity-source flags (`--cert-dir ...` or
+    /// `--ca-address ...`) and waits until it reports ready.
+    pub fn start_with(config: &Path, workload: &str, identity: &[&str], extra: &[&str]) -> Sidecar {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let ready: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -112,7 +125,7 @@ impl Sidecar {
                 "--workload",
                 workload,
             ])
-            .args(["--cert-dir", cert_dir.to_str().unwrap()])
+            .args(identity)
             .args([
                 "--admin-addr",
                 &admin.to_string(),

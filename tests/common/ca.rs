@@ -1,0 +1,137 @@
+//! Helpers shared by the CA service tests: temp dirs, the built binary, a CA process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub fn outrider(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_outrider"))
+        .args(args)
+        .output()
+        .expect("the outrider binary runs")
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("outrider-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `outrider ca init --dir <dir>` for cluster.local.
+pub fn init_ca(dir: &Path) {
+    let o = outrider(&[
+        "ca",
+        "init",
+        "--dir",
+        s(dir),
+        "--trust-domain",
+        "cluster.local",
+    ]);
+    assert!(
+        o.status.success(),
+        "ca init: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `outrider ca token` for default/<sa>.
+pub fn token(dir: &Path, sa: &str) -> String {
+    let o = outrider(&[
+        "ca",
+        "token",
+        "--dir",
+        s(dir),
+        "--namespace",
+        "default",
+        "--service-account",
+        sa,
+        "--ttl",
+        "1h",
+    ]);
+    assert!(
+        o.status.success(),
+        "ca token: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// A running `outrider ca serve` process; killed on drop.
+pub struct CaProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl CaProcess {
+    /// Starts `ca serve --dir <dir> --listen <listen> --dns localhost <extra>` and waits for
+    /// its "listening on" line. Logs go to `<dir>/../ca-<port or n>.log`.
+    pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> CaProcess {
+        let log_path = dir.with_extension(format!("log-{}", listen.replace(':', "_")));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outrider"))
+            .args([
+                "ca",
+                "serve",
+                "--dir",
+                s(dir),
+                "--listen",
+                listen,
+                "--dns",
+                "localhost",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("ca serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("ca serve printed its address within 20 s");
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "unexpected first line {line:?}; log: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )
+            });
+        CaProcess { child, addr }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for CaProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
