@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use crate::ca::server::{CaServer, ServeConfig};
 use crate::ca::token::TokenKey;
-use crate::ca::{parse_duration, rotation, workload_id, Authority};
+use crate::ca::{parse_duration, rotation, workload_id, write_file, Authority};
 
 /// `outrider ca init --dir <dir> --trust-domain <td> [--ttl 87600h] [--force]`.
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,9 @@ impl InitArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let ttl = parse_duration(&self.ttl)?;
         let ca = Authority::init(&self.dir, &self.trust_domain, ttl, self.force)?;
+        // The token signing key too, now: `ca token` jobs run in parallel (docker-compose) and
+        // must not race to create it.
+        TokenKey::load_or_create(&self.dir)?;
         println!(
             "created CA for trust domain {} in {} (root-cert.pem, root-key.pem), valid until {}",
             ca.trust_domain(),
@@ -145,8 +148,9 @@ impl ServeArgs {
     }
 }
 
-/// `outrider ca token --dir <dir> --namespace <ns> --service-account <sa> [--ttl 24h]`: prints
-/// a bootstrap token (ES256 JWT, audience `istio-ca`) on stdout.
+/// `outrider ca token --dir <dir> --namespace <ns> --service-account <sa> [--ttl 24h]
+/// [--out <dir>]`: prints a bootstrap token (ES256 JWT, audience `istio-ca`) on stdout, or
+/// writes a sidecar's bootstrap files into `--out`.
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     #[arg(long, env = "OUTRIDER_CA_DIR")]
@@ -157,6 +161,11 @@ pub struct TokenArgs {
     pub service_account: String,
     #[arg(long, default_value = "24h")]
     pub ttl: String,
+    /// Write `token` (0600, for --token-file) and `root-cert.pem` (the CA's trust bundle, for
+    /// --ca-root) into this directory instead of printing: for images without a shell, where
+    /// the output cannot be redirected (the docker-compose file).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 impl TokenArgs {
@@ -166,7 +175,23 @@ impl TokenArgs {
         // Refuse names that could never become an identity, before signing anything.
         workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
         let key = TokenKey::load_or_create(&self.dir)?;
-        println!("{}", key.mint(&self.namespace, &self.service_account, ttl)?);
+        let token = key.mint(&self.namespace, &self.service_account, ttl)?;
+        let Some(out) = self.out else {
+            println!("{token}");
+            return Ok(());
+        };
+        let bundle = rotation::load_material(&self.dir)?.bundle_pem;
+        std::fs::create_dir_all(&out)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+        write_file(&out.join("token"), format!("{token}\n").as_bytes(), 0o600)?;
+        write_file(&out.join("root-cert.pem"), bundle.as_bytes(), 0o644)?;
+        println!(
+            "wrote the bootstrap token of spiffe://{}/ns/{}/sa/{} and the CA's trust bundle into {} (token, root-cert.pem)",
+            ca.trust_domain(),
+            self.namespace,
+            self.service_account,
+            out.display()
+        );
         Ok(())
     }
 }
