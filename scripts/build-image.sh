@@ -33,7 +33,7 @@ build() {
 
 # outrider:dev
 mkdir -p "$ctx/outrider/rootfs/etc" "$ctx/outrider/rootfs/var/lib/outrider/ca" \
-    "$ctx/outrider/rootfs/var/run/outrider/identity"
+    "$ctx/outrider/rootfs/var/run/outrider/identity" "$ctx/outrider/rootfs/var/run/outrider/bootstrap"
 cp "$bin" "$ctx/outrider/outrider"
 strip "$ctx/outrider/outrider" 2>/dev/null || true
 printf 'root:x:0:0:root:/:/sbin/nologin\noutrider:x:1337:1337:outrider:/var/lib/outrider:/sbin/nologin\n' \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end test of docker-compose.yml across real containers: builds the images, brings the
 # lab up, and checks the storyline:
-#   1. the mesh works (curl sentences) and the CA issued every sidecar's identity;
+#   1. the mesh works (curl sentences) and the CA service issued every sidecar's identity;
 #   2. Prometheus shows mutual_tls edges reported by the destination side;
 #   3. under PERMISSIVE the intruder's plaintext request gets through;
 #   4. after copying strict.yaml into the mounted folder the intruder is reset, the mesh still works.
@@ -80,9 +80,12 @@ step "1. the mesh works: curl $sentences"
 wait_for 60 "sentences answers a sentence" sentence_ok
 echo "  $(curl -fsS --max-time 5 "$sentences")"
 
-step "1. the CA issued every identity (each sidecar's /certs)"
+step "1. the CA service issued every identity (its audit log; each sidecar's /certs)"
+ca_log="$(compose logs --no-color ca | sed 's/\x1b\[[0-9;]*m//g')"
 for pair in sentences-sidecar:sentences age-sidecar:age name-v1-sidecar:name name-v2-sidecar:name; do
     svc=${pair%%:*} sa=${pair##*:}
+    grep 'decision="issued"' <<<"$ca_log" | grep -q "identity=spiffe://cluster.local/ns/default/sa/$sa" ||
+        fail "the CA's log shows no certificate issued for sa/$sa"
     certs="$(compose exec -T "$svc" /outrider fetch http://127.0.0.1:15000/certs)" ||
         fail "$svc: /certs did not answer"
     grep -q "spiffe://cluster.local/ns/default/sa/$sa" <<<"$certs" ||
