@@ -518,11 +518,14 @@ fn certs_json(identity: &crate::identity::Identity) -> serde_json::Value {
 
 /// Installs the tracing subscriber: human-readable by default, JSON lines with `--log-json`.
 pub fn init_logging(json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("OUTRIDER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and container logs stay plain text.
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {
