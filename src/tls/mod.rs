@@ -81,6 +81,15 @@ pub fn client_config_with_time(
     Arc::new(config)
 }
 
+/// `config` with client-side session resumption turned off: every connection made with it
+/// does a full handshake (certificate signing and verification on both sides). For users who
+/// must, and for benchmarks comparing full and resumed handshakes (`--no-resumption`).
+pub fn without_resumption(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
 /// The SPIFFE ID of the leaf (first) certificate of a verified peer chain.
 pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
     svid_id(certs.first()?).ok()
