@@ -160,6 +160,9 @@ type Figures = BTreeMap<&'static str, f64>;
 async fn run(opts: Options) -> anyhow::Result<()> {
     let started = chrono_like_now();
     let work = tempfile::tempdir()?;
+    if std::env::var_os("LOADTEST_KEEP").is_some() {
+        eprintln!("loadtest: keeping {}", work.path().display());
+    }
     let backend = Backend::start()?;
     eprintln!("loadtest: backend {backend:?}");
     let pki = make_pki(&opts.outrider, work.path())?;
@@ -225,6 +228,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     drop(outrider);
     drop(haproxy);
     drop(backend);
+    if std::env::var_os("LOADTEST_KEEP").is_some() {
+        let _ = work.keep();
+    }
     Ok(())
 }
 
@@ -460,7 +466,10 @@ spec:
                     .args(extra)
                     // One access-log line per connection is outrider's default; the
                     // benchmark turns it off as HAProxy runs without a log.
-                    .env("OUTRIDER_LOG", "warn")
+                    .env(
+                        "OUTRIDER_LOG",
+                        std::env::var("LOADTEST_OUTRIDER_LOG").unwrap_or_else(|_| "warn".into()),
+                    )
                     .stdout(Stdio::null())
                     .stderr(log),
             )?;
