@@ -152,6 +152,8 @@ struct Path3 {
     http: SocketAddr,
     /// Proxy processes whose CPU and memory are measured (client side first).
     pids: Vec<u32>,
+    /// The processes that carry `echo_full`.
+    full_pids: Vec<u32>,
 }
 
 /// Figures of one path in one run.
@@ -188,6 +190,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             sink: backend.sink,
             http: backend.http,
             pids: vec![],
+            full_pids: vec![],
         },
         outrider.path.clone(),
     ];
@@ -490,6 +493,7 @@ spec:
                 sink: loopback(c_sink),
                 http: loopback(c_http),
                 pids: vec![client.pid(), server.pid()],
+                full_pids: vec![full.pid(), server.pid()],
             },
             _procs: vec![client, full, server],
         })
@@ -616,6 +620,7 @@ impl HaproxyPair {
                 sink: loopback(c_sink),
                 http: loopback(c_http),
                 pids: vec![client.pid(), server.pid()],
+                full_pids: vec![client.pid(), server.pid()],
             },
             _procs: vec![client, server],
         })
@@ -738,13 +743,13 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
         f.insert("cpu_us_per_req", cpu * 1e6 / reqs as f64);
     }
     // New connections: with resumption (default client), then full handshakes.
-    for (addr, rate_key, cpu_key) in [
-        (p.echo, "conn_per_s_resumed", "cpu_us_per_conn_resumed"),
-        (p.echo_full, "conn_per_s_full", "cpu_us_per_conn_full"),
+    for (addr, pids, rate_key, cpu_key) in [
+        (p.echo, &p.pids, "conn_per_s_resumed", "cpu_us_per_conn_resumed"),
+        (p.echo_full, &p.full_pids, "conn_per_s_full", "cpu_us_per_conn_full"),
     ] {
-        let cpu0 = total_cpu(&p.pids);
+        let cpu0 = total_cpu(pids);
         let (n, elapsed) = new_connections(addr, opts.openers, secs).await?;
-        let cpu = total_cpu(&p.pids) - cpu0;
+        let cpu = total_cpu(pids) - cpu0;
         f.insert(rate_key, n as f64 / elapsed.as_secs_f64());
         if !p.pids.is_empty() {
             f.insert(cpu_key, cpu * 1e6 / n as f64);

@@ -49,6 +49,14 @@ pub fn server_config_with_time(
         .map(|p| p.to_vec())
         .chain([b"h2".to_vec(), b"http/1.1".to_vec()])
         .collect();
+    // Stateless TLS 1.3 tickets (encrypted with a key that rotates every few hours): the
+    // server keeps nothing per client, so no client's tickets are evicted by another's, and a
+    // reconnect skips certificate signing and verification. The resumed session carries the
+    // client's certificate chain, so its SPIFFE ID is still known to policy and metrics.
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        Err(e) => tracing::warn!(error = %e, "no session ticket key; clients will not resume"),
+    }
     Arc::new(config)
 }
 
