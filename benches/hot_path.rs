@@ -37,11 +37,13 @@ struct Pki {
 
 fn pki() -> Pki {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ca = Authority::init(dir.path(), TD, Duration::from_secs(365 * 86_400), false)
-        .expect("CA init");
+    let ca =
+        Authority::init(dir.path(), TD, Duration::from_secs(365 * 86_400), false).expect("CA init");
     let store = |sa: &str| {
         let id = SpiffeId::istio(TD, "default", sa).expect("id");
-        let svid = ca.issue(&id, Duration::from_secs(86_400), &[]).expect("issue");
+        let svid = ca
+            .issue(&id, Duration::from_secs(86_400), &[])
+            .expect("issue");
         let store = CertStore::new(TD);
         store
             .publish_pem(
@@ -150,7 +152,11 @@ fn copy_loop(cr: &mut Criterion) {
             connector.connect(server_name(), wire_c),
             acceptor.accept(wire_s)
         );
-        (app, (proxy_app_side, c.expect("client TLS")), s.expect("server TLS"))
+        (
+            app,
+            (proxy_app_side, c.expect("client TLS")),
+            s.expect("server TLS"),
+        )
     });
     rt.spawn(async move {
         let (a, b) = &mut proxy_app_side;

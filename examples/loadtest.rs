@@ -216,7 +216,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let mut memory: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for p in paths.iter().filter(|p| !p.pids.is_empty()) {
-        eprintln!("loadtest: {} idle connections through {}", opts.idle_conns, p.name);
+        eprintln!(
+            "loadtest: {} idle connections through {}",
+            opts.idle_conns, p.name
+        );
         memory.insert(p.name, idle_connections(&opts, p).await?);
     }
     let report = Report {
@@ -366,7 +369,14 @@ fn make_pki(bin: &Path, dir: &Path) -> anyhow::Result<Pki> {
         Ok(())
     };
     let ca_s = ca.to_str().context("path")?;
-    run(&["ca", "init", "--dir", ca_s, "--trust-domain", "cluster.local"])?;
+    run(&[
+        "ca",
+        "init",
+        "--dir",
+        ca_s,
+        "--trust-domain",
+        "cluster.local",
+    ])?;
     for sa in ["client", "backend"] {
         let out = dir.join(sa);
         run(&[
@@ -461,7 +471,11 @@ spec:
                     .arg(&config)
                     .args(["--workload", workload])
                     .arg("--cert-dir")
-                    .arg(dir.join(if workload == "backend" { "backend" } else { "client" }))
+                    .arg(dir.join(if workload == "backend" {
+                        "backend"
+                    } else {
+                        "client"
+                    }))
                     .args(["--admin-addr", &loopback(free_port()?).to_string()])
                     .args(["--metrics-addr", &loopback(free_port()?).to_string()])
                     .args(["--ready-addr", &ready.to_string()])
@@ -725,7 +739,10 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
     let cpu0 = total_cpu(&p.pids);
     let (bytes, elapsed) = bulk(p.sink, secs).await?;
     let cpu = total_cpu(&p.pids) - cpu0;
-    f.insert("bulk_gbps", bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9);
+    f.insert(
+        "bulk_gbps",
+        bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
+    );
     if !p.pids.is_empty() {
         f.insert("bulk_cpu_s_per_gb", cpu / (bytes as f64 / 1e9));
     }
@@ -744,8 +761,18 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
     }
     // New connections: with resumption (default client), then full handshakes.
     for (addr, pids, rate_key, cpu_key) in [
-        (p.echo, &p.pids, "conn_per_s_resumed", "cpu_us_per_conn_resumed"),
-        (p.echo_full, &p.full_pids, "conn_per_s_full", "cpu_us_per_conn_full"),
+        (
+            p.echo,
+            &p.pids,
+            "conn_per_s_resumed",
+            "cpu_us_per_conn_resumed",
+        ),
+        (
+            p.echo_full,
+            &p.full_pids,
+            "conn_per_s_full",
+            "cpu_us_per_conn_full",
+        ),
     ] {
         let cpu0 = total_cpu(pids);
         let (n, elapsed) = new_connections(addr, opts.openers, secs).await?;

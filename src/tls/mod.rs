@@ -6,12 +6,13 @@
 //! touched. TLS 1.3 only.
 
 pub mod origination;
+pub mod resumption;
 pub mod verifier;
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
+use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
@@ -21,6 +22,7 @@ use rustls_pki_types::CertificateDer;
 use crate::identity::svid::{svid_id, PROVIDER};
 use crate::identity::{CertStore, SpiffeId, SvidError};
 
+pub use resumption::TicketCache;
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// ALPN values a mesh client offers (Istio's TCP mesh protocols).
@@ -62,8 +64,8 @@ pub fn server_config_with_time(
 
 /// The outbound (client) configuration: presents the live SVID, accepts only a server SVID of
 /// the live bundle whose ID is in `allowed` (secure naming; empty refuses every server).
-/// ALPN: the mesh protocols. Session resumption uses rustls' default in-memory cache, so share
-/// one configuration per destination rather than per connection.
+/// ALPN: the mesh protocols. Sessions resume from a [`TicketCache`] kept in the configuration,
+/// so share one configuration per destination rather than per connection.
 pub fn client_config(store: &CertStore, allowed: Vec<SpiffeId>) -> Arc<ClientConfig> {
     client_config_with_time(store, allowed, Arc::new(DefaultTimeProvider))
 }
@@ -86,6 +88,7 @@ pub fn client_config_with_time(
         )))
         .with_client_cert_resolver(Arc::new(StoreCertResolver::new(store.clone())));
     config.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::store(Arc::new(TicketCache::new()));
     Arc::new(config)
 }
 
