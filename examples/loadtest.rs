@@ -6,7 +6,8 @@
 //! - **haproxy**: the same hop with an HAProxy pair (mode tcp, `verify required`, the same
 //!   certificates), skipped with a message when `haproxy` is not installed.
 //!
-//! Every proxy runs one thread (`--threads 1`, `nbthread 1`) so the comparison is per core.
+//! Every proxy runs one thread (`--threads 1`, `nbthread 1`) so the comparison is per core
+//! (`--outrider-threads N` gives the sidecars more).
 //! Each figure is the median of several runs, the paths interleaved within each run so the
 //! noise of a shared machine spreads over all three, and is printed beside its ratio to the
 //! other paths. Run it with `benches/loadtest.sh [--quick]` (which builds the release binary,
@@ -28,7 +29,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider PATH]";
+const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider-threads N] [--outrider PATH]";
 
 /// PIDs of every child process, killed by the watchdog if the harness overruns.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -76,6 +77,8 @@ struct Options {
     conns: usize,
     /// Concurrent openers of the new-connection test.
     openers: usize,
+    /// Runtime threads of each outrider sidecar (HAProxy always runs one).
+    threads: usize,
 }
 
 impl Options {
@@ -96,6 +99,7 @@ impl Options {
             rate: 5_000,
             conns: 16,
             openers: 16,
+            threads: 1,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -113,6 +117,7 @@ impl Options {
                 "--outrider" => o.outrider = value()?.into(),
                 "--rate" => o.rate = value()?.parse()?,
                 "--openers" => o.openers = value()?.parse()?,
+                "--outrider-threads" => o.threads = value()?.parse()?,
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
@@ -198,9 +203,15 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         paths.push(h.path.clone());
     }
     // Idle memory first, before any traffic has grown a heap.
-    let mut idle_rss: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
+    let mut idle_rss: BTreeMap<&'static str, Vec<(u64, u64)>> = BTreeMap::new();
     for p in &paths {
-        idle_rss.insert(p.name, p.pids.iter().map(|&pid| rss_kib(pid)).collect());
+        idle_rss.insert(
+            p.name,
+            p.pids
+                .iter()
+                .map(|&pid| (rss_kib(pid), status_kib(pid, "RssAnon:")))
+                .collect(),
+        );
     }
     for p in &paths {
         warm_up(p).await?;
@@ -479,7 +490,8 @@ spec:
                     .args(["--admin-addr", &loopback(free_port()?).to_string()])
                     .args(["--metrics-addr", &loopback(free_port()?).to_string()])
                     .args(["--ready-addr", &ready.to_string()])
-                    .args(["--inbound-ip", ip, "--threads", "1"])
+                    .args(["--inbound-ip", ip])
+                    .args(["--threads", &opts.threads.to_string()])
                     .args(extra)
                     // One access-log line per connection is outrider's default; the
                     // benchmark turns it off as HAProxy runs without a log.
@@ -686,11 +698,17 @@ fn total_cpu(pids: &[u32]) -> f64 {
 
 /// Resident set size in KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A KiB figure of /proc/<pid>/status (`VmRSS:`, `RssAnon:`: private memory, not the
+/// binary's and libraries' pages shared with other processes).
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -987,7 +1005,7 @@ struct Report<'a> {
     started: String,
     paths: &'a [Path3],
     results: &'a BTreeMap<&'static str, Vec<Figures>>,
-    idle_rss: &'a BTreeMap<&'static str, Vec<u64>>,
+    idle_rss: &'a BTreeMap<&'static str, Vec<(u64, u64)>>,
     memory: &'a BTreeMap<&'static str, Vec<f64>>,
 }
 
@@ -1060,7 +1078,7 @@ impl Report<'_> {
         let mut s = String::new();
         s += &format!(
             "Run {} on {} ({} CPUs), medians of {} run(s) of {} s per figure; \
-             proxies one thread each (outrider `--threads 1`, HAProxy `nbthread 1`); \
+             outrider `--threads {}`, HAProxy `nbthread 1`; \
              {} keep-alive connections, fixed rate {} req/s; {} concurrent openers.\n\n",
             self.started,
             cpu_model(),
@@ -1069,6 +1087,7 @@ impl Report<'_> {
                 .unwrap_or(0),
             o.runs,
             o.secs,
+            o.threads,
             o.conns,
             o.rate,
             o.openers,
@@ -1092,11 +1111,11 @@ impl Report<'_> {
                 ratio(r, h)
             );
         }
-        let rss = |name: &str, i: usize| {
+        let rss = |name: &str, i: usize, anon: bool| {
             self.idle_rss
                 .get(name)
                 .and_then(|v| v.get(i))
-                .map(|k| format!("{:.1}", *k as f64 / 1024.0))
+                .map(|k| format!("{:.1}", if anon { k.1 } else { k.0 } as f64 / 1024.0))
                 .unwrap_or_else(|| "–".into())
         };
         let per_conn = |name: &str, i: usize| {
@@ -1112,13 +1131,18 @@ impl Report<'_> {
         );
         s += "| figure | unit | outrider client | outrider server | haproxy client | haproxy server |\n";
         s += "| --- | --- | ---: | ---: | ---: | ---: |\n";
-        s += &format!(
-            "| RSS idle, after start | MiB | {} | {} | {} | {} |\n",
-            rss("outrider", 0),
-            rss("outrider", 1),
-            rss("haproxy", 0),
-            rss("haproxy", 1)
-        );
+        for (label, anon) in [
+            ("RSS idle, after start", false),
+            ("of which private (RssAnon)", true),
+        ] {
+            s += &format!(
+                "| {label} | MiB | {} | {} | {} | {} |\n",
+                rss("outrider", 0, anon),
+                rss("outrider", 1, anon),
+                rss("haproxy", 0, anon),
+                rss("haproxy", 1, anon)
+            );
+        }
         s += &format!(
             "| RSS per idle connection | KiB | {} | {} | {} | {} |\n",
             per_conn("outrider", 0),
