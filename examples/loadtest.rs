@@ -29,7 +29,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider-threads N] [--outrider PATH]";
+const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider-threads N] [--only bulk,latency,rate,conns,memory] [--outrider PATH]";
 
 /// PIDs of every child process, killed by the watchdog if the harness overruns.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -79,6 +79,8 @@ struct Options {
     openers: usize,
     /// Runtime threads of each outrider sidecar (HAProxy always runs one).
     threads: usize,
+    /// Run only these loads (comma-separated: bulk, latency, rate, conns, memory).
+    only: Option<String>,
 }
 
 impl Options {
@@ -100,6 +102,7 @@ impl Options {
             conns: 16,
             openers: 16,
             threads: 1,
+            only: None,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -118,6 +121,7 @@ impl Options {
                 "--rate" => o.rate = value()?.parse()?,
                 "--openers" => o.openers = value()?.parse()?,
                 "--outrider-threads" => o.threads = value()?.parse()?,
+                "--only" => o.only = Some(value()?.clone()),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
@@ -132,6 +136,12 @@ impl Options {
             o.idle_conns = fit;
         }
         Ok(o)
+    }
+
+    fn runs(&self, load: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|l| l == load))
     }
 
     fn time_limit(&self) -> Duration {
@@ -226,7 +236,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         }
     }
     let mut memory: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    for p in paths.iter().filter(|p| !p.pids.is_empty()) {
+    for p in paths
+        .iter()
+        .filter(|p| !p.pids.is_empty() && opts.runs("memory"))
+    {
         eprintln!(
             "loadtest: {} idle connections through {}",
             opts.idle_conns, p.name
@@ -754,28 +767,37 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
     let mut f = Figures::new();
     let secs = Duration::from_secs_f64(opts.secs);
     // Bulk: one stream for `secs`.
-    let cpu0 = total_cpu(&p.pids);
-    let (bytes, elapsed) = bulk(p.sink, secs).await?;
-    let cpu = total_cpu(&p.pids) - cpu0;
-    f.insert(
-        "bulk_gbps",
-        bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
-    );
-    if !p.pids.is_empty() {
-        f.insert("bulk_cpu_s_per_gb", cpu / (bytes as f64 / 1e9));
+    if opts.runs("bulk") {
+        let cpu0 = total_cpu(&p.pids);
+        let (bytes, elapsed) = bulk(p.sink, secs).await?;
+        let cpu = total_cpu(&p.pids) - cpu0;
+        f.insert(
+            "bulk_gbps",
+            bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9,
+        );
+        if !p.pids.is_empty() {
+            f.insert("bulk_cpu_s_per_gb", cpu / (bytes as f64 / 1e9));
+        }
     }
     // Keep-alive requests at a fixed rate: latency.
-    let lat = fixed_rate(p.http, opts.conns, opts.rate, secs).await?;
-    f.insert("fixed_p50_ms", lat.0);
-    f.insert("fixed_p99_ms", lat.1);
-    f.insert("fixed_p999_ms", lat.2);
+    if opts.runs("latency") {
+        let lat = fixed_rate(p.http, opts.conns, opts.rate, secs).await?;
+        f.insert("fixed_p50_ms", lat.0);
+        f.insert("fixed_p99_ms", lat.1);
+        f.insert("fixed_p999_ms", lat.2);
+    }
     // Keep-alive requests as fast as they go.
-    let cpu0 = total_cpu(&p.pids);
-    let (reqs, elapsed) = max_rate(p.http, opts.conns, secs).await?;
-    let cpu = total_cpu(&p.pids) - cpu0;
-    f.insert("max_rps", reqs as f64 / elapsed.as_secs_f64());
-    if !p.pids.is_empty() {
-        f.insert("cpu_us_per_req", cpu * 1e6 / reqs as f64);
+    if opts.runs("rate") {
+        let cpu0 = total_cpu(&p.pids);
+        let (reqs, elapsed) = max_rate(p.http, opts.conns, secs).await?;
+        let cpu = total_cpu(&p.pids) - cpu0;
+        f.insert("max_rps", reqs as f64 / elapsed.as_secs_f64());
+        if !p.pids.is_empty() {
+            f.insert("cpu_us_per_req", cpu * 1e6 / reqs as f64);
+        }
+    }
+    if !opts.runs("conns") {
+        return Ok(f);
     }
     // New connections: with resumption (default client), then full handshakes.
     for (addr, pids, rate_key, cpu_key) in [
