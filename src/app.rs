@@ -85,8 +85,16 @@ pub struct RunArgs {
 impl RunArgs {
     /// Runs the sidecar until SIGTERM/SIGINT.
     pub fn run(self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.threads.max(1))
+        // One thread: tokio's single-threaded scheduler, which skips the work-stealing
+        // machinery a lone worker never uses.
+        let mut builder = if self.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(self.threads);
+            b
+        };
+        let runtime = builder
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
