@@ -85,13 +85,25 @@ pub struct RunArgs {
     /// Worker threads of the runtime.
     #[arg(long, env = "OUTRIDER_THREADS", default_value_t = 2)]
     pub threads: usize,
+    /// Turn off TLS session resumption towards mesh peers: every outbound connection does a
+    /// full handshake.
+    #[arg(long, env = "OUTRIDER_NO_RESUMPTION")]
+    pub no_resumption: bool,
 }
 
 impl RunArgs {
     /// Runs the sidecar until SIGTERM/SIGINT.
     pub fn run(self) -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(self.threads.max(1))
+        // One thread: tokio's single-threaded scheduler, which skips the work-stealing
+        // machinery a lone worker never uses.
+        let mut builder = if self.threads <= 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(self.threads);
+            b
+        };
+        let runtime = builder
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
@@ -166,7 +178,7 @@ impl Sidecar {
             settings,
             permits: Arc::new(tokio::sync::Semaphore::new(args.max_connections)),
         };
-        let runtime = Arc::new(build_runtime(plan.clone(), &store)?);
+        let runtime = Arc::new(build_runtime(plan.clone(), &store, !args.no_resumption)?);
         let (runtime_tx, _) = watch::channel(runtime);
         let mut inbound = Vec::new();
         for p in &plan.inbound {
@@ -259,10 +271,11 @@ impl Sidecar {
         // Plan reloads: rebuild the runtime; a plan that cannot be built keeps the old one.
         let reload_store = store.clone();
         let reload_tx = runtime_tx.clone();
+        let resumption = !args.no_resumption;
         let reloads = tokio::spawn(async move {
             while plan_rx.changed().await.is_ok() {
                 let plan = plan_rx.borrow_and_update().clone();
-                match build_runtime(plan, &reload_store) {
+                match build_runtime(plan, &reload_store, resumption) {
                     Ok(rt) => {
                         reload_tx.send_replace(Arc::new(rt));
                         tracing::info!("configuration reloaded");
@@ -314,9 +327,13 @@ impl Sidecar {
     }
 }
 
-/// Builds the data path's view of a plan: TLS client configurations per endpoint, the peer
-/// directory for metrics.
-pub fn build_runtime(plan: Arc<Plan>, store: &CertStore) -> anyhow::Result<Runtime> {
+/// Builds the data path's view of a plan: TLS client configurations per endpoint (mesh ones
+/// resume sessions unless `resumption` is false), the peer directory for metrics.
+pub fn build_runtime(
+    plan: Arc<Plan>,
+    store: &CertStore,
+    resumption: bool,
+) -> anyhow::Result<Runtime> {
     let mut istio_configs: HashMap<Vec<SpiffeId>, TlsConnector> = HashMap::new();
     let mut outbound = Vec::new();
     for o in &plan.outbound {
@@ -330,10 +347,12 @@ pub fn build_runtime(plan: Arc<Plan>, store: &CertStore) -> anyhow::Result<Runti
                         let connector = istio_configs
                             .entry(allowed_ids.clone())
                             .or_insert_with(|| {
-                                TlsConnector::from(crate::tls::client_config(
-                                    store,
-                                    allowed_ids.clone(),
-                                ))
+                                let config = crate::tls::client_config(store, allowed_ids.clone());
+                                TlsConnector::from(if resumption {
+                                    config
+                                } else {
+                                    crate::tls::without_resumption(&config)
+                                })
                             })
                             .clone();
                         let server_name = ServerName::try_from(sni.clone()).with_context(|| {

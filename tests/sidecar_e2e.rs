@@ -309,3 +309,23 @@ fn sigterm_drains_and_exits_cleanly() {
     let status = age.terminate();
     assert!(status.success(), "{status}: {}", age.logs());
 }
+
+#[test]
+fn single_threaded_sidecars_without_resumption_carry_mtls() {
+    // `--threads 1` runs tokio's current-thread scheduler; `--no-resumption` forces a full
+    // handshake on every outbound connection. Both must carry traffic like the defaults.
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "STRICT");
+    let certs = |w: &str| mesh.pki.dir.path().join(w);
+    let _age = Sidecar::start(mesh.config(), "age", &certs("age"), &["--threads", "1"]);
+    let _sentences = Sidecar::start(
+        mesh.config(),
+        "sentences",
+        &certs("sentences"),
+        &["--threads", "1", "--no-resumption"],
+    );
+    for _ in 0..3 {
+        let big = vec![7u8; 300_000];
+        assert_eq!(round_trip(mesh.sentences_out_addr(), &big).unwrap(), big);
+    }
+}

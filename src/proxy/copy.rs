@@ -2,9 +2,11 @@
 //! half-close, counts bytes per connection, and reports the counts in batches.
 //!
 //! Both directions are polled by one future (no task per direction, no split lock). Each
-//! direction owns one buffer allocated once per connection; nothing is allocated per read,
-//! no lock or shared atomic is touched per chunk, nothing is logged per packet. Metrics see
-//! the byte counts only at each `report_every` tick and at close. Idle detection rides on the
+//! direction owns one buffer that starts small (an idle or chatty connection costs little
+//! memory) and doubles, up to a cap, each time a read fills it (a bulk stream soon moves
+//! several TLS records per read and per write); nothing is allocated per read, no lock or
+//! shared atomic is touched per chunk, nothing is logged per packet. Metrics see the byte
+//! counts only at each `report_every` tick and at close. Idle detection rides on the
 //! same tick: a connection with no bytes moved for `idle_timeout` is closed.
 
 use std::future::Future;
@@ -19,7 +21,10 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 /// Tunables of the copy loop.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyConfig {
-    /// Bytes per direction. 16 KiB matches a full TLS record.
+    /// Bytes per direction when a connection starts.
+    pub initial_buffer_size: usize,
+    /// The most bytes per direction a buffer grows to. 64 KiB: four full TLS records, so a
+    /// bulk stream encrypts four records per read and sends them in one write.
     pub buffer_size: usize,
     /// Close after this long without a byte in either direction.
     pub idle_timeout: Duration,
@@ -30,7 +35,8 @@ pub struct CopyConfig {
 impl Default for CopyConfig {
     fn default() -> Self {
         CopyConfig {
-            buffer_size: 16 * 1024,
+            initial_buffer_size: 2 * 1024,
+            buffer_size: 64 * 1024,
             idle_timeout: Duration::from_secs(3600),
             report_every: Duration::from_secs(5),
         }
@@ -97,8 +103,8 @@ where
     let mut copy = Bidirectional {
         a,
         b,
-        a_to_b: Pump::new(config.buffer_size, Side::Downstream, Side::Upstream),
-        b_to_a: Pump::new(config.buffer_size, Side::Upstream, Side::Downstream),
+        a_to_b: Pump::new(config, Side::Downstream, Side::Upstream),
+        b_to_a: Pump::new(config, Side::Upstream, Side::Downstream),
         ticker,
         idle_ticks: 0,
         idle_limit: idle_ticks(config),
@@ -181,6 +187,8 @@ where
 /// down the writer's sending half (half-close).
 struct Pump {
     buf: Box<[u8]>,
+    /// The size `buf` may grow to.
+    max: usize,
     pos: usize,
     filled: usize,
     total: u64,
@@ -192,9 +200,11 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(size: usize, reader_side: Side, writer_side: Side) -> Self {
+    fn new(config: CopyConfig, reader_side: Side, writer_side: Side) -> Self {
+        let max = config.buffer_size.max(1);
         Pump {
-            buf: vec![0; size.max(1)].into_boxed_slice(),
+            buf: vec![0; config.initial_buffer_size.clamp(1, max)].into_boxed_slice(),
+            max,
             pos: 0,
             filled: 0,
             total: 0,
@@ -231,6 +241,12 @@ impl Pump {
                         } else {
                             self.pos = 0;
                             self.filled = n;
+                        }
+                        if n == self.buf.len() && n < self.max {
+                            // A full read: more is waiting. Grow once the buffer is drained.
+                            let mut bigger = vec![0; (n * 2).min(self.max)].into_boxed_slice();
+                            bigger[..n].copy_from_slice(&self.buf[..n]);
+                            self.buf = bigger;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader_side, e))),
@@ -284,6 +300,7 @@ mod tests {
                 &mut a,
                 &mut b,
                 CopyConfig {
+                    initial_buffer_size: 3,
                     buffer_size: 7,
                     ..Default::default()
                 },

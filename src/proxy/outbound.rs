@@ -166,6 +166,12 @@ async fn serve(
                     .1
                     .peer_certificates()
                     .and_then(crate::tls::peer_spiffe_id);
+                tracing::debug!(
+                    %peer,
+                    destination = service,
+                    handshake = ?s.get_ref().1.handshake_kind(),
+                    "upstream TLS established"
+                );
                 return copy_to(&mut app, &mut s, peer, ep, server_id, out, rt, shared).await;
             }
             Err((reason, detail)) => {

@@ -6,12 +6,13 @@
 //! touched. TLS 1.3 only.
 
 pub mod origination;
+pub mod resumption;
 pub mod verifier;
 
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::ResolvesClientCert;
+use rustls::client::{ResolvesClientCert, Resumption};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
@@ -21,6 +22,7 @@ use rustls_pki_types::CertificateDer;
 use crate::identity::svid::{svid_id, PROVIDER};
 use crate::identity::{CertStore, SpiffeId, SvidError};
 
+pub use resumption::TicketCache;
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// ALPN values a mesh client offers (Istio's TCP mesh protocols).
@@ -49,13 +51,21 @@ pub fn server_config_with_time(
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone())))
         .with_cert_resolver(Arc::new(StoreCertResolver::new(store.clone())));
     config.alpn_protocols = Vec::new();
+    // Stateless TLS 1.3 tickets (encrypted with a key that rotates every few hours): the
+    // server keeps nothing per client, so no client's tickets are evicted by another's, and a
+    // reconnect skips certificate signing and verification. The resumed session carries the
+    // client's certificate chain, so its SPIFFE ID is still known to policy and metrics.
+    match rustls::crypto::aws_lc_rs::Ticketer::new() {
+        Ok(ticketer) => config.ticketer = ticketer,
+        Err(e) => tracing::warn!(error = %e, "no session ticket key; clients will not resume"),
+    }
     Arc::new(config)
 }
 
 /// The outbound (client) configuration: presents the live SVID, accepts only a server SVID of
 /// the live bundle whose ID is in `allowed` (secure naming; empty refuses every server).
-/// ALPN: the mesh protocols. Session resumption uses rustls' default in-memory cache, so share
-/// one configuration per destination rather than per connection.
+/// ALPN: the mesh protocols. Sessions resume from a [`TicketCache`] kept in the configuration,
+/// so share one configuration per destination rather than per connection.
 pub fn client_config(store: &CertStore, allowed: Vec<SpiffeId>) -> Arc<ClientConfig> {
     client_config_with_time(store, allowed, Arc::new(DefaultTimeProvider))
 }
@@ -78,6 +88,16 @@ pub fn client_config_with_time(
         )))
         .with_client_cert_resolver(Arc::new(StoreCertResolver::new(store.clone())));
     config.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
+    config.resumption = Resumption::store(Arc::new(TicketCache::new()));
+    Arc::new(config)
+}
+
+/// `config` with client-side session resumption turned off: every connection made with it
+/// does a full handshake (certificate signing and verification on both sides). For users who
+/// must, and for benchmarks comparing full and resumed handshakes (`--no-resumption`).
+pub fn without_resumption(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
 
