@@ -188,14 +188,15 @@ spec:
             Duration::from_millis(20),
         );
 
+        // `>=`, not `==`: the SIGHUP test below signals this whole test process, and a
+        // SIGHUP makes every watcher in it reload once more.
         replace(&file, &strict(BASE, "STRICT"));
         wait_for(|| rx.borrow().inbound[0].mode == MtlsMode::Strict).await;
-        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
+        assert!(stats.ok.load(Ordering::Relaxed) >= 1);
 
         replace(&file, &strict(BASE, "STRIKT"));
-        wait_for(|| stats.failed.load(Ordering::Relaxed) == 1).await;
+        wait_for(|| stats.failed.load(Ordering::Relaxed) >= 1).await;
         assert_eq!(rx.borrow().inbound[0].mode, MtlsMode::Strict);
-        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
         std::fs::remove_dir_all(file.parent().unwrap()).ok();
     }
 
@@ -217,7 +218,7 @@ spec:
             .unwrap();
         assert!(status.success());
         wait_for(|| rx.borrow().inbound[0].mode == MtlsMode::Disable).await;
-        assert_eq!(stats.ok.load(Ordering::Relaxed), 1);
+        assert!(stats.ok.load(Ordering::Relaxed) >= 1);
         std::fs::remove_dir_all(file.parent().unwrap()).ok();
     }
 }
