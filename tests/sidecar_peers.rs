@@ -198,10 +198,11 @@ fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_flat(
     let pid = age.child.id();
     let idle = rss_kib(pid);
 
-    // Two rounds of a thousand bad connections: the first grows the allocator's pools, the
-    // second must fit in them (nothing is kept per connection once it is closed).
+    // Three rounds of a thousand bad connections: the first grows the allocator's pools, the
+    // later ones must fit in them (nothing is kept per connection once it is closed). A leak
+    // of even 2 KiB per connection would add ~4 MiB over the two later rounds.
     let mut after = Vec::new();
-    for round in 1..=2 {
+    for round in 1..=3 {
         let mut held = Vec::new();
         for i in 0..1000 {
             let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
@@ -242,12 +243,9 @@ fn a_thousand_bad_connections_at_once_leave_the_sidecar_serving_and_memory_flat(
         std::thread::sleep(Duration::from_millis(300));
         after.push(rss_kib(pid));
     }
-    eprintln!(
-        "RSS idle {idle} KiB, after round 1 {} KiB, after round 2 {} KiB",
-        after[0], after[1]
-    );
+    eprintln!("RSS idle {idle} KiB, after each round {after:?} KiB");
     assert!(
-        after[1] <= after[0] + 2048,
+        after[2] <= after[0] + 3072,
         "memory grew between rounds: idle {idle} KiB, after {after:?} KiB"
     );
     let live = age.metrics_text();

@@ -140,6 +140,9 @@ impl Sidecar {
             ])
             .args(extra)
             .env("OUTRIDER_LOG", "info")
+            // One malloc arena: freed memory is reused by the next connection whichever
+            // thread serves it, so RSS tests see leaks rather than arena spread.
+            .env("MALLOC_ARENA_MAX", "1")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
