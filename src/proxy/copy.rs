@@ -52,15 +52,6 @@ pub enum Side {
     Upstream,
 }
 
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Downstream => "downstream",
-            Side::Upstream => "upstream",
-        }
-    }
-}
-
 /// How a copy ended.
 #[derive(Debug)]
 pub enum CopyEnd {
@@ -70,6 +61,24 @@ pub enum CopyEnd {
     Idle,
     /// An I/O error on one side.
     Failed { side: Side, error: io::Error },
+}
+
+impl CopyEnd {
+    /// How the copy ended, for the access log, naming the failed side as the caller calls
+    /// its two sides (`downstream`/`upstream` on inbound, `app`/`upstream` on outbound).
+    pub fn outcome(&self, downstream: &str, upstream: &str) -> String {
+        match self {
+            CopyEnd::Done => "done".to_string(),
+            CopyEnd::Idle => "idle_timeout".to_string(),
+            CopyEnd::Failed { side, error } => {
+                let side = match side {
+                    Side::Downstream => downstream,
+                    Side::Upstream => upstream,
+                };
+                format!("{side} failed: {error}")
+            }
+        }
+    }
 }
 
 /// Receives byte-count deltas: `a_to_b` are bytes read from downstream and written upstream.
@@ -243,7 +252,8 @@ impl Pump {
                             self.filled = n;
                         }
                         if n == self.buf.len() && n < self.max {
-                            // A full read: more is waiting. Grow once the buffer is drained.
+                            // A full read: more is probably waiting. Grow now, keeping the
+                            // bytes just read; this happens a few times per connection at most.
                             let mut bigger = vec![0; (n * 2).min(self.max)].into_boxed_slice();
                             bigger[..n].copy_from_slice(&self.buf[..n]);
                             self.buf = bigger;

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::copy::{copy_bidirectional, CopyEnd};
+use super::copy::copy_bidirectional;
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
@@ -279,11 +279,7 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         |rx, tx| conn.add(rx, tx),
     )
     .await;
-    let outcome = match &end {
-        CopyEnd::Done => "done".to_string(),
-        CopyEnd::Idle => "idle_timeout".to_string(),
-        CopyEnd::Failed { side, error } => format!("{} failed: {error}", side.as_str()),
-    };
+    let outcome = end.outcome("downstream", "upstream");
     tracing::info!(
         target: "access",
         direction = "inbound",

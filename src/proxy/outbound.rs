@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use super::copy::{copy_bidirectional, CopyEnd};
+use super::copy::copy_bidirectional;
 use super::{reset, tls_error, tune, Runtime, Shared};
 use crate::config::Destination;
 use crate::metrics::{Peer, Reporter, TcpLabels};
@@ -275,17 +275,7 @@ async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
             conn.add(rx, tx)
         })
         .await;
-    let outcome = match &end {
-        CopyEnd::Done => "done".to_string(),
-        CopyEnd::Idle => "idle_timeout".to_string(),
-        CopyEnd::Failed { side, error } => {
-            let side = match side {
-                super::copy::Side::Downstream => "app",
-                super::copy::Side::Upstream => "upstream",
-            };
-            format!("{side} failed: {error}")
-        }
-    };
+    let outcome = end.outcome("app", "upstream");
     let tls = match &ep.tls {
         UpstreamTls::Plain => "none",
         UpstreamTls::Tls { mesh: true, .. } => "istio_mutual",
