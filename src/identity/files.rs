@@ -7,8 +7,6 @@
 //! rewrite. A change is published only once the three files have been read identically twice
 //! in a row, so a writer caught between two files does not count as a refused update.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -41,9 +39,7 @@ impl Material {
     }
 
     fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        (&self.chain, &self.key, &self.roots).hash(&mut h);
-        h.finish()
+        super::store::digest(&self.chain, &self.key, &self.roots)
     }
 }
 

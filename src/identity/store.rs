@@ -96,7 +96,6 @@ struct Inner {
     trust_domain: String,
     current: RwLock<Option<Arc<Identity>>>,
     writer: Mutex<()>,
-    rotations: AtomicU64,
     rejected: AtomicU64,
     rotation_failures: AtomicU64,
     generation: watch::Sender<u64>,
@@ -111,7 +110,6 @@ impl CertStore {
                 trust_domain: trust_domain.to_string(),
                 current: RwLock::new(None),
                 writer: Mutex::new(()),
-                rotations: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 rotation_failures: AtomicU64::new(0),
                 generation,
@@ -155,7 +153,6 @@ impl CertStore {
                     .current
                     .write()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(identity));
-                self.inner.rotations.fetch_add(1, Ordering::Relaxed);
                 self.inner.generation.send_modify(|g| *g += 1);
                 Ok(())
             }
@@ -179,7 +176,8 @@ impl CertStore {
     /// Rotation and rejection counters.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            rotations: self.inner.rotations.load(Ordering::Relaxed),
+            // Every successful publish bumps the generation: it is the rotation count.
+            rotations: *self.inner.generation.borrow(),
             rejected: self.inner.rejected.load(Ordering::Relaxed),
             rotation_failures: self.inner.rotation_failures.load(Ordering::Relaxed),
         }
@@ -262,7 +260,9 @@ impl fmt::Debug for CertStore {
     }
 }
 
-fn digest(chain: &[u8], key: &[u8], roots: &[u8]) -> u64 {
+/// A fingerprint of identity material as handed to [`CertStore::publish_pem`]; the store
+/// skips material it already holds, the file source skips material it already handed over.
+pub(crate) fn digest(chain: &[u8], key: &[u8], roots: &[u8]) -> u64 {
     let mut h = DefaultHasher::new();
     (chain, key, roots).hash(&mut h);
     h.finish()
