@@ -30,9 +30,7 @@ use crate::proxy::{
 };
 use crate::shutdown::Shutdown;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    crate::ca::parse_duration(s).map_err(|e| e.to_string())
-}
+use crate::cli::duration;
 
 /// `outrider run`.
 #[derive(Debug, Clone, clap::Args)]

@@ -51,3 +51,8 @@ pub enum CaCommand {
     /// Rotate the root: --step prepare, then activate, then retire.
     RotateRoot(RotateRootArgs),
 }
+
+/// Parses a duration flag (`500ms`, `30s`, `1h30m`) with the CA's duration syntax.
+pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::ca::parse_duration(s).map_err(|e| e.to_string())
+}

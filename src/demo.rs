@@ -410,7 +410,7 @@ async fn intruder(age: &Member) {
         Ok(body) => {
             println!("   intruder (no sidecar, plaintext) → age: got through, read \"{body}\"")
         }
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+        Err(e) if e.is_reset() => {
             println!(
                 "   intruder (no sidecar, plaintext) → age: connection reset by peer — blocked"
             )

@@ -16,9 +16,7 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn duration(s: &str) -> Result<Duration, String> {
-    crate::ca::parse_duration(s).map_err(|e| e.to_string())
-}
+use crate::cli::duration;
 
 /// The most of an answer that is read (the sample app answers a few bytes).
 const MAX_ANSWER: u64 = 1 << 20;
@@ -49,9 +47,45 @@ struct Target {
 
 /// What one GET got back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Answer {
-    status: u16,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+/// Why a GET got no answer, worded as curl words it (`Recv failure: Connection reset by
+/// peer`), so the storyline reads the same as in the labs.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("Failed to connect to {authority}: {}", curl_words(.error))]
+    Connect {
+        authority: String,
+        error: std::io::Error,
+    },
+    #[error("Send failure: {}", curl_words(.0))]
+    Send(std::io::Error),
+    #[error("Recv failure: {}", curl_words(.0))]
+    Recv(std::io::Error),
+    #[error("Empty reply from server")]
+    Empty,
+    #[error("not an HTTP answer: {0:?}")]
+    NotHttp(Option<String>),
+    #[error("Operation timed out after {0:?}")]
+    Timeout(Duration),
+    /// An answer, but not the one asked for (callers that want a 200 only).
+    #[error("HTTP {0}")]
+    Status(u16),
+}
+
+impl FetchError {
+    /// True when the server reset the connection (what a STRICT sidecar does to plaintext).
+    pub fn is_reset(&self) -> bool {
+        match self {
+            FetchError::Connect { error, .. }
+            | FetchError::Send(error)
+            | FetchError::Recv(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+            _ => false,
+        }
+    }
 }
 
 impl FetchArgs {
@@ -64,7 +98,7 @@ impl FetchArgs {
             .context("cannot start the async runtime")?;
         rt.block_on(async move {
             let Some(every) = self.every else {
-                let answer = get(&target, self.timeout).await?;
+                let answer = get(&target.authority, &target.path, self.timeout).await?;
                 if !self.quiet || !(200..300).contains(&answer.status) {
                     println!("{} {}", answer.status, answer.body.trim_end());
                 }
@@ -74,7 +108,7 @@ impl FetchArgs {
                 anyhow::bail!("{} answered HTTP {}", self.url, answer.status);
             };
             loop {
-                match get(&target, self.timeout).await {
+                match get(&target.authority, &target.path, self.timeout).await {
                     Ok(a) => println!("GET {} -> {} {}", self.url, a.status, a.body.trim_end()),
                     Err(e) => println!("GET {} -> {e:#}", self.url),
                 }
@@ -109,46 +143,47 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
-async fn get(target: &Target, timeout: Duration) -> anyhow::Result<Answer> {
+/// One plaintext HTTP/1.1 GET of `path` from `authority` (`host:port`), with a deadline for
+/// the whole exchange.
+pub async fn get(authority: &str, path: &str, timeout: Duration) -> Result<Answer, FetchError> {
     let io = async {
-        let mut s = TcpStream::connect(&target.authority)
+        let mut s = TcpStream::connect(authority)
             .await
-            .map_err(curl_words)
-            .with_context(|| format!("Failed to connect to {}", target.authority))?;
+            .map_err(|error| FetchError::Connect {
+                authority: authority.to_string(),
+                error,
+            })?;
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: outrider-fetch\r\nConnection: close\r\n\r\n",
-            target.path, target.authority
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: outrider-fetch\r\nConnection: close\r\n\r\n"
         );
         s.write_all(request.as_bytes())
             .await
-            .map_err(curl_words)
-            .context("Send failure")?;
+            .map_err(FetchError::Send)?;
         let mut raw = Vec::new();
         (&mut s)
             .take(MAX_ANSWER)
             .read_to_end(&mut raw)
             .await
-            .map_err(curl_words)
-            .context("Recv failure")?;
+            .map_err(FetchError::Recv)?;
         parse_answer(&raw)
     };
     tokio::time::timeout(timeout, io)
         .await
-        .unwrap_or_else(|_| anyhow::bail!("Operation timed out after {timeout:?}"))
+        .unwrap_or(Err(FetchError::Timeout(timeout)))
 }
 
-/// curl says "Connection reset by peer"; keep the OS wording but make the common one exact.
-fn curl_words(e: std::io::Error) -> anyhow::Error {
+/// curl says "Connection reset by peer"; keep the OS wording but make the common ones exact.
+fn curl_words(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::ConnectionReset => anyhow::anyhow!("Connection reset by peer"),
-        std::io::ErrorKind::ConnectionRefused => anyhow::anyhow!("Connection refused"),
-        _ => anyhow::Error::new(e),
+        std::io::ErrorKind::ConnectionReset => "Connection reset by peer".into(),
+        std::io::ErrorKind::ConnectionRefused => "Connection refused".into(),
+        _ => e.to_string(),
     }
 }
 
-fn parse_answer(raw: &[u8]) -> anyhow::Result<Answer> {
+fn parse_answer(raw: &[u8]) -> Result<Answer, FetchError> {
     if raw.is_empty() {
-        anyhow::bail!("Empty reply from server");
+        return Err(FetchError::Empty);
     }
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
@@ -158,7 +193,7 @@ fn parse_answer(raw: &[u8]) -> anyhow::Result<Answer> {
         .and_then(|l| l.strip_prefix("HTTP/1.1 ").or(l.strip_prefix("HTTP/1.0 ")))
         .and_then(|l| l.get(..3))
         .and_then(|c| c.parse::<u16>().ok())
-        .with_context(|| format!("not an HTTP answer: {:?}", head.lines().next()))?;
+        .ok_or_else(|| FetchError::NotHttp(head.lines().next().map(str::to_string)))?;
     let chunked = head
         .lines()
         .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
@@ -227,5 +262,21 @@ mod tests {
         assert_eq!(a.body, "ok");
         assert!(parse_answer(b"").is_err());
         assert!(parse_answer(b"SSH-2.0-x\r\n").is_err());
+    }
+
+    #[test]
+    fn failures_read_like_curl() {
+        let reset = FetchError::Recv(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(reset.to_string(), "Recv failure: Connection reset by peer");
+        assert!(reset.is_reset());
+        let refused = FetchError::Connect {
+            authority: "age:8080".into(),
+            error: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        assert_eq!(
+            refused.to_string(),
+            "Failed to connect to age:8080: Connection refused"
+        );
+        assert!(!refused.is_reset());
     }
 }

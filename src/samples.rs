@@ -11,8 +11,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+
+use crate::fetch::FetchError;
 
 /// Which service to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,45 +121,15 @@ fn reply(status: u16, body: String) -> Response<Full<Bytes>> {
 }
 
 /// A one-shot HTTP/1.1 GET of `/` returning the body of a 200 answer.
-pub async fn fetch(addr: &str) -> std::io::Result<String> {
+pub async fn fetch(addr: &str) -> Result<String, FetchError> {
     fetch_path(addr, "/").await
 }
 
-/// A one-shot HTTP/1.1 GET of `path` returning the body of a 200 answer.
-pub async fn fetch_path(addr: &str, path: &str) -> std::io::Result<String> {
-    let io = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).await?;
-        let text = String::from_utf8_lossy(&raw);
-        let status_ok = text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200");
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        if status_ok {
-            Ok(body)
-        } else if text.is_empty() {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "connection closed without an answer",
-            ))
-        } else {
-            Err(std::io::Error::other(
-                text.lines().next().unwrap_or_default().to_string(),
-            ))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(5), io)
-        .await
-        .unwrap_or_else(|_| {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out",
-            ))
-        })
+/// A one-shot HTTP/1.1 GET of `path` (5 s deadline) returning the body of a 200 answer.
+pub async fn fetch_path(addr: &str, path: &str) -> Result<String, FetchError> {
+    let answer = crate::fetch::get(addr, path, Duration::from_secs(5)).await?;
+    match answer.status {
+        200 => Ok(answer.body),
+        status => Err(FetchError::Status(status)),
+    }
 }
