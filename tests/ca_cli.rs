@@ -1,36 +1,12 @@
 //! `outrider ca init` / `ca issue` through the built binary, checked with openssl.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn outrider(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .args(args)
-        .output()
-        .expect("the outrider binary runs")
-}
+mod common;
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outrider-ca-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn openssl_available() -> bool {
-    let found = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("OUTRIDER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("openssl is required (OUTRIDER_REQUIRE_TOOLS=1) but was not found");
-        }
-        eprintln!("skipping the openssl checks: openssl is not installed");
-    }
-    found
-}
+use common::ca::{outrider, temp_dir};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -81,7 +57,7 @@ fn init_and_issue_produce_an_svid_openssl_accepts() {
     }
     assert_eq!(mode(&out.join("key.pem")), 0o600);
 
-    if !openssl_available() {
+    if !common::tool_available("openssl") {
         return;
     }
     let openssl = |args: &[&str]| {

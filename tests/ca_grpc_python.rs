@@ -19,13 +19,10 @@ fn python_grpc_available() -> bool {
         .args(["-c", "import grpc, grpc_tools.protoc"])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !found {
-        if std::env::var("OUTRIDER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("python3 with grpcio and grpcio-tools is required (OUTRIDER_REQUIRE_TOOLS=1); `pip install grpcio grpcio-tools`");
-        }
-        eprintln!("skipping the Python grpcio interop test: python3 with grpcio and grpcio-tools is not installed");
-    }
-    found
+    common::required_or_skip(
+        found,
+        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
+    )
 }
 
 /// A CSR made by openssl when it is installed (a CSR outrider did not write), else by rcgen.

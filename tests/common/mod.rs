@@ -337,11 +337,17 @@ pub fn tool_available(tool: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
+    required_or_skip(found, tool)
+}
+
+/// The policy for anything outside Rust a test needs: present → run; absent → skip with a
+/// printed reason, or fail when `OUTRIDER_REQUIRE_TOOLS=1` (CI installs everything).
+pub fn required_or_skip(found: bool, what: &str) -> bool {
     if !found {
         if std::env::var("OUTRIDER_REQUIRE_TOOLS").as_deref() == Ok("1") {
-            panic!("{tool} is required (OUTRIDER_REQUIRE_TOOLS=1) but not installed");
+            panic!("{what} is required (OUTRIDER_REQUIRE_TOOLS=1) but not installed");
         }
-        eprintln!("skipping: {tool} is not installed");
+        eprintln!("skipping: {what} is not installed");
     }
     found
 }
