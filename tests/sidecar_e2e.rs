@@ -202,6 +202,16 @@ fn garbage_and_foreign_clients_are_closed_and_counted_and_the_rest_keeps_serving
             !text.contains("Verification: OK") || text.contains("alert"),
             "{text}"
         );
+        // The sidecar refused the rogue certificate, and says why.
+        assert!(
+            eventually(Duration::from_secs(3), || metric_sum(
+                &age.metrics_text(),
+                "outrider_tls_handshake_failures_total",
+                &[("direction", "inbound"), ("reason", "unknown_issuer")]
+            ) >= 1.0),
+            "{text}\n{}",
+            age.metrics_text()
+        );
     }
     let m = age.metrics_text();
     assert!(

@@ -328,3 +328,48 @@ fn metrics_exposition_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn connections_beyond_the_cap_are_reset_and_counted_while_the_others_are_served() {
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let age = Sidecar::start(
+        mesh.config(),
+        "age",
+        &mesh.pki.dir.path().join("age"),
+        &["--max-connections", "2", "--detect-timeout", "200ms"],
+    );
+    // Two plaintext clients hold both slots (PERMISSIVE passes them to the echo app).
+    let mut held = Vec::new();
+    for i in 0..2u8 {
+        let mut s = TcpStream::connect(mesh.age_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&[b'a' + i]).unwrap();
+        let mut back = [0u8; 1];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back[0], b'a' + i);
+        held.push(s);
+    }
+    // A third is refused at once.
+    let third = round_trip(mesh.age_addr(), b"third");
+    assert!(!matches!(&third, Ok(b) if b == b"third"), "{third:?}");
+    let m = age.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outrider_inbound_rejected_total",
+            &[("reason", "connection_limit")]
+        ),
+        1.0,
+        "{m}"
+    );
+    // The held connections still work, and a slot freed is a slot reused.
+    held[0].write_all(b"x").unwrap();
+    let mut back = [0u8; 1];
+    held[0].read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"x");
+    drop(held.remove(1));
+    assert!(eventually(Duration::from_secs(5), || {
+        matches!(round_trip(mesh.age_addr(), b"again"), Ok(b) if b == b"again")
+    }));
+}
