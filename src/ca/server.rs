@@ -24,11 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
-use rustls_pki_types::{CertificateDer, UnixTime};
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
@@ -41,7 +37,7 @@ use crate::ca::token::{TokenError, TokenKey};
 use crate::ca::{workload_id, CaError};
 use crate::identity::svid::PROVIDER;
 use crate::identity::{CertStore, SpiffeId};
-use crate::tls::{peer_spiffe_id, SpiffeClientVerifier};
+use crate::tls::{peer_spiffe_id, SpiffeClientVerifier, StoreCertResolver};
 
 /// The namespace and service account of the CA's own serving identity.
 pub const CA_NAMESPACE: &str = "istio-system";
@@ -613,10 +609,12 @@ impl Shared {
         let mut config = ServerConfig::builder_with_provider(PROVIDER.clone())
             .with_safe_default_protocol_versions()
             .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3")
-            .with_client_cert_verifier(Arc::new(OptionalClientSvid(SpiffeClientVerifier::new(
+            // A client certificate is optional (the first request carries a token), but a
+            // presented one must be a valid SVID of the CA's bundle.
+            .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::optional(
                 self.serving.clone(),
-            ))))
-            .with_cert_resolver(Arc::new(ServingCert(self.serving.clone())));
+            )))
+            .with_cert_resolver(Arc::new(StoreCertResolver::new(self.serving.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
         Arc::new(config)
     }
@@ -702,66 +700,6 @@ async fn reload_loop(shared: Arc<Shared>) {
                 tracing::warn!(error = %e, "cannot reissue the CA's serving certificate");
             }
         }
-    }
-}
-
-/// The serving certificate from the CA's own store.
-#[derive(Debug)]
-struct ServingCert(CertStore);
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.0.current().map(|identity| identity.certified_key())
-    }
-}
-
-/// A client certificate is optional (the first request carries a token), but a presented
-/// one must be a valid SVID of the CA's bundle.
-#[derive(Debug)]
-struct OptionalClientSvid(SpiffeClientVerifier);
-
-impl ClientCertVerifier for OptionalClientSvid {
-    fn offer_client_auth(&self) -> bool {
-        true
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
     }
 }
 

@@ -140,12 +140,12 @@ pub fn failure_reason(err: &rustls::Error) -> &'static str {
 }
 
 /// Serves the live SVID as both server and client certificate.
-struct StoreCertResolver {
+pub(crate) struct StoreCertResolver {
     store: CertStore,
 }
 
 impl StoreCertResolver {
-    fn new(store: CertStore) -> Self {
+    pub(crate) fn new(store: CertStore) -> Self {
         StoreCertResolver { store }
     }
 

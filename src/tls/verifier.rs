@@ -18,11 +18,25 @@ use crate::identity::{CertStore, SpiffeId, SvidError};
 /// must be an SVID chaining to the live bundle of its trust domain.
 pub struct SpiffeClientVerifier {
     store: CertStore,
+    /// False only where a client may also authenticate otherwise (the CA service, whose first
+    /// request carries a bootstrap token): a certificate presented is still fully verified.
+    mandatory: bool,
 }
 
 impl SpiffeClientVerifier {
     pub fn new(store: CertStore) -> Self {
-        SpiffeClientVerifier { store }
+        SpiffeClientVerifier {
+            store,
+            mandatory: true,
+        }
+    }
+
+    /// A verifier that asks for a client certificate but admits clients without one.
+    pub fn optional(store: CertStore) -> Self {
+        SpiffeClientVerifier {
+            store,
+            mandatory: false,
+        }
     }
 }
 
@@ -30,11 +44,16 @@ impl fmt::Debug for SpiffeClientVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpiffeClientVerifier")
             .field("trust_domain", &self.store.trust_domain())
+            .field("mandatory", &self.mandatory)
             .finish()
     }
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         // The bundle is live, so there is no stable slice to lend; SVID clients do not need
         // hints (they have one certificate).
