@@ -56,7 +56,11 @@ fn sidecars_bootstrap_from_the_ca_and_rotate_under_traffic() {
     // From here on the bootstrap tokens are useless: every renewal below must authenticate
     // with the sidecar's current certificate over mTLS.
     for workload in ["age", "sentences"] {
-        std::fs::write(mesh.dir.path().join(format!("{workload}.token")), "not-a-token").unwrap();
+        std::fs::write(
+            mesh.dir.path().join(format!("{workload}.token")),
+            "not-a-token",
+        )
+        .unwrap();
     }
 
     // A long-lived stream through both sidecars, kept busy across the rotations.

@@ -69,13 +69,7 @@ impl Inbound {
                 continue;
             };
             let rt = runtime.borrow().clone();
-            let Some(plan) = rt
-                .plan
-                .inbound
-                .iter()
-                .find(|p| p.port == self.port)
-                .cloned()
-            else {
+            let Some(index) = rt.plan.inbound.iter().position(|p| p.port == self.port) else {
                 // The port left the plan on reload: refuse until the listener set is rebuilt.
                 shared
                     .metrics
@@ -85,11 +79,12 @@ impl Inbound {
             };
             let shared = shared.clone();
             let tls = tls.clone();
-            let app = SocketAddr::new(self.app_host, plan.target_port);
+            let app = SocketAddr::new(self.app_host, rt.plan.inbound[index].target_port);
             tokio::spawn(async move {
                 let _permit = permit;
                 let _guard = shared.shutdown.connection();
-                serve(stream, peer, &plan, app, &rt, &shared, tls).await;
+                let plan = &rt.plan.inbound[index];
+                serve(stream, peer, plan, app, &rt, &shared, tls).await;
             });
         }
     }
