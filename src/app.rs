@@ -140,7 +140,15 @@ pub struct Sidecar {
     reload_stats: Arc<crate::config::reload::ReloadStats>,
     plan_rx: watch::Receiver<Arc<Plan>>,
     warnings: Vec<String>,
-    ca_source: Option<crate::identity::ca_client::CaSource>,
+    identity_source: IdentitySource,
+}
+
+/// Where the workload's certificate comes from, decided once at start-up.
+enum IdentitySource {
+    /// A directory of files, watched for changes (`--cert-dir`).
+    Files(PathBuf),
+    /// The mesh CA (`--ca-address`).
+    Ca(crate::identity::ca_client::CaSource),
 }
 
 impl Sidecar {
@@ -153,12 +161,19 @@ impl Sidecar {
         let plan = Arc::new(mesh.plan(&args.workload)?);
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
         let store = CertStore::new(&plan.trust_domain);
-        let ca_source = args.ca.to_source(plan.workload.spiffe_id.clone())?;
-        if let Some(dir) = &args.cert_dir {
-            crate::identity::files::load_dir(&store, dir).with_context(|| {
-                format!("cannot load the workload identity from {}", dir.display())
-            })?;
-        }
+        let identity_source = match (
+            &args.cert_dir,
+            args.ca.to_source(plan.workload.spiffe_id.clone())?,
+        ) {
+            (Some(dir), _) => {
+                crate::identity::files::load_dir(&store, dir).with_context(|| {
+                    format!("cannot load the workload identity from {}", dir.display())
+                })?;
+                IdentitySource::Files(dir.clone())
+            }
+            (None, Some(source)) => IdentitySource::Ca(source),
+            (None, None) => anyhow::bail!("no identity source: give --cert-dir or --ca-address"),
+        };
         let metrics = Metrics::new(prometheus::Registry::new());
         let settings = ProxySettings {
             detect_timeout: args.detect_timeout,
@@ -216,7 +231,7 @@ impl Sidecar {
             ready,
             reload_stats,
             plan_rx,
-            ca_source,
+            identity_source,
         })
     }
 
@@ -251,20 +266,19 @@ impl Sidecar {
             reload_stats,
             mut plan_rx,
             warnings,
-            ca_source,
+            identity_source,
         } = self;
         // The identity source: files watched for changes, or the mesh CA. Readiness waits for
         // the first certificate.
-        let identity_source = match (&args.cert_dir, ca_source) {
-            (Some(dir), _) => tokio::spawn(crate::identity::files::watch_dir(
+        let identity_source = match identity_source {
+            IdentitySource::Files(dir) => tokio::spawn(crate::identity::files::watch_dir(
                 store.clone(),
-                dir.clone(),
+                dir,
                 Duration::from_millis(500),
             )),
-            (None, Some(source)) => {
+            IdentitySource::Ca(source) => {
                 tokio::spawn(crate::identity::ca_client::run(store.clone(), source))
             }
-            (None, None) => anyhow::bail!("no identity source: give --cert-dir or --ca-address"),
         };
         // Plan reloads: rebuild the runtime; a plan that cannot be built keeps the old one.
         let reload_store = store.clone();
