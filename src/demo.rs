@@ -1,4 +1,4 @@
-//! `outrider demo`: the seeds' storyline on loopback, in one command, with nothing to prepare.
+//! `outrider demo`: the labs' storyline on loopback, in one command, with nothing to prepare.
 //!
 //! It makes a CA and one SVID per service account, writes a mesh configuration, starts the
 //! sample app (`sentences` → `age`, `name` v1/v2) as real processes each beside its own
@@ -18,18 +18,16 @@ use crate::ca::Authority;
 use crate::identity::SpiffeId;
 use crate::samples::fetch_path;
 
-/// `outrider demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
+/// How `outrider demo` plays.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
     /// Play the story once and exit (instead of running until Ctrl-C).
-    #[arg(long)]
     pub once: bool,
     /// Requests sent through the mesh at each step.
-    #[arg(long, default_value_t = 6)]
     pub requests: usize,
 }
 
-impl DemoArgs {
+impl DemoOptions {
     pub fn run(self) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -155,7 +153,7 @@ spec:
           weight: 50
 ";
 
-async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+async fn demo(args: DemoOptions) -> anyhow::Result<()> {
     let workdir = tempfile::Builder::new()
         .prefix("outrider-demo-")
         .tempdir()?;
@@ -181,10 +179,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn play(d: &mut Demo, args: &DemoArgs) -> anyhow::Result<()> {
+async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the outrider executable")?;
     println!(
-        "outrider demo: the seeds' sample app on loopback (work dir {})",
+        "outrider demo: the sample app on loopback (work dir {})",
         d.dir.display()
     );
 

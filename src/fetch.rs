@@ -16,24 +16,19 @@ use anyhow::Context as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::cli::duration;
-
 /// The most of an answer that is read (the sample app answers a few bytes).
 const MAX_ANSWER: u64 = 1 << 20;
 
-/// `outrider fetch <url> [--timeout 5s] [--every 5s] [--quiet]`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct FetchArgs {
+/// One `outrider fetch`: what to get and how.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
     /// `http://host:port/path` (plaintext only; host is a name or an IP).
     pub url: String,
     /// Deadline for the whole request (connect, send, read the answer).
-    #[arg(long, default_value = "5s", value_parser = duration)]
     pub timeout: Duration,
     /// Repeat forever with this pause, printing one line per attempt (never exits).
-    #[arg(long, value_parser = duration)]
     pub every: Option<Duration>,
     /// Print nothing on success (health checks).
-    #[arg(long)]
     pub quiet: bool,
 }
 
@@ -88,7 +83,7 @@ impl FetchError {
     }
 }
 
-impl FetchArgs {
+impl FetchOptions {
     /// Exits 0 on a 2xx answer; an error (exit 1) otherwise, worded like curl's.
     pub fn run(self) -> anyhow::Result<()> {
         let target = parse_url(&self.url)?;

@@ -2,7 +2,6 @@
 //! security configuration.
 //!
 //! A tour of the crate, from the outside in:
-//! - [`cli`] parses the command line; `main.rs` only dispatches.
 //! - [`app`] wires a sidecar together: configuration → identity store → TLS → metrics →
 //!   listeners, and returns the bound addresses with a shutdown handle.
 //! - [`config`] reads `mesh.yaml` (outrider's kinds plus Istio's PeerAuthentication,
@@ -18,11 +17,12 @@
 pub mod admin;
 pub mod app;
 pub mod ca;
-pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod duration;
 pub mod fetch;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod samples;

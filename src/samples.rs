@@ -1,4 +1,4 @@
-//! The seeds' sample app as small real HTTP services: `sentences` (the front end) calls `age`
+//! The labs' sample app as small real HTTP services: `sentences` (the front end) calls `age`
 //! and `name`; `name` runs as two versions. They know nothing about the mesh: they talk plain
 //! HTTP to 127.0.0.1 and their sidecars do the rest. Used by `outrider demo`, the
 //! docker-compose file (`outrider sample-app`) and `cargo run --example <service>`.
@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::fetch::FetchError;
 
 /// Which service to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     /// Answers a random age.
     Age,
@@ -26,26 +26,36 @@ pub enum Service {
     Sentences,
 }
 
-/// `outrider sample-app`: one service of the sample app.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SampleArgs {
-    #[arg(long, value_enum)]
+impl std::str::FromStr for Service {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Service, String> {
+        match s {
+            "age" => Ok(Service::Age),
+            "name" => Ok(Service::Name),
+            "sentences" => Ok(Service::Sentences),
+            other => Err(format!(
+                "{other:?} is not a sample service (age, name, sentences)"
+            )),
+        }
+    }
+}
+
+/// One service of the sample app (`outrider sample-app`).
+#[derive(Debug, Clone)]
+pub struct SampleConfig {
     pub service: Service,
     /// Where the service listens (its sidecar's `targetPort`).
-    #[arg(long, env = "SAMPLE_LISTEN", default_value = "127.0.0.1:9080")]
     pub listen: SocketAddr,
     /// The version label it reports (`v1`, `v2`).
-    #[arg(long, env = "SAMPLE_VERSION", default_value = "v1")]
     pub version: String,
     /// For `sentences`: where `name` is reached (its sidecar's outbound bind address).
-    #[arg(long, env = "SAMPLE_NAME_ADDR")]
     pub name_addr: Option<String>,
     /// For `sentences`: where `age` is reached.
-    #[arg(long, env = "SAMPLE_AGE_ADDR")]
     pub age_addr: Option<String>,
 }
 
-impl SampleArgs {
+impl SampleConfig {
     pub fn run(self) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -59,7 +69,7 @@ impl SampleArgs {
 }
 
 /// Serves HTTP/1.1 on `listener` forever.
-pub async fn serve(listener: TcpListener, args: SampleArgs) {
+pub async fn serve(listener: TcpListener, args: SampleConfig) {
     let args = std::sync::Arc::new(args);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -82,7 +92,7 @@ const NAMES: &[&str] = &[
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
 ];
 
-async fn answer(args: &SampleArgs, path: &str) -> Response<Full<Bytes>> {
+async fn answer(args: &SampleConfig, path: &str) -> Response<Full<Bytes>> {
     use rand::Rng;
     if path == "/health_check" || path == "/healthz" {
         return reply(200, "ok".into());

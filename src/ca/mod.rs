@@ -4,9 +4,9 @@
 //! [`Authority`] is a loaded CA usable in-process (tests, the demo, the CSR service); the
 //! service itself is [`server`] (Istio's protocol, [`proto`]), authenticating first requests
 //! with [`token`]s; [`rotation`] is the CA directory layout and the root rotation steps.
-//! The `outrider ca ...` commands in [`cli`] are thin wrappers around them.
+//! The `outrider ca ...` commands in [`commands`] are thin wrappers around them.
 
-pub mod cli;
+pub mod commands;
 pub mod proto;
 pub mod rotation;
 pub mod server;
@@ -505,52 +505,6 @@ fn valid_dns_name(name: &str) -> bool {
         })
 }
 
-/// Parses a duration like `24h`, `90m`, `30s`, `87600h`, `1h30m` or `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, CaError> {
-    let bad = |reason| CaError::BadDuration {
-        value: s.to_string(),
-        reason,
-    };
-    const SYNTAX: &str =
-        "write a number followed by a unit (d, h, m, s or ms), like 24h, 90m, 30s, 500ms or 1h30m";
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return Err(bad(SYNTAX));
-    }
-    let mut total_ms: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(bad(SYNTAX));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| bad("the number is too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let unit_ms = match &rest[..unit_len] {
-            "d" => 86_400_000,
-            "h" => 3_600_000,
-            "m" => 60_000,
-            "s" => 1_000,
-            "ms" => 1,
-            _ => return Err(bad(SYNTAX)),
-        };
-        rest = &rest[unit_len..];
-        total_ms = number
-            .checked_mul(unit_ms)
-            .and_then(|ms| total_ms.checked_add(ms))
-            .ok_or_else(|| bad("the duration is too large"))?;
-    }
-    if total_ms == 0 {
-        return Err(bad("the duration must be longer than zero"));
-    }
-    Ok(Duration::from_millis(total_ms))
-}
-
 fn add_ttl(now: OffsetDateTime, ttl: Duration) -> Result<OffsetDateTime, CaError> {
     time::Duration::try_from(ttl)
         .ok()
@@ -607,33 +561,6 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5_400));
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(
-            parse_duration("87600h").unwrap(),
-            Duration::from_secs(315_360_000)
-        );
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5_400));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
-        for bad in [
-            "",
-            "h",
-            "24",
-            "24x",
-            "1.5h",
-            "-1h",
-            "0s",
-            "h24",
-            "99999999999999999999h",
-        ] {
-            let e = parse_duration(bad).unwrap_err().to_string();
-            assert!(e.starts_with("invalid duration"), "{bad}: {e}");
-        }
-    }
 
     #[test]
     fn workload_ids() {

@@ -10,18 +10,23 @@ use serde::Serialize;
 
 use super::plan::{MtlsMode, Plan, TlsOrigination};
 
-/// `outrider check --config <path> [--workload <name>] [--output table|json]`.
-#[derive(Debug, clap::Args)]
-pub struct CheckArgs {
-    /// A YAML file or a directory of YAML files; repeat to combine several, in order.
-    #[arg(long, env = "OUTRIDER_CONFIG", required = true)]
+/// What `outrider check` validates and how it prints the result.
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// YAML files or directories, combined in order.
     pub config: Vec<PathBuf>,
     /// Only this workload's plan.
-    #[arg(long, env = "OUTRIDER_WORKLOAD")]
     pub workload: Option<String>,
-    /// `table` or `json`.
-    #[arg(long, default_value = "table")]
-    pub output: String,
+    pub output: Output,
+}
+
+/// How `check` prints the plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The report as JSON for scripts.
+    Json,
 }
 
 #[derive(Serialize)]
@@ -32,14 +37,10 @@ struct Report<'a> {
     warnings: &'a [String],
 }
 
-impl CheckArgs {
+impl CheckOptions {
     /// Runs the check; returns the process exit code (0 valid, 1 invalid).
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let json = match self.output.as_str() {
-            "table" => false,
-            "json" => true,
-            other => anyhow::bail!("--output must be table or json, not {other:?}"),
-        };
+        let json = self.output == Output::Json;
         let result = super::load_paths(&self.config).and_then(|config| {
             let names = match &self.workload {
                 Some(w) => vec![w.clone()],

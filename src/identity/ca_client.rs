@@ -25,7 +25,6 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use crate::ca::parse_duration;
 use crate::ca::proto::{
     IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE_PATH,
 };
@@ -55,65 +54,39 @@ pub struct CaSource {
     pub server_name: Option<String>,
 }
 
-/// Flags of the `ca` identity source, flattened into `outrider run`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CaSourceArgs {
-    /// The mesh CA service, host:port (enables the `ca` identity source).
-    #[arg(long, env = "OUTRIDER_CA_ADDRESS")]
-    pub ca_address: Option<String>,
-    /// PEM file with the CA's root certificate(s), to authenticate the CA service.
-    #[arg(long, env = "OUTRIDER_CA_ROOT")]
-    pub ca_root: Option<PathBuf>,
-    /// File holding the bootstrap token (`outrider ca token` output).
-    #[arg(long, env = "OUTRIDER_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Validity to ask the CA for.
-    #[arg(long, env = "OUTRIDER_CERT_TTL", default_value = "24h")]
-    pub cert_ttl: String,
-    /// DNS name expected in the CA's serving certificate (default: the host of --ca-address).
-    #[arg(long, env = "OUTRIDER_CA_SERVER_NAME")]
-    pub ca_server_name: Option<String>,
+/// Where the mesh CA is and what to present to it, as configured (`--ca-address`,
+/// `--ca-root`, `--token-file`, `--cert-ttl`, `--ca-server-name`).
+#[derive(Debug, Clone)]
+pub struct CaClientConfig {
+    /// `host:port` of the CA service.
+    pub address: String,
+    /// PEM file with the CA's root certificate(s).
+    pub ca_root: PathBuf,
+    /// File holding the bootstrap token.
+    pub token_file: PathBuf,
+    /// Validity to ask for.
+    pub ttl: Duration,
+    /// DNS name expected in the CA's serving certificate (`None`: the host of `address`).
+    pub server_name: Option<String>,
 }
 
-impl Default for CaSourceArgs {
-    fn default() -> Self {
-        CaSourceArgs {
-            ca_address: None,
-            ca_root: None,
-            token_file: None,
-            cert_ttl: "24h".into(),
-            ca_server_name: None,
-        }
-    }
-}
-
-impl CaSourceArgs {
-    /// The source described by the flags, `None` without `--ca-address`. With it,
-    /// `--ca-root` and `--token-file` are required and the root file must hold a certificate.
-    pub fn to_source(&self, expected: SpiffeId) -> anyhow::Result<Option<CaSource>> {
-        let Some(address) = self.ca_address.clone() else {
-            return Ok(None);
-        };
-        let root = self.ca_root.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("--ca-address needs --ca-root (the CA's root certificate)")
-        })?;
-        let token_file = self.token_file.clone().ok_or_else(|| {
-            anyhow::anyhow!("--ca-address needs --token-file (a bootstrap token)")
-        })?;
+impl CaSource {
+    /// The source for `expected`, reading the CA's root file now: it must hold a certificate.
+    pub fn from_config(config: &CaClientConfig, expected: SpiffeId) -> anyhow::Result<CaSource> {
+        let root = &config.ca_root;
         let root_pem = std::fs::read(root)
             .map_err(|e| anyhow::anyhow!("cannot read --ca-root {}: {e}", root.display()))?;
         if CertificateDer::pem_slice_iter(&root_pem).next().is_none() {
             anyhow::bail!("--ca-root {} holds no PEM certificate", root.display());
         }
-        let ttl = parse_duration(&self.cert_ttl)?;
-        Ok(Some(CaSource {
-            address,
+        Ok(CaSource {
+            address: config.address.clone(),
             root_pem,
-            token_file,
-            ttl,
+            token_file: config.token_file.clone(),
+            ttl: config.ttl,
             expected,
-            server_name: self.ca_server_name.clone(),
-        }))
+            server_name: config.server_name.clone(),
+        })
     }
 }
 
@@ -531,20 +504,26 @@ mod tests {
     }
 
     #[test]
-    fn args_without_address_are_no_source() {
+    fn a_root_file_without_a_certificate_is_refused() {
         let id = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/age").unwrap();
-        assert!(CaSourceArgs::default()
-            .to_source(id.clone())
-            .unwrap()
-            .is_none());
-        let args = CaSourceArgs {
-            ca_address: Some("ca:15012".into()),
-            ..CaSourceArgs::default()
+        let dir = tempfile::tempdir().unwrap();
+        let config = |root: &str| CaClientConfig {
+            address: "ca:15012".into(),
+            ca_root: dir.path().join(root),
+            token_file: dir.path().join("token"),
+            ttl: Duration::from_secs(3600),
+            server_name: None,
         };
-        assert!(args
-            .to_source(id)
-            .unwrap_err()
-            .to_string()
-            .contains("--ca-root"));
+        let missing = CaSource::from_config(&config("absent.pem"), id.clone()).unwrap_err();
+        assert!(
+            missing.to_string().contains("cannot read --ca-root"),
+            "{missing}"
+        );
+        std::fs::write(dir.path().join("empty.pem"), "not a certificate\n").unwrap();
+        let empty = CaSource::from_config(&config("empty.pem"), id).unwrap_err();
+        assert!(
+            empty.to_string().contains("holds no PEM certificate"),
+            "{empty}"
+        );
     }
 }

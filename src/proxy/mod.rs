@@ -1,28 +1,28 @@
 //! The data path: listeners, sniffing, inbound, outbound, the copy loop.
 //!
 //! Listeners never read configuration files or PEM: they see a [`Runtime`] — the resolved
-//! [`Plan`](crate::config::Plan) with TLS client configurations already built — through a
-//! `watch` channel, so a reload swaps it between two connections.
+//! [`Plan`](crate::config::Plan) with TLS client configurations already built
+//! ([`runtime::build`]) — through a `watch` channel, so a reload swaps it between two
+//! connections.
 
 pub mod copy;
 pub mod inbound;
 pub mod outbound;
 pub mod plaintext;
+pub mod runtime;
 pub mod sniff;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 
-use crate::config::Plan;
-use crate::identity::SpiffeId;
-use crate::metrics::{Metrics, Peer};
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
 pub use copy::CopyConfig;
 pub use outbound::{OutboundRuntime, UpstreamTls};
+pub use runtime::{PeerDirectory, Runtime};
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone, Copy)]
@@ -47,62 +47,6 @@ impl Default for ProxySettings {
             connect_timeout: Duration::from_secs(10),
             max_connections: 16_384,
             copy: CopyConfig::default(),
-        }
-    }
-}
-
-/// Everything the listeners need for one version of the plan.
-pub struct Runtime {
-    pub plan: Arc<Plan>,
-    /// One per `plan.outbound` entry, same order.
-    pub outbound: Vec<Arc<OutboundRuntime>>,
-    /// Who is behind a SPIFFE ID, for the metrics' source/destination labels.
-    pub peers: PeerDirectory,
-    /// This workload as the metrics name it.
-    pub me: Peer,
-}
-
-/// SPIFFE ID → workload labels, computed from the configuration's Workload documents (there
-/// is no control plane to exchange metadata with).
-#[derive(Debug, Default, Clone)]
-pub struct PeerDirectory {
-    by_id: HashMap<SpiffeId, Peer>,
-}
-
-impl PeerDirectory {
-    /// Records a workload; an ID shared by several workloads keeps only what they share.
-    pub fn insert(&mut self, id: SpiffeId, peer: Peer) {
-        match self.by_id.get_mut(&id) {
-            None => {
-                self.by_id.insert(id, peer);
-            }
-            Some(existing) => {
-                if existing.workload != peer.workload {
-                    existing.workload = crate::metrics::UNKNOWN.into();
-                }
-                if existing.app != peer.app {
-                    existing.app = crate::metrics::UNKNOWN.into();
-                }
-                if existing.version != peer.version {
-                    existing.version = crate::metrics::UNKNOWN.into();
-                }
-            }
-        }
-    }
-
-    /// Labels for a peer identity; what is not known is `unknown`, the principal is always
-    /// the ID, and the namespace falls back to the ID's `/ns/<x>/` part (as Istio does).
-    pub fn lookup(&self, id: &SpiffeId) -> Peer {
-        match self.by_id.get(id) {
-            Some(p) => p.clone(),
-            None => Peer {
-                principal: id.to_string(),
-                namespace: id
-                    .namespace()
-                    .unwrap_or(crate::metrics::UNKNOWN)
-                    .to_string(),
-                ..Peer::unknown()
-            },
         }
     }
 }

@@ -1,0 +1,67 @@
+//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch`. Each
+//! subcommand's flags (and their `OUTRIDER_*` environment variables, for containers) become
+//! the plain configuration struct of the library module that does the work; nothing in the
+//! library sees clap.
+
+mod ca;
+mod run;
+mod sample;
+mod tools;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// outrider: a sidecar mTLS proxy with SPIFFE identities.
+#[derive(Debug, Parser)]
+#[command(name = "outrider", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "OUTRIDER_LOG_JSON", value_parser = boolish())]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar beside one workload.
+    Run(Box<run::RunArgs>),
+    /// The mesh CA.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Validate the configuration and print the effective mode per port and why.
+    Check(tools::CheckArgs),
+    /// The one-command local mesh on loopback: CA, sample app, sidecars, a plaintext intruder.
+    Demo(tools::DemoArgs),
+    /// One service of the labs' sample app (age, name, sentences): a tiny HTTP server.
+    SampleApp(sample::SampleArgs),
+    /// A plaintext HTTP GET (health checks and the intruder in a FROM-scratch image).
+    Fetch(tools::FetchArgs),
+}
+
+impl Command {
+    /// Runs the subcommand; `Ok` carries the exit code.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
+        match self {
+            Command::Run(args) => done(outrider::app::run(args.into_config()?)),
+            Command::Ca(command) => done(command.run()),
+            Command::Check(args) => args.into_options().run(),
+            Command::Demo(args) => done(args.into_options().run()),
+            Command::SampleApp(args) => done(args.into_config().run()),
+            Command::Fetch(args) => done(args.into_options().run()),
+        }
+    }
+}
+
+/// Parses a duration flag (`500ms`, `30s`, `1h30m`).
+fn duration(s: &str) -> Result<Duration, String> {
+    outrider::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// Boolean flags whose environment variable may say 1/0, true/false, yes/no, on/off.
+fn boolish() -> clap::builder::BoolishValueParser {
+    clap::builder::BoolishValueParser::new()
+}

@@ -1,0 +1,130 @@
+//! `outrider run` flags → [`SidecarConfig`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use outrider::app::{IdentityConfig, SidecarConfig};
+use outrider::identity::ca_client::CaClientConfig;
+
+use super::{boolish, duration};
+
+/// `outrider run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// A YAML file or a directory of YAML files (mesh.yaml).
+    #[arg(long, env = "OUTRIDER_CONFIG")]
+    pub config: PathBuf,
+    /// Which workload of the configuration this sidecar runs beside.
+    #[arg(long, env = "OUTRIDER_WORKLOAD")]
+    pub workload: String,
+    /// Identity from files: a directory with cert-chain.pem, key.pem, root-cert.pem (watched
+    /// for changes). Either this or `--ca-address`.
+    #[arg(
+        long,
+        env = "OUTRIDER_CERT_DIR",
+        required_unless_present = "ca_address",
+        conflicts_with = "ca_address"
+    )]
+    pub cert_dir: Option<PathBuf>,
+    /// Identity from the mesh CA (CSR over Istio's protocol, renewed at half-life).
+    #[command(flatten)]
+    pub ca: CaSourceArgs,
+    /// Admin endpoints (/config_dump, /certs, /plaintext, /stats/prometheus, /healthz/ready).
+    #[arg(long, env = "OUTRIDER_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    /// Prometheus scrape endpoint `/stats/prometheus`.
+    #[arg(long, env = "OUTRIDER_METRICS_ADDR", default_value = "0.0.0.0:15090")]
+    pub metrics_addr: SocketAddr,
+    /// Readiness endpoint `/healthz/ready`.
+    #[arg(long, env = "OUTRIDER_READY_ADDR", default_value = "0.0.0.0:15021")]
+    pub ready_addr: SocketAddr,
+    /// IP address the inbound listeners bind (their ports come from the workload's `port`s).
+    #[arg(long, env = "OUTRIDER_INBOUND_IP", default_value = "0.0.0.0")]
+    pub inbound_ip: IpAddr,
+    /// Where the app listens (its `targetPort`s).
+    #[arg(long, env = "OUTRIDER_APP_HOST", default_value = "127.0.0.1")]
+    pub app_host: IpAddr,
+    /// How long inbound waits for a client's first bytes before treating it as plaintext.
+    #[arg(long, env = "OUTRIDER_DETECT_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub detect_timeout: Duration,
+    /// Close a connection after this long without traffic.
+    #[arg(long, env = "OUTRIDER_IDLE_TIMEOUT", default_value = "1h", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for open connections.
+    #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Most connections open at once (inbound + outbound).
+    #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = 16_384)]
+    pub max_connections: usize,
+    /// Worker threads of the runtime.
+    #[arg(long, env = "OUTRIDER_THREADS", default_value_t = 2)]
+    pub threads: usize,
+    /// Turn off TLS session resumption towards mesh peers: every outbound connection does a
+    /// full handshake.
+    #[arg(long, env = "OUTRIDER_NO_RESUMPTION", value_parser = boolish())]
+    pub no_resumption: bool,
+}
+
+/// Flags of the `ca` identity source.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaSourceArgs {
+    /// The mesh CA service, host:port (enables the `ca` identity source).
+    #[arg(long, env = "OUTRIDER_CA_ADDRESS", requires_all = ["ca_root", "token_file"])]
+    pub ca_address: Option<String>,
+    /// PEM file with the CA's root certificate(s), to authenticate the CA service.
+    #[arg(long, env = "OUTRIDER_CA_ROOT")]
+    pub ca_root: Option<PathBuf>,
+    /// File holding the bootstrap token (`outrider ca token` output).
+    #[arg(long, env = "OUTRIDER_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Validity to ask the CA for.
+    #[arg(long, env = "OUTRIDER_CERT_TTL", default_value = "24h", value_parser = duration)]
+    pub cert_ttl: Duration,
+    /// DNS name expected in the CA's serving certificate (default: the host of --ca-address).
+    #[arg(long, env = "OUTRIDER_CA_SERVER_NAME")]
+    pub ca_server_name: Option<String>,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> anyhow::Result<SidecarConfig> {
+        let identity = match (self.cert_dir, self.ca) {
+            (Some(dir), _) => IdentityConfig::Files(dir),
+            (
+                None,
+                CaSourceArgs {
+                    ca_address: Some(address),
+                    ca_root: Some(ca_root),
+                    token_file: Some(token_file),
+                    cert_ttl,
+                    ca_server_name,
+                },
+            ) => IdentityConfig::Ca(CaClientConfig {
+                address,
+                ca_root,
+                token_file,
+                ttl: cert_ttl,
+                server_name: ca_server_name,
+            }),
+            _ => anyhow::bail!(
+                "no identity source: give --cert-dir, or --ca-address with --ca-root and --token-file"
+            ),
+        };
+        Ok(SidecarConfig {
+            config: self.config,
+            workload: self.workload,
+            identity,
+            admin_addr: self.admin_addr,
+            metrics_addr: self.metrics_addr,
+            ready_addr: self.ready_addr,
+            inbound_ip: self.inbound_ip,
+            app_host: self.app_host,
+            detect_timeout: self.detect_timeout,
+            idle_timeout: self.idle_timeout,
+            drain_timeout: self.drain_timeout,
+            max_connections: self.max_connections,
+            threads: self.threads,
+            resumption: !self.no_resumption,
+        })
+    }
+}

@@ -1,0 +1,178 @@
+//! The data path's view of one version of the plan: what listeners read per connection.
+//!
+//! [`build`] turns a resolved [`Plan`] into a [`Runtime`]: TLS client configurations per
+//! endpoint (built once per reload, never per connection), the peer directory for metric
+//! labels, and this workload's own labels. A reload swaps the whole `Runtime` between two
+//! connections.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Plan, TlsOrigination, WorkloadInfo};
+use crate::identity::{CertStore, SpiffeId};
+use crate::metrics::{Peer, UNKNOWN};
+use crate::proxy::outbound::{OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
+
+/// Everything the listeners need for one version of the plan.
+pub struct Runtime {
+    pub plan: Arc<Plan>,
+    /// One per `plan.outbound` entry, same order.
+    pub outbound: Vec<Arc<OutboundRuntime>>,
+    /// Who is behind a SPIFFE ID, for the metrics' source/destination labels.
+    pub peers: PeerDirectory,
+    /// This workload as the metrics name it.
+    pub me: Peer,
+}
+
+/// SPIFFE ID → workload labels, computed from the configuration's Workload documents (there
+/// is no control plane to exchange metadata with).
+#[derive(Debug, Default, Clone)]
+pub struct PeerDirectory {
+    by_id: HashMap<SpiffeId, Peer>,
+}
+
+impl PeerDirectory {
+    /// Records a workload; an ID shared by several workloads keeps only what they share.
+    pub fn insert(&mut self, id: SpiffeId, peer: Peer) {
+        match self.by_id.get_mut(&id) {
+            None => {
+                self.by_id.insert(id, peer);
+            }
+            Some(existing) => {
+                if existing.workload != peer.workload {
+                    existing.workload = UNKNOWN.into();
+                }
+                if existing.app != peer.app {
+                    existing.app = UNKNOWN.into();
+                }
+                if existing.version != peer.version {
+                    existing.version = UNKNOWN.into();
+                }
+            }
+        }
+    }
+
+    /// Labels for a peer identity; what is not known is `unknown`, the principal is always
+    /// the ID, and the namespace falls back to the ID's `/ns/<x>/` part (as Istio does).
+    pub fn lookup(&self, id: &SpiffeId) -> Peer {
+        match self.by_id.get(id) {
+            Some(p) => p.clone(),
+            None => Peer {
+                principal: id.to_string(),
+                namespace: id.namespace().unwrap_or(UNKNOWN).to_string(),
+                ..Peer::unknown()
+            },
+        }
+    }
+}
+
+/// Builds the runtime of `plan`: TLS client configurations per endpoint (mesh ones resume
+/// sessions unless `resumption` is false), the peer directory for metrics.
+pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Result<Runtime> {
+    let mut mesh_connectors = MeshConnectors {
+        store,
+        resumption,
+        by_ids: HashMap::new(),
+    };
+    let mut outbound = Vec::new();
+    for o in &plan.outbound {
+        let mut routes = Vec::new();
+        for r in &o.routes {
+            let mut endpoints = Vec::new();
+            for e in &r.endpoints {
+                let tls = match &e.tls {
+                    TlsOrigination::Disable => UpstreamTls::Plain,
+                    TlsOrigination::IstioMutual { allowed_ids, sni } => {
+                        let server_name = ServerName::try_from(sni.clone()).with_context(|| {
+                            format!("SNI {sni:?} for {} is not a valid name", o.to)
+                        })?;
+                        UpstreamTls::Tls {
+                            connector: mesh_connectors.get(allowed_ids),
+                            server_name,
+                            mesh: true,
+                        }
+                    }
+                    other => {
+                        let (config, server_name) = crate::tls::origination::client_config(
+                            other, &e.host,
+                        )
+                        .with_context(|| {
+                            format!("TLS settings for {}:{} ({})", e.host, e.port, e.decided_by)
+                        })?;
+                        UpstreamTls::Tls {
+                            connector: TlsConnector::from(config),
+                            server_name,
+                            mesh: false,
+                        }
+                    }
+                };
+                let peer = e
+                    .workload
+                    .as_ref()
+                    .and_then(|name| plan.peers.iter().find(|w| &w.name == name))
+                    .map(peer_of)
+                    .unwrap_or_else(Peer::unknown);
+                endpoints.push(UpstreamEndpoint {
+                    host: e.host.clone(),
+                    port: e.port,
+                    tls,
+                    peer,
+                });
+            }
+            routes.push(UpstreamRoute::new(r.weight, endpoints));
+        }
+        outbound.push(Arc::new(OutboundRuntime {
+            destination: o.destination.clone(),
+            routes,
+        }));
+    }
+    let mut peers = PeerDirectory::default();
+    for w in &plan.peers {
+        peers.insert(w.spiffe_id.clone(), peer_of(w));
+    }
+    Ok(Runtime {
+        me: peer_of(&plan.workload),
+        plan,
+        outbound,
+        peers,
+    })
+}
+
+/// One mesh client configuration per set of allowed server identities, shared by every
+/// endpoint that expects the same set (so they share a ticket cache too).
+struct MeshConnectors<'a> {
+    store: &'a CertStore,
+    resumption: bool,
+    by_ids: HashMap<Vec<SpiffeId>, TlsConnector>,
+}
+
+impl MeshConnectors<'_> {
+    fn get(&mut self, allowed_ids: &[SpiffeId]) -> TlsConnector {
+        let (store, resumption) = (self.store, self.resumption);
+        self.by_ids
+            .entry(allowed_ids.to_vec())
+            .or_insert_with(|| {
+                let config = crate::tls::client_config(store, allowed_ids.to_vec());
+                TlsConnector::from(if resumption {
+                    config
+                } else {
+                    crate::tls::without_resumption(&config)
+                })
+            })
+            .clone()
+    }
+}
+
+fn peer_of(w: &WorkloadInfo) -> Peer {
+    Peer {
+        workload: w.name.clone(),
+        namespace: w.namespace.clone(),
+        principal: w.spiffe_id.to_string(),
+        app: w.service.clone(),
+        version: w.version.clone(),
+    }
+}
