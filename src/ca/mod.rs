@@ -7,8 +7,9 @@
 //! The `outrider ca ...` commands in [`commands`] are thin wrappers around them.
 
 pub mod commands;
-pub mod proto;
 pub mod rotation;
+/// Istio's CA protocol (kept under `ca` too, where the service uses it).
+pub use crate::ca_protocol as proto;
 pub mod server;
 pub mod token;
 

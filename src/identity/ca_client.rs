@@ -25,7 +25,7 @@ use rustls::{ClientConfig, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use crate::ca::proto::{
+use crate::ca_protocol::{
     IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE_PATH,
 };
 use crate::identity::svid::{svid_id, PROVIDER};

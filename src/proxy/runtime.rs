@@ -12,10 +12,11 @@ use anyhow::Context as _;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Plan, TlsOrigination, WorkloadInfo};
+use crate::config::{Endpoint, Plan, TlsOrigination, WorkloadInfo};
 use crate::identity::{CertStore, SpiffeId};
 use crate::metrics::{Peer, UNKNOWN};
 use crate::proxy::outbound::{OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
+use crate::tls::origination::{client_config, FileTls};
 
 /// Everything the listeners need for one version of the plan.
 pub struct Runtime {
@@ -96,19 +97,38 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
                             mesh: true,
                         }
                     }
-                    other => {
-                        let (config, server_name) = crate::tls::origination::client_config(
-                            other, &e.host,
-                        )
-                        .with_context(|| {
-                            format!("TLS settings for {}:{} ({})", e.host, e.port, e.decided_by)
-                        })?;
-                        UpstreamTls::Tls {
-                            connector: TlsConnector::from(config),
-                            server_name,
-                            mesh: false,
-                        }
-                    }
+                    TlsOrigination::Simple {
+                        ca_certificates,
+                        subject_alt_names,
+                        sni,
+                        insecure_skip_verify,
+                    } => file_origination(
+                        FileTls {
+                            ca_certificates: ca_certificates.as_deref(),
+                            subject_alt_names,
+                            sni: sni.as_deref(),
+                            insecure_skip_verify: *insecure_skip_verify,
+                            client: None,
+                        },
+                        e,
+                    )?,
+                    TlsOrigination::Mutual {
+                        client_certificate,
+                        private_key,
+                        ca_certificates,
+                        subject_alt_names,
+                        sni,
+                        insecure_skip_verify,
+                    } => file_origination(
+                        FileTls {
+                            ca_certificates: ca_certificates.as_deref(),
+                            subject_alt_names,
+                            sni: sni.as_deref(),
+                            insecure_skip_verify: *insecure_skip_verify,
+                            client: Some((client_certificate, private_key)),
+                        },
+                        e,
+                    )?,
                 };
                 let peer = e
                     .workload
@@ -165,6 +185,17 @@ impl MeshConnectors<'_> {
             })
             .clone()
     }
+}
+
+/// SIMPLE or MUTUAL towards a non-mesh endpoint, with certificates from files.
+fn file_origination(tls: FileTls<'_>, e: &Endpoint) -> anyhow::Result<UpstreamTls> {
+    let (config, server_name) = client_config(tls, &e.host)
+        .with_context(|| format!("TLS settings for {}:{} ({})", e.host, e.port, e.decided_by))?;
+    Ok(UpstreamTls::Tls {
+        connector: TlsConnector::from(config),
+        server_name,
+        mesh: false,
+    })
 }
 
 fn peer_of(w: &WorkloadInfo) -> Peer {

@@ -1,5 +1,6 @@
 //! Client TLS for DestinationRule `SIMPLE` and `MUTUAL` modes: one-way or mutual TLS to a
-//! destination that is not a mesh sidecar, with certificates from files (SEMANTICS §3).
+//! destination that is not a mesh sidecar, with certificates from files (Istio's
+//! DestinationRule `ClientTLSSettings`).
 //!
 //! Built when a plan is built, never on the data path. `insecureSkipVerify` is refused: a
 //! verifier that skips checks has no place outside tests.
@@ -12,8 +13,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-
-use crate::config::TlsOrigination;
 
 /// Why a SIMPLE/MUTUAL client configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -33,53 +32,41 @@ pub enum OriginationError {
     BadName(String),
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
-    #[error("mode {0} has no file-based client configuration")]
-    NotFileBased(&'static str),
+}
+
+/// A DestinationRule's SIMPLE or MUTUAL settings, as far as TLS needs them.
+#[derive(Debug, Clone, Copy)]
+pub struct FileTls<'a> {
+    /// PEM roots that verify the server (`caCertificates`); required.
+    pub ca_certificates: Option<&'a Path>,
+    /// Names the server certificate must hold (`subjectAltNames`); none: the SNI.
+    pub subject_alt_names: &'a [String],
+    /// SNI to send (`sni`); none: the endpoint's host.
+    pub sni: Option<&'a str>,
+    /// `insecureSkipVerify`: refused.
+    pub insecure_skip_verify: bool,
+    /// MUTUAL: the client certificate chain and key files.
+    pub client: Option<(&'a Path, &'a Path)>,
 }
 
 /// Builds the client config and the server name to send for a SIMPLE or MUTUAL endpoint.
 /// `host` is the endpoint's host, used as SNI and for verification when the rule sets no
 /// `sni` and no `subjectAltNames` (Istio's auto SNI / auto SAN validation).
 pub fn client_config(
-    tls: &TlsOrigination,
+    tls: FileTls<'_>,
     host: &str,
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), OriginationError> {
-    let (ca, sans, sni, skip, client) = match tls {
-        TlsOrigination::Simple {
-            ca_certificates,
-            subject_alt_names,
-            sni,
-            insecure_skip_verify,
-        } => (
-            ca_certificates,
-            subject_alt_names,
-            sni,
-            *insecure_skip_verify,
-            None,
-        ),
-        TlsOrigination::Mutual {
-            client_certificate,
-            private_key,
-            ca_certificates,
-            subject_alt_names,
-            sni,
-            insecure_skip_verify,
-        } => (
-            ca_certificates,
-            subject_alt_names,
-            sni,
-            *insecure_skip_verify,
-            Some((client_certificate.as_path(), private_key.as_path())),
-        ),
-        TlsOrigination::Disable => return Err(OriginationError::NotFileBased("DISABLE")),
-        TlsOrigination::IstioMutual { .. } => {
-            return Err(OriginationError::NotFileBased("ISTIO_MUTUAL"))
-        }
-    };
+    let FileTls {
+        ca_certificates: ca,
+        subject_alt_names: sans,
+        sni,
+        insecure_skip_verify: skip,
+        client,
+    } = tls;
     if skip {
         return Err(OriginationError::InsecureSkipVerify);
     }
-    let ca = ca.as_deref().ok_or(OriginationError::NoCa)?;
+    let ca = ca.ok_or(OriginationError::NoCa)?;
     let mut roots = RootCertStore::empty();
     for cert in read_certs(ca)? {
         roots.add(cert)?;
@@ -111,7 +98,7 @@ pub fn client_config(
             builder.with_client_auth_cert(chain, key)?
         }
     };
-    let name = sni.clone().unwrap_or_else(|| host.to_string());
+    let name = sni.unwrap_or(host).to_string();
     let server_name =
         ServerName::try_from(name.clone()).map_err(|_| OriginationError::BadName(name))?;
     Ok((Arc::new(config), server_name))
