@@ -16,12 +16,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{AdminState, HttpServer, Role};
+use crate::config::reload::ReloadStats;
 use crate::config::Plan;
 use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
 use crate::metrics::Metrics;
-use crate::proxy::inbound::Inbound;
-use crate::proxy::outbound::Outbound;
+use crate::proxy::listeners::{Bound, ListenerAddrs, ListenerSettings, Listeners};
 use crate::proxy::{plaintext::PlaintextLog, CopyConfig, ProxySettings, Runtime, Shared};
 use crate::shutdown::Shutdown;
 
@@ -52,6 +52,10 @@ pub struct SidecarConfig {
     pub drain_timeout: Duration,
     /// Most connections open at once (inbound + outbound).
     pub max_connections: usize,
+    /// Most inbound connections open at once (within `max_connections`).
+    pub max_inbound_connections: usize,
+    /// Most outbound connections open at once (within `max_connections`).
+    pub max_outbound_connections: usize,
     /// Worker threads of the async runtime (1: tokio's current-thread scheduler).
     pub threads: usize,
     /// TLS session resumption towards mesh peers.
@@ -93,9 +97,9 @@ pub fn run(config: SidecarConfig) -> anyhow::Result<()> {
 /// Every address a sidecar listens on.
 #[derive(Debug, Clone, Serialize)]
 pub struct BoundAddrs {
-    /// (workload port, bound address).
-    pub inbound: Vec<(u16, SocketAddr)>,
-    pub outbound: Vec<SocketAddr>,
+    /// The data path's listeners (they follow the plan on reload).
+    #[serde(flatten)]
+    pub listeners: ListenerAddrs,
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub ready: SocketAddr,
@@ -108,12 +112,11 @@ pub struct Sidecar {
     metrics: Metrics,
     shared: Shared,
     runtime_tx: watch::Sender<Arc<Runtime>>,
-    inbound: Vec<Inbound>,
-    outbound: Vec<Outbound>,
+    listeners: Bound,
     admin: HttpServer,
     metrics_server: HttpServer,
     ready: HttpServer,
-    reload_stats: Arc<crate::config::reload::ReloadStats>,
+    reload_stats: Arc<ReloadStats>,
     plan_rx: watch::Receiver<Arc<Plan>>,
     warnings: Vec<String>,
     identity_source: IdentitySource,
@@ -152,40 +155,35 @@ impl Sidecar {
         let settings = ProxySettings {
             detect_timeout: args.detect_timeout,
             max_connections: args.max_connections,
+            max_inbound_connections: args.max_inbound_connections,
+            max_outbound_connections: args.max_outbound_connections,
             copy: CopyConfig {
                 idle_timeout: args.idle_timeout,
                 ..CopyConfig::default()
             },
             ..ProxySettings::default()
         };
-        let shared = Shared {
-            metrics: metrics.clone(),
-            plaintext: Arc::new(PlaintextLog::default()),
-            shutdown: Shutdown::new(),
+        let shared = Shared::new(
+            metrics.clone(),
+            Arc::new(PlaintextLog::default()),
+            Shutdown::new(),
             settings,
-            permits: Arc::new(tokio::sync::Semaphore::new(args.max_connections)),
-        };
+        );
         let runtime = Arc::new(crate::proxy::runtime::build(
             plan.clone(),
             &store,
             args.resumption,
         )?);
         let (runtime_tx, _) = watch::channel(runtime);
-        let mut inbound = Vec::new();
-        for p in &plan.inbound {
-            inbound.push(
-                Inbound::bind(
-                    SocketAddr::new(args.inbound_ip, p.port),
-                    p.port,
-                    args.app_host,
-                )
-                .await?,
-            );
-        }
-        let mut outbound = Vec::new();
-        for (i, o) in plan.outbound.iter().enumerate() {
-            outbound.push(Outbound::bind(o.bind, i).await?);
-        }
+        let listeners = Bound::bind(
+            &plan,
+            ListenerSettings {
+                inbound_ip: args.inbound_ip,
+                app_host: args.app_host,
+                drain_timeout: args.drain_timeout,
+            },
+        )
+        .await?;
         let admin = HttpServer::bind(args.admin_addr, Role::Admin).await?;
         let metrics_server = HttpServer::bind(args.metrics_addr, Role::Metrics).await?;
         let ready = HttpServer::bind(args.ready_addr, Role::Ready).await?;
@@ -202,8 +200,7 @@ impl Sidecar {
             metrics,
             shared,
             runtime_tx,
-            inbound,
-            outbound,
+            listeners,
             admin,
             metrics_server,
             ready,
@@ -213,14 +210,10 @@ impl Sidecar {
         })
     }
 
+    /// The addresses bound at start-up.
     pub fn addrs(&self) -> BoundAddrs {
         BoundAddrs {
-            inbound: self
-                .inbound
-                .iter()
-                .map(|l| (l.local_addr().port(), l.local_addr()))
-                .collect(),
-            outbound: self.outbound.iter().map(|l| l.local_addr()).collect(),
+            listeners: self.listeners.addrs(),
             admin: self.admin.local_addr(),
             metrics: self.metrics_server.local_addr(),
             ready: self.ready.local_addr(),
@@ -236,13 +229,12 @@ impl Sidecar {
             metrics,
             shared,
             runtime_tx,
-            inbound,
-            outbound,
+            listeners,
             admin,
             metrics_server,
             ready,
             reload_stats,
-            mut plan_rx,
+            plan_rx,
             warnings,
             identity_source,
         } = self;
@@ -258,47 +250,28 @@ impl Sidecar {
                 tokio::spawn(crate::identity::ca_client::run(store.clone(), source))
             }
         };
-        // Plan reloads: rebuild the runtime; a plan that cannot be built keeps the old one.
-        let reload_store = store.clone();
-        let reload_tx = runtime_tx.clone();
-        let resumption = args.resumption;
-        let reloads = tokio::spawn(async move {
-            while plan_rx.changed().await.is_ok() {
-                let plan = plan_rx.borrow_and_update().clone();
-                match crate::proxy::runtime::build(plan, &reload_store, resumption) {
-                    Ok(rt) => {
-                        reload_tx.send_replace(Arc::new(rt));
-                        tracing::info!("configuration reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "reloaded plan refused; keeping the old one")
-                    }
-                }
-            }
-        });
         let tls = TlsAcceptor::from(crate::tls::server_config(&store));
-        let mut tasks = Vec::new();
-        for l in inbound {
-            tasks.push(tokio::spawn(l.run(
-                shared.clone(),
-                runtime_tx.subscribe(),
-                tls.clone(),
-            )));
-        }
-        for l in outbound {
-            tasks.push(tokio::spawn(l.run(shared.clone(), runtime_tx.subscribe())));
-        }
-        let (_listeners_tx, listeners) =
-            watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
+        let listeners = listeners.start(shared.clone(), runtime_tx.subscribe(), tls);
+        let (addrs_tx, addrs_rx) = watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
+        let reloads = tokio::spawn(follow_reloads(Reloads {
+            plan_rx,
+            store: store.clone(),
+            resumption: args.resumption,
+            runtime_tx: runtime_tx.clone(),
+            listeners,
+            addrs,
+            addrs_tx,
+        }));
         let handler = crate::admin::sidecar_routes(AdminState {
             store: store.clone(),
             metrics: metrics.clone(),
             plaintext: shared.plaintext.clone(),
             runtime: runtime_tx.subscribe(),
             reload_stats,
-            listeners,
+            listeners: addrs_rx,
             warnings,
         });
+        let mut tasks = Vec::new();
         for server in [admin, metrics_server, ready] {
             tasks.push(tokio::spawn(
                 server.run(handler.clone(), shared.shutdown.watch()),
@@ -317,4 +290,37 @@ impl Sidecar {
         }
         Ok(())
     }
+}
+
+/// What the reload follower owns.
+struct Reloads {
+    plan_rx: watch::Receiver<Arc<Plan>>,
+    store: CertStore,
+    resumption: bool,
+    runtime_tx: watch::Sender<Arc<Runtime>>,
+    listeners: Listeners,
+    addrs: BoundAddrs,
+    addrs_tx: watch::Sender<serde_json::Value>,
+}
+
+/// Applies each reloaded plan: a new runtime for the data path (a plan that cannot be built
+/// keeps the old one), then the listener set and the live connections brought in line.
+async fn follow_reloads(mut r: Reloads) {
+    while r.plan_rx.changed().await.is_ok() {
+        let plan = r.plan_rx.borrow_and_update().clone();
+        match crate::proxy::runtime::build(plan.clone(), &r.store, r.resumption) {
+            Ok(rt) => {
+                r.runtime_tx.send_replace(Arc::new(rt));
+                r.listeners.reconcile(&plan).await;
+                r.addrs.listeners = r.listeners.addrs();
+                r.addrs_tx
+                    .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reloaded plan refused; keeping the old one")
+            }
+        }
+    }
+    r.listeners.stop();
 }

@@ -5,6 +5,7 @@
 //! connection's label set once, when the connection opens ([`Metrics::tcp_connection`]), and
 //! then only adds byte deltas in batches from the copy loop.
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -134,7 +135,9 @@ pub struct Metrics {
     plaintext_rejected: IntCounterVec,
     plaintext_accepted: IntCounterVec,
     upstream_failures: IntCounterVec,
-    malformed: IntCounterVec,
+    inbound_rejected: IntCounterVec,
+    outbound_rejected: IntCounterVec,
+    closed_on_reload: IntCounterVec,
     active: IntGaugeVec,
     cert_expiry: Gauge,
     cert_rotations: IntCounter,
@@ -234,11 +237,23 @@ impl Metrics {
                 "Outbound connections that could not reach an endpoint, by reason.",
                 &["destination_service", "reason"],
             ),
-            malformed: counter_vec(
+            inbound_rejected: counter_vec(
                 r,
                 "outrider_inbound_rejected_total",
                 "Inbound connections closed before reaching the app, by reason.",
                 &["port", "reason"],
+            ),
+            outbound_rejected: counter_vec(
+                r,
+                "outrider_outbound_rejected_total",
+                "Outbound connections from the app closed before reaching a destination, by listener and reason.",
+                &["bind", "reason"],
+            ),
+            closed_on_reload: counter_vec(
+                r,
+                "outrider_connections_closed_on_reload_total",
+                "Open connections closed by a configuration reload: refused by the port's new mode (plaintext under STRICT), or still open when a removed listener's drain ended.",
+                &["direction", "listener", "reason"],
             ),
             active,
             cert_expiry,
@@ -288,9 +303,22 @@ impl Metrics {
     }
 
     pub fn inbound_rejected(&self, port: u16, reason: &str) {
-        self.malformed
+        self.inbound_rejected
             .with_label_values(&[&port.to_string(), reason])
             .inc();
+    }
+
+    pub fn outbound_rejected(&self, bind: SocketAddr, reason: &str) {
+        self.outbound_rejected
+            .with_label_values(&[&bind.to_string(), reason])
+            .inc();
+    }
+
+    /// `count` open connections of `listener` (a port or a bind address) closed by a reload.
+    pub fn closed_on_reload(&self, direction: &str, listener: &str, reason: &str, count: usize) {
+        self.closed_on_reload
+            .with_label_values(&[direction, listener, reason])
+            .inc_by(count as u64);
     }
 
     pub fn upstream_failed(&self, destination_service: &str, reason: &str) {

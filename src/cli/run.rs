@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Most connections open at once (inbound + outbound).
     #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
+    /// Most inbound connections open at once (default: three quarters of
+    /// --max-connections, so an inbound flood always leaves room for the app's outbound calls).
+    #[arg(long, env = "OUTRIDER_MAX_INBOUND_CONNECTIONS")]
+    pub max_inbound_connections: Option<usize>,
+    /// Most outbound connections open at once (default: three quarters of --max-connections).
+    #[arg(long, env = "OUTRIDER_MAX_OUTBOUND_CONNECTIONS")]
+    pub max_outbound_connections: Option<usize>,
     /// Worker threads of the runtime.
     #[arg(long, env = "OUTRIDER_THREADS", default_value_t = 2)]
     pub threads: usize,
@@ -123,8 +130,20 @@ impl RunArgs {
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
             max_connections: self.max_connections,
+            max_inbound_connections: self
+                .max_inbound_connections
+                .unwrap_or_else(|| default_direction_cap(self.max_connections)),
+            max_outbound_connections: self
+                .max_outbound_connections
+                .unwrap_or_else(|| default_direction_cap(self.max_connections)),
             threads: self.threads,
             resumption: !self.no_resumption,
         })
     }
+}
+
+/// A direction's default cap: three quarters of the total (at least one), so neither
+/// direction can take every slot.
+fn default_direction_cap(total: usize) -> usize {
+    (total - total / 4).max(1)
 }

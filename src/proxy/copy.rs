@@ -131,7 +131,7 @@ fn idle_ticks(config: CopyConfig) -> u32 {
     (config.idle_timeout.as_millis().div_ceil(every)).clamp(1, u32::MAX as u128) as u32
 }
 
-struct Bidirectional<'s, A, B, R> {
+struct Bidirectional<'s, A, B, R: ByteReport> {
     a: &'s mut A,
     b: &'s mut B,
     a_to_b: Pump,
@@ -154,6 +154,14 @@ impl<A, B, R: ByteReport> Bidirectional<'_, A, B, R> {
             self.report.report(delta.0, delta.1);
             self.reported = (self.a_to_b.total, self.b_to_a.total);
         }
+    }
+}
+
+/// A copy dropped before it ended (its connection task was aborted: the listener was removed,
+/// or the port's new mode refuses the connection) still reports its last bytes.
+impl<A, B, R: ByteReport> Drop for Bidirectional<'_, A, B, R> {
+    fn drop(&mut self) {
+        self.flush_report();
     }
 }
 

@@ -1,6 +1,13 @@
 //! Inbound: one listener per workload port. Peeks at the first bytes, then terminates mesh
 //! mTLS, passes plaintext (PERMISSIVE, DISABLE) or resets it (STRICT), and carries the
-//! connection to the app on `127.0.0.1:<targetPort>` (SEMANTICS §2).
+//! connection to the app on `127.0.0.1:<targetPort>`.
+//!
+//! The rule per mode is Istio's inbound filter chains: STRICT terminates any TLS as mTLS
+//! (client certificate required) and resets plaintext; PERMISSIVE terminates TLS that offers
+//! the mesh ALPN (`istio`, `istio-peer-exchange`, `istio-http/*`, `istio-h2`), passes other
+//! TLS to the app untouched on TCP ports (refuses it on HTTP ports) and passes plaintext;
+//! DISABLE inspects nothing. A client that sends nothing before `--detect-timeout` is
+//! plaintext (Istio waits forever; server-speaks-first protocols would hang).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,8 +19,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::copy::copy_bidirectional;
+use super::live::{Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
-use super::{reset, tls_error, tune, Runtime, Shared};
+use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
 use crate::metrics::{Peer, Reporter, TcpLabels};
 
@@ -23,6 +31,7 @@ pub struct Inbound {
     /// The sidecar port (`port` of the plan), the key to find this listener's plan entry.
     port: u16,
     app_host: IpAddr,
+    live: Arc<LiveConnections>,
 }
 
 impl Inbound {
@@ -38,6 +47,7 @@ impl Inbound {
             listener,
             port,
             app_host,
+            live: Arc::default(),
         })
     }
 
@@ -47,178 +57,238 @@ impl Inbound {
             .expect("bound listener has an address")
     }
 
-    /// Accepts until draining starts.
+    /// The workload port this listener serves.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The connections this listener carries now.
+    pub fn live(&self) -> Arc<LiveConnections> {
+        self.live.clone()
+    }
+
+    /// Accepts until draining starts or `stop` turns true (the port left the plan).
     pub async fn run(
         self,
         shared: Shared,
         runtime: watch::Receiver<Arc<Runtime>>,
         tls: TlsAcceptor,
+        mut stop: watch::Receiver<bool>,
     ) {
         let mut draining = shared.shutdown.watch();
         loop {
             let Some((stream, peer)) =
-                super::accept(&self.listener, &mut draining, "inbound").await
+                super::accept(&self.listener, &mut draining, &mut stop, "inbound").await
             else {
                 return;
             };
-            let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            let Some(permits) = shared.permits(Direction::Inbound) else {
                 shared
                     .metrics
                     .inbound_rejected(self.port, "connection_limit");
                 reset(stream);
                 continue;
             };
-            let rt = runtime.borrow().clone();
-            let Some(index) = rt.plan.inbound.iter().position(|p| p.port == self.port) else {
-                // The port left the plan on reload: refuse until the listener set is rebuilt.
-                shared
-                    .metrics
-                    .inbound_rejected(self.port, "port_not_in_plan");
-                reset(stream);
-                continue;
+            let accepted = Accepted {
+                stream,
+                peer,
+                port: self.port,
+                app_host: self.app_host,
             };
-            let shared = shared.clone();
-            let tls = tls.clone();
-            let app = SocketAddr::new(self.app_host, rt.plan.inbound[index].target_port);
-            tokio::spawn(async move {
-                let _permit = permit;
+            let (shared, runtime, tls) = (shared.clone(), runtime.clone(), tls.clone());
+            self.live.spawn(move |registration| async move {
+                let _permits = permits;
                 let _guard = shared.shutdown.connection();
-                let plan = &rt.plan.inbound[index];
-                serve(stream, peer, plan, app, &rt, &shared, tls).await;
+                serve(accepted, runtime, &shared, tls, registration).await;
             });
         }
     }
 }
 
-/// How an accepted connection is carried.
-enum Carry {
+/// An accepted connection and where it came in.
+struct Accepted {
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    app_host: IpAddr,
+}
+
+/// What to do with a connection, decided from what detection saw and the port's mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Terminate mesh mTLS.
     Mtls,
+    /// Pass plaintext to the app.
     Plain,
-    Passthrough,
+    /// Pass TLS to the app untouched (the app's own TLS).
+    Passthrough { mesh: bool },
+    /// Plaintext (or a silent client) on a STRICT port: reset, as Istio does.
+    RefusePlaintext,
+    /// Close without counting (the client left before sending anything).
+    Drop,
+    /// Reset and count under `reason`.
+    Refuse(&'static str),
+}
+
+impl Decision {
+    fn carried(self) -> Carried {
+        match self {
+            Decision::Mtls => Carried::Mtls,
+            Decision::Plain => Carried::Plain,
+            Decision::Passthrough { mesh } => Carried::Passthrough { mesh },
+            Decision::RefusePlaintext | Decision::Drop | Decision::Refuse(_) => Carried::Detecting,
+        }
+    }
+}
+
+/// The inbound rule (Istio's filter chains for a port, see the module doc): pure, so a
+/// reload's "would the new mode still admit this connection" uses the same answers
+/// ([`super::live::allowed_under`]).
+fn decide(detected: &Detected, mode: MtlsMode, protocol: Protocol) -> Decision {
+    let http = matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc);
+    match (detected, mode) {
+        (Detected::Closed, _) => Decision::Drop,
+        (Detected::Malformed, _) => Decision::Refuse("malformed_client_hello"),
+        (Detected::Tls { .. }, MtlsMode::Strict)
+        | (Detected::Tls { mesh: true, .. }, MtlsMode::Permissive) => Decision::Mtls,
+        // Istio builds no chain for foreign TLS on HTTP ports.
+        (Detected::Tls { mesh: false, .. }, MtlsMode::Permissive) if http => {
+            Decision::Refuse("non_mesh_tls_on_http_port")
+        }
+        (Detected::Tls { mesh: false, .. }, MtlsMode::Permissive) => {
+            Decision::Passthrough { mesh: false }
+        }
+        (Detected::Tls { mesh, .. }, MtlsMode::Disable) => Decision::Passthrough { mesh: *mesh },
+        (Detected::Plaintext | Detected::Silent, MtlsMode::Strict) => Decision::RefusePlaintext,
+        (Detected::Plaintext | Detected::Silent, _) => Decision::Plain,
+    }
 }
 
 async fn serve(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    plan: &InboundPlan,
-    app: SocketAddr,
-    rt: &Runtime,
+    accepted: Accepted,
+    runtime: watch::Receiver<Arc<Runtime>>,
     shared: &Shared,
     tls: TlsAcceptor,
+    registration: Registration,
 ) {
+    let Accepted {
+        mut stream,
+        peer,
+        port,
+        app_host,
+    } = accepted;
     tune(&stream);
     let settings = shared.settings;
-    let (detected, prefix) = if plan.mode == MtlsMode::Disable {
+    let inspect = runtime
+        .borrow()
+        .plan
+        .inbound
+        .iter()
+        .find(|p| p.port == port)
+        .is_some_and(|p| p.mode != MtlsMode::Disable);
+    let (detected, prefix) = if !inspect {
         // DISABLE ports get no TLS inspection: everything goes to the app as it came.
         (Detected::Plaintext, Vec::new())
     } else {
-        match detect(&mut stream, settings.detect_timeout).await {
+        match detect(
+            &mut stream,
+            settings.detect_timeout,
+            settings.handshake_timeout,
+        )
+        .await
+        {
             Ok(d) => d,
             Err(e) => {
-                tracing::debug!(%peer, port = plan.port, error = %e, "downstream failed during detection");
-                shared
-                    .metrics
-                    .inbound_rejected(plan.port, "downstream_error");
+                tracing::debug!(%peer, port, error = %e, "downstream failed during detection");
+                shared.metrics.inbound_rejected(port, "downstream_error");
                 return;
             }
         }
     };
-    let carry = match (&detected, plan.mode) {
-        (Detected::Closed, _) => return,
-        (Detected::Malformed, _) => {
-            shared
-                .metrics
-                .inbound_rejected(plan.port, "malformed_client_hello");
-            tracing::info!(%peer, port = plan.port, "closed: malformed TLS ClientHello");
-            reset(stream);
-            return;
-        }
-        (Detected::Tls { .. }, MtlsMode::Strict)
-        | (Detected::Tls { mesh: true, .. }, MtlsMode::Permissive) => Carry::Mtls,
-        (Detected::Tls { mesh: false, .. }, MtlsMode::Permissive) => {
-            if matches!(
-                plan.protocol,
-                Protocol::Http | Protocol::Http2 | Protocol::Grpc
-            ) {
-                // Istio builds no chain for foreign TLS on HTTP ports.
-                shared
-                    .metrics
-                    .inbound_rejected(plan.port, "non_mesh_tls_on_http_port");
-                reset(stream);
-                return;
+    // Decide under the plan in force now (not the one at accept time), registered with the
+    // live connections so a reload to STRICT either is seen here or sees this connection.
+    let decided = registration.decide(|| {
+        let rt = runtime.borrow().clone();
+        match rt.plan.inbound.iter().position(|p| p.port == port) {
+            None => (Carried::Detecting, None),
+            Some(index) => {
+                let plan = &rt.plan.inbound[index];
+                let decision = decide(&detected, plan.mode, plan.protocol);
+                (decision.carried(), Some((rt, index, decision)))
             }
-            Carry::Passthrough
         }
-        (Detected::Plaintext | Detected::Silent, MtlsMode::Strict) => {
-            shared.metrics.plaintext_rejected(plan.port);
-            shared.plaintext.record(peer.ip(), plan.port, true);
-            tracing::info!(%peer, port = plan.port, decided_by = %plan.decided_by, "reset: plaintext on a STRICT port");
+    });
+    let Some((rt, index, decision)) = decided else {
+        // The port left the plan while the client was being read.
+        shared.metrics.inbound_rejected(port, "port_not_in_plan");
+        reset(stream);
+        return;
+    };
+    let plan = &rt.plan.inbound[index];
+    let app = SocketAddr::new(app_host, plan.target_port);
+    match decision {
+        Decision::Drop => return,
+        Decision::Refuse(reason) => {
+            shared.metrics.inbound_rejected(port, reason);
+            tracing::info!(%peer, port, reason, "connection refused");
             reset(stream);
             return;
         }
-        (Detected::Plaintext | Detected::Silent, _) => {
-            shared.metrics.plaintext_accepted(plan.port);
-            shared.plaintext.record(peer.ip(), plan.port, false);
-            Carry::Plain
+        Decision::RefusePlaintext => {
+            shared.metrics.plaintext_rejected(port);
+            shared.plaintext.record(peer.ip(), port, true);
+            tracing::info!(%peer, port, decided_by = %plan.decided_by, "reset: plaintext on a STRICT port");
+            reset(stream);
+            return;
         }
-        (Detected::Tls { .. }, MtlsMode::Disable) => Carry::Passthrough,
-    };
-    let downstream = Rewind::new(prefix, stream);
-    match carry {
-        Carry::Mtls => {
-            let handshake =
-                tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
-            let tls_stream = match handshake {
-                Err(_) => {
-                    shared.metrics.handshake_failed("inbound", "timeout");
-                    tracing::info!(%peer, port = plan.port, "downstream TLS handshake timed out");
-                    return;
-                }
-                Ok(Err(e)) => {
-                    let reason = tls_error(&e)
-                        .map(crate::tls::failure_reason)
-                        .unwrap_or("io");
-                    shared.metrics.handshake_failed("inbound", reason);
-                    tracing::info!(%peer, port = plan.port, reason, error = %e, "downstream TLS handshake failed");
-                    return;
-                }
-                Ok(Ok(s)) => s,
-            };
-            let peer_id = tls_stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(crate::tls::peer_spiffe_id);
-            let source = match &peer_id {
-                Some(id) => rt.peers.lookup(id),
-                None => Peer::unknown(),
-            };
-            forward(
-                tls_stream,
-                peer,
-                source,
-                "mutual_tls",
-                plan,
-                app,
-                rt,
-                shared,
-            )
-            .await;
+        Decision::Plain => {
+            shared.metrics.plaintext_accepted(port);
+            shared.plaintext.record(peer.ip(), port, false);
         }
-        Carry::Plain | Carry::Passthrough => {
-            forward(
-                downstream,
-                peer,
-                Peer::unknown(),
-                "none",
-                plan,
-                app,
-                rt,
-                shared,
-            )
-            .await;
-        }
+        Decision::Mtls | Decision::Passthrough { .. } => {}
     }
+    let downstream = Rewind::new(prefix, stream);
+    if decision != Decision::Mtls {
+        let source = Peer::unknown();
+        return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
+    }
+    let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
+    let tls_stream = match handshake {
+        Err(_) => {
+            shared.metrics.handshake_failed("inbound", "timeout");
+            tracing::info!(%peer, port, "downstream TLS handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            let reason = tls_error(&e)
+                .map(crate::tls::failure_reason)
+                .unwrap_or("io");
+            shared.metrics.handshake_failed("inbound", reason);
+            tracing::info!(%peer, port, reason, error = %e, "downstream TLS handshake failed");
+            return;
+        }
+        Ok(Ok(s)) => s,
+    };
+    let peer_id = tls_stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(crate::tls::peer_spiffe_id);
+    let source = match &peer_id {
+        Some(id) => rt.peers.lookup(id),
+        None => Peer::unknown(),
+    };
+    forward(
+        tls_stream,
+        peer,
+        source,
+        "mutual_tls",
+        plan,
+        app,
+        &rt,
+        shared,
+    )
+    .await;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -7,6 +7,8 @@
 
 pub mod copy;
 pub mod inbound;
+pub mod listeners;
+pub mod live;
 pub mod outbound;
 pub mod plaintext;
 pub mod runtime;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -36,6 +39,11 @@ pub struct ProxySettings {
     pub connect_timeout: Duration,
     /// Connections (inbound + outbound) beyond this are refused with a reset.
     pub max_connections: usize,
+    /// Inbound connections beyond this are refused, whatever the total: a flood of inbound
+    /// connections cannot take the slots the app's outbound calls need.
+    pub max_inbound_connections: usize,
+    /// Outbound connections beyond this are refused, whatever the total.
+    pub max_outbound_connections: usize,
     pub copy: CopyConfig,
 }
 
@@ -46,6 +54,8 @@ impl Default for ProxySettings {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_connections: 16_384,
+            max_inbound_connections: 12_288,
+            max_outbound_connections: 12_288,
             copy: CopyConfig::default(),
         }
     }
@@ -58,7 +68,66 @@ pub struct Shared {
     pub plaintext: Arc<plaintext::PlaintextLog>,
     pub shutdown: Shutdown,
     pub settings: ProxySettings,
-    pub permits: Arc<tokio::sync::Semaphore>,
+    limits: Arc<Limits>,
+}
+
+/// Connection slots: one pool for all connections, one per direction.
+struct Limits {
+    total: Arc<Semaphore>,
+    inbound: Arc<Semaphore>,
+    outbound: Arc<Semaphore>,
+}
+
+/// Which way a connection goes through the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A peer (or a plaintext client) to the app.
+    Inbound,
+    /// The app to a destination.
+    Outbound,
+}
+
+/// The slots one connection holds; released on drop.
+pub struct Permits {
+    _total: OwnedSemaphorePermit,
+    _direction: OwnedSemaphorePermit,
+}
+
+impl Shared {
+    pub fn new(
+        metrics: Metrics,
+        plaintext: Arc<plaintext::PlaintextLog>,
+        shutdown: Shutdown,
+        settings: ProxySettings,
+    ) -> Shared {
+        let limits = Limits {
+            total: Arc::new(Semaphore::new(settings.max_connections)),
+            inbound: Arc::new(Semaphore::new(settings.max_inbound_connections)),
+            outbound: Arc::new(Semaphore::new(settings.max_outbound_connections)),
+        };
+        Shared {
+            metrics,
+            plaintext,
+            shutdown,
+            settings,
+            limits: Arc::new(limits),
+        }
+    }
+
+    /// A slot for one more connection in `direction`, or `None` when the direction's cap or
+    /// the total cap is reached.
+    pub fn permits(&self, direction: Direction) -> Option<Permits> {
+        let pool = match direction {
+            Direction::Inbound => &self.limits.inbound,
+            Direction::Outbound => &self.limits.outbound,
+        };
+        let direction = pool.clone().try_acquire_owned().ok()?;
+        let total = self.limits.total.clone().try_acquire_owned().ok()?;
+        Some(Permits {
+            _total: total,
+            _direction: direction,
+        })
+    }
 }
 
 /// Closes a TCP connection with a reset (RST) instead of a FIN: what a client of an Istio
@@ -69,15 +138,18 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
-/// The next accepted connection, or `None` once draining starts. Accept errors (such as
-/// running out of file descriptors) are logged and retried after a short pause.
+/// The next accepted connection, or `None` once draining starts or the listener is stopped
+/// (it left the plan). Accept errors (such as running out of file descriptors) are logged and
+/// retried after a short pause.
 pub(crate) async fn accept(
     listener: &tokio::net::TcpListener,
-    draining: &mut tokio::sync::watch::Receiver<bool>,
+    draining: &mut watch::Receiver<bool>,
+    stop: &mut watch::Receiver<bool>,
     what: &'static str,
 ) -> Option<(TcpStream, std::net::SocketAddr)> {
     loop {
         tokio::select! {
+            _ = crate::shutdown::draining(stop) => return None,
             accepted = listener.accept() => match accepted {
                 Ok(a) => return Some(a),
                 Err(e) => {

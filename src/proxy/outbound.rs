@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use super::copy::copy_bidirectional;
-use super::{reset, tls_error, tune, Runtime, Shared};
+use super::live::{Carried, LiveConnections};
+use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::Destination;
 use crate::metrics::{Peer, Reporter, TcpLabels};
 
@@ -60,6 +61,8 @@ impl UpstreamRoute {
 
 /// One outbound entry, resolved.
 pub struct OutboundRuntime {
+    /// The entry's `bind` address, as configured.
+    pub bind: SocketAddr,
     pub destination: Destination,
     pub routes: Vec<UpstreamRoute>,
 }
@@ -94,16 +97,22 @@ impl OutboundRuntime {
 /// One bound outbound listener.
 pub struct Outbound {
     listener: TcpListener,
-    /// Index of this entry in `plan.outbound` / `runtime.outbound`.
-    index: usize,
+    /// The `bind` address as configured: the key to this listener's plan entry (never its
+    /// position, which a reload may change).
+    bind: SocketAddr,
+    live: Arc<LiveConnections>,
 }
 
 impl Outbound {
-    pub async fn bind(addr: SocketAddr, index: usize) -> std::io::Result<Outbound> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {addr} (outbound): {e}"))
+    pub async fn bind(bind: SocketAddr) -> std::io::Result<Outbound> {
+        let listener = TcpListener::bind(bind).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {bind} (outbound): {e}"))
         })?;
-        Ok(Outbound { listener, index })
+        Ok(Outbound {
+            listener,
+            bind,
+            live: Arc::default(),
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -112,27 +121,49 @@ impl Outbound {
             .expect("bound listener has an address")
     }
 
-    pub async fn run(self, shared: Shared, runtime: watch::Receiver<Arc<Runtime>>) {
+    /// The `bind` address as configured (the key of its plan entry).
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.bind
+    }
+
+    /// The connections this listener carries now.
+    pub fn live(&self) -> Arc<LiveConnections> {
+        self.live.clone()
+    }
+
+    /// Accepts until draining starts or `stop` turns true (the entry left the plan).
+    pub async fn run(
+        self,
+        shared: Shared,
+        runtime: watch::Receiver<Arc<Runtime>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut draining = shared.shutdown.watch();
         loop {
             let Some((stream, peer)) =
-                super::accept(&self.listener, &mut draining, "outbound").await
+                super::accept(&self.listener, &mut draining, &mut stop, "outbound").await
             else {
                 return;
             };
-            let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            let Some(permits) = shared.permits(Direction::Outbound) else {
+                shared
+                    .metrics
+                    .outbound_rejected(self.bind, "connection_limit");
                 reset(stream);
                 continue;
             };
             let rt = runtime.borrow().clone();
-            let Some(out) = rt.outbound.get(self.index).cloned() else {
+            let Some(out) = rt.outbound(self.bind) else {
+                // The entry left the plan; this listener is being stopped.
+                shared.metrics.outbound_rejected(self.bind, "not_in_plan");
                 reset(stream);
                 continue;
             };
             let shared = shared.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
+            self.live.spawn(move |registration| async move {
+                let _permits = permits;
                 let _guard = shared.shutdown.connection();
+                registration.decide(|| (Carried::Outbound, ()));
                 serve(stream, peer, &out, &rt, &shared).await;
             });
         }
@@ -289,8 +320,8 @@ async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
         endpoint = %format!("{}:{}", ep.host, ep.port),
         server_principal = %server_id.map(|i| i.to_string()).unwrap_or_default(),
         tls,
-        sent = received,
-        received = sent,
+        received,
+        sent,
         duration_ms = started.elapsed().as_millis() as u64,
         outcome,
     );

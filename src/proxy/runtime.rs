@@ -6,6 +6,7 @@
 //! connections.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -21,12 +22,19 @@ use crate::tls::origination::{client_config, FileTls};
 /// Everything the listeners need for one version of the plan.
 pub struct Runtime {
     pub plan: Arc<Plan>,
-    /// One per `plan.outbound` entry, same order.
-    pub outbound: Vec<Arc<OutboundRuntime>>,
+    /// One per `plan.outbound` entry, found by its `bind` address.
+    outbound: HashMap<SocketAddr, Arc<OutboundRuntime>>,
     /// Who is behind a SPIFFE ID, for the metrics' source/destination labels.
     pub peers: PeerDirectory,
     /// This workload as the metrics name it.
     pub me: Peer,
+}
+
+impl Runtime {
+    /// The outbound entry whose `bind` is `bind`.
+    pub fn outbound(&self, bind: SocketAddr) -> Option<Arc<OutboundRuntime>> {
+        self.outbound.get(&bind).cloned()
+    }
 }
 
 /// SPIFFE ID → workload labels, computed from the configuration's Workload documents (there
@@ -79,7 +87,7 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
         resumption,
         by_ids: HashMap::new(),
     };
-    let mut outbound = Vec::new();
+    let mut outbound = HashMap::new();
     for o in &plan.outbound {
         let mut routes = Vec::new();
         for r in &o.routes {
@@ -145,10 +153,14 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
             }
             routes.push(UpstreamRoute::new(r.weight, endpoints));
         }
-        outbound.push(Arc::new(OutboundRuntime {
+        let entry = OutboundRuntime {
+            bind: o.bind,
             destination: o.destination.clone(),
             routes,
-        }));
+        };
+        if outbound.insert(o.bind, Arc::new(entry)).is_some() {
+            anyhow::bail!("two outbound entries bind {}", o.bind);
+        }
     }
     let mut peers = PeerDirectory::default();
     for w in &plan.peers {

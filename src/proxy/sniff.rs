@@ -41,14 +41,19 @@ pub fn is_mesh_alpn(proto: &[u8]) -> bool {
     )
 }
 
-/// Reads from `io` until the first bytes decide the protocol or `deadline` passes. Returns the
-/// decision and the bytes read (to be replayed).
+/// Reads from `io` until the first bytes decide the protocol. A client that sends nothing
+/// for `first_bytes` is [`Detected::Silent`]; once bytes have arrived, the rest of a
+/// ClientHello may take up to `whole` from the start (a segment retransmitted on a lossy link
+/// must not turn a good handshake into a reset). Returns the decision and the bytes read (to
+/// be replayed).
 pub async fn detect<R: AsyncRead + Unpin>(
     io: &mut R,
-    deadline: Duration,
+    first_bytes: Duration,
+    whole: Duration,
 ) -> io::Result<(Detected, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
-    let started = tokio::time::Instant::now() + deadline;
+    let start = tokio::time::Instant::now();
+    let mut started = start + first_bytes;
     loop {
         match classify(&buf) {
             Partial::Done(d) => return Ok((d, buf)),
@@ -81,7 +86,10 @@ pub async fn detect<R: AsyncRead + Unpin>(
                 };
                 return Ok((d, buf));
             }
-            Ok(Ok(n)) => buf.truncate(old + n),
+            Ok(Ok(n)) => {
+                buf.truncate(old + n);
+                started = start + whole.max(first_bytes);
+            }
         }
     }
 }
@@ -422,16 +430,24 @@ mod tests {
     #[tokio::test]
     async fn silent_client_times_out_and_rewind_replays() {
         let (mut client, mut server) = tokio::io::duplex(64);
-        let (d, bytes) = detect(&mut server, Duration::from_millis(50))
-            .await
-            .unwrap();
+        let (d, bytes) = detect(
+            &mut server,
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(d, Detected::Silent);
         assert!(bytes.is_empty());
         use tokio::io::AsyncWriteExt;
         client.write_all(b"hello").await.unwrap();
-        let (d, bytes) = detect(&mut server, Duration::from_millis(50))
-            .await
-            .unwrap();
+        let (d, bytes) = detect(
+            &mut server,
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         assert_eq!(d, Detected::Plaintext);
         let mut rewound = Rewind::new(bytes, server);
         client.write_all(b" world").await.unwrap();
@@ -439,5 +455,52 @@ mod tests {
         let mut all = String::new();
         rewound.read_to_string(&mut all).await.unwrap();
         assert_eq!(all, "hello world");
+    }
+
+    /// A ClientHello whose second half arrives after the first-bytes deadline (a lost and
+    /// retransmitted segment) is still a ClientHello; one that stops half-way until the whole
+    /// deadline is malformed.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_hello_that_has_started_gets_the_whole_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let hello = client_hello(&[alpn(&[b"istio"])]);
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        let (first, rest) = hello.split_at(7);
+        client.write_all(first).await.unwrap();
+        let late = rest.to_vec();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            client.write_all(&late).await.unwrap();
+            client
+        });
+        let (d, bytes) = detect(
+            &mut server,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            d,
+            Detected::Tls {
+                mesh: true,
+                sni: None
+            }
+        );
+        assert_eq!(bytes, hello);
+        drop(writer.await.unwrap());
+
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client.write_all(first).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let (d, _) = detect(
+            &mut server,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d, Detected::Malformed);
+        assert!(started.elapsed() >= Duration::from_secs(10));
     }
 }

@@ -1,0 +1,216 @@
+//! The live connections of one listener, so a reload can act on connections that are
+//! already open: close the ones a port's new mode refuses (plaintext after a move to
+//! STRICT), or drain a listener that left the configuration and close what is left at the
+//! deadline.
+//!
+//! Each connection runs in its own task, registered here with the task's abort handle and
+//! what the connection carries. Registering and deregistering take a short lock once per
+//! connection; the copy loop never sees this registry. Closing is an abort: the task's future
+//! is dropped, which closes both sockets and still reports the connection's last bytes and
+//! its close to the metrics (their guards flush on drop).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::task::AbortHandle;
+
+use crate::config::{MtlsMode, Protocol};
+
+/// What an inbound connection carries, once detection has decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carried {
+    /// Accepted; the first bytes are still being read.
+    Detecting,
+    /// Mesh mTLS terminated here.
+    Mtls,
+    /// Plaintext passed to the app.
+    Plain,
+    /// TLS passed to the app untouched; `mesh` if the client offered the mesh ALPN.
+    Passthrough { mesh: bool },
+    /// An outbound connection (the mode of a port does not apply).
+    Outbound,
+}
+
+/// Whether a connection that is already open may stay open under a port's (new) mode: the
+/// same rule that admits a new connection (see `inbound::classify`). mTLS is never closed
+/// (even under DISABLE, where a new one would be passed through instead); a connection
+/// still in detection decides under the new mode by itself.
+pub fn allowed_under(carried: Carried, mode: MtlsMode, protocol: Protocol) -> bool {
+    let http = matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc);
+    match (carried, mode) {
+        (Carried::Detecting | Carried::Mtls | Carried::Outbound, _) => true,
+        (_, MtlsMode::Disable) => true,
+        (Carried::Plain, MtlsMode::Permissive) => true,
+        (Carried::Passthrough { mesh }, MtlsMode::Permissive) => !mesh && !http,
+        (Carried::Plain | Carried::Passthrough { .. }, MtlsMode::Strict) => false,
+    }
+}
+
+/// The live connections of one listener.
+#[derive(Default)]
+pub struct LiveConnections {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    by_id: HashMap<u64, Entry>,
+}
+
+struct Entry {
+    carried: Carried,
+    abort: AbortHandle,
+}
+
+/// A connection's registration; dropping it (the task ended, or was aborted) deregisters.
+pub struct Registration {
+    id: u64,
+    live: Arc<LiveConnections>,
+}
+
+impl LiveConnections {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (single inserts/removes).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Spawns a connection task and registers it. The task gets its [`Registration`] to
+    /// record what it carries; the task cannot deregister before it is registered, because
+    /// both take the lock and the spawn happens under it.
+    pub fn spawn<F, Fut>(self: &Arc<Self>, task: F)
+    where
+        F: FnOnce(Registration) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let registration = Registration {
+            id,
+            live: self.clone(),
+        };
+        let handle = tokio::spawn(task(registration));
+        inner.by_id.insert(
+            id,
+            Entry {
+                carried: Carried::Detecting,
+                abort: handle.abort_handle(),
+            },
+        );
+    }
+
+    /// Closes every connection whose carriage `keep` refuses; returns how many.
+    pub fn close_where(&self, keep: impl Fn(Carried) -> bool) -> usize {
+        let inner = self.lock();
+        let mut closed = 0;
+        for entry in inner.by_id.values() {
+            if !keep(entry.carried) && !entry.abort.is_finished() {
+                entry.abort.abort();
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes every connection; returns how many.
+    pub fn close_all(&self) -> usize {
+        self.close_where(|_| false)
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Registration {
+    /// Records what the connection carries, deciding it under the registry's lock: `decide`
+    /// reads the current plan, so a reload either happens before (and `decide` sees the new
+    /// mode) or after (and the reload sees this connection's carriage and can close it).
+    pub fn decide<T>(&self, decide: impl FnOnce() -> (Carried, T)) -> T {
+        let mut inner = self.live.lock();
+        let (carried, result) = decide();
+        if let Some(entry) = inner.by_id.get_mut(&self.id) {
+            entry.carried = carried;
+        }
+        result
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live.lock().by_id.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_each_mode_keeps_open() {
+        use Carried::*;
+        use MtlsMode::*;
+        let tcp = Protocol::Tcp;
+        let http = Protocol::Http;
+        let table = [
+            (Mtls, Strict, tcp, true),
+            (Mtls, Permissive, tcp, true),
+            (Mtls, Disable, tcp, true),
+            (Plain, Strict, tcp, false),
+            (Plain, Strict, http, false),
+            (Plain, Permissive, tcp, true),
+            (Plain, Disable, tcp, true),
+            (Passthrough { mesh: false }, Strict, tcp, false),
+            (Passthrough { mesh: false }, Permissive, tcp, true),
+            (Passthrough { mesh: false }, Permissive, http, false),
+            (Passthrough { mesh: true }, Permissive, tcp, false),
+            (Passthrough { mesh: true }, Disable, tcp, true),
+            (Detecting, Strict, tcp, true),
+            (Outbound, Strict, tcp, true),
+        ];
+        for (carried, mode, protocol, keep) in table {
+            assert_eq!(
+                allowed_under(carried, mode, protocol),
+                keep,
+                "{carried:?} under {mode:?} on {protocol:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_aborts_only_the_refused_connections() {
+        let live = Arc::new(LiveConnections::default());
+        let (plain_tx, plain_rx) = tokio::sync::oneshot::channel::<()>();
+        let (mtls_tx, mtls_rx) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
+        for (carried, done) in [(Carried::Plain, plain_tx), (Carried::Mtls, mtls_tx)] {
+            let started = started_tx.clone();
+            live.spawn(move |reg| async move {
+                reg.decide(|| (carried, ()));
+                started.send(()).await.unwrap();
+                std::future::pending::<()>().await;
+                drop(done);
+            });
+        }
+        started_rx.recv().await.unwrap();
+        started_rx.recv().await.unwrap();
+        assert_eq!(live.len(), 2);
+        let closed = live.close_where(|c| allowed_under(c, MtlsMode::Strict, Protocol::Tcp));
+        assert_eq!(closed, 1);
+        // The aborted task dropped its end: the receiver sees the sender gone.
+        assert!(plain_rx.await.is_err());
+        tokio::task::yield_now().await;
+        assert_eq!(live.len(), 1);
+        assert_eq!(live.close_all(), 1);
+        assert!(mtls_rx.await.is_err());
+        tokio::task::yield_now().await;
+        assert!(live.is_empty());
+    }
+}
