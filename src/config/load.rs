@@ -501,6 +501,15 @@ fn build_workload(
                 format!("{:?} is not an IP:port socket address", o.bind),
             )
         })?;
+        // `to_canonical`: `[::ffff:127.0.0.1]` is loopback too.
+        if !bind.ip().to_canonical().is_loopback() && !spec.allow_non_local_bind {
+            return Err(doc.error(
+                &field,
+                format!(
+                    "{bind} is not a loopback address: anyone who can reach it would connect into the mesh as workload {name:?}; bind to 127.0.0.1 or [::1] (the app shares the sidecar's network namespace), or set spec.allowNonLocalBind: true"
+                ),
+            ));
+        }
         if outbound.iter().any(|(b, _)| *b == bind) {
             return Err(doc.error(&field, format!("duplicate bind address {bind}")));
         }
@@ -528,4 +537,79 @@ fn build_workload(
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", inner.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::load_str;
+
+    /// A workload `sentences` with one outbound entry bound at `bind`, and `extra` spec lines.
+    fn sentences(bind: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: sentences, labels: {{ app: sentences }} }}
+spec:
+  serviceAccount: sentences
+  address: 127.0.0.1
+  ports: [{{ name: http, port: 8080 }}]
+{extra}  outbound:
+    - {{ bind: \"{bind}\", to: \"api.example.com:443\" }}
+"
+        )
+    }
+
+    #[test]
+    fn outbound_bind_off_loopback_needs_allow_non_local_bind() {
+        const ALLOW: &str = "  allowNonLocalBind: true\n";
+        // (case, bind, extra spec lines, Ok or the error's line and message fragment)
+        #[allow(clippy::type_complexity)]
+        let cases: [(&str, &str, &str, Result<(), (usize, &str)>); 9] = [
+            ("IPv4 loopback", "127.0.0.1:9181", "", Ok(())),
+            ("anywhere in 127/8", "127.0.0.2:9181", "", Ok(())),
+            ("IPv6 loopback", "[::1]:9181", "", Ok(())),
+            (
+                "every interface",
+                "0.0.0.0:9181",
+                "",
+                Err((9, "0.0.0.0:9181 is not a loopback address")),
+            ),
+            (
+                "a LAN address",
+                "10.1.2.3:9181",
+                "",
+                Err((9, "10.1.2.3:9181 is not a loopback address")),
+            ),
+            (
+                "IPv6 every interface",
+                "[::]:9181",
+                "",
+                Err((9, "[::]:9181 is not a loopback address")),
+            ),
+            (
+                "explicitly false",
+                "0.0.0.0:9181",
+                "  allowNonLocalBind: false\n",
+                Err((10, "set spec.allowNonLocalBind: true")),
+            ),
+            ("allowed", "0.0.0.0:9181", ALLOW, Ok(())),
+            ("allowed on a LAN address", "10.1.2.3:9181", ALLOW, Ok(())),
+        ];
+        for (case, bind, extra, want) in cases {
+            let got = load_str("mesh.yaml", &sentences(bind, extra));
+            match (got, want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err((line, text))) => {
+                    let at = e.location().unwrap_or_else(|| panic!("{case}: {e}"));
+                    assert_eq!(
+                        (at.file.to_str(), at.line, at.field.as_str()),
+                        (Some("mesh.yaml"), line, "spec.outbound[0].bind"),
+                        "{case}: {e}"
+                    );
+                    assert!(e.to_string().contains(text), "{case}: {e}");
+                }
+                (got, want) => panic!("{case}: got {:?}, want {want:?}", got.map(|_| ())),
+            }
+        }
+    }
 }
