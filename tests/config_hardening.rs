@@ -1,6 +1,7 @@
 //! Configuration hardening, through the built binary: an outbound `bind` off loopback is
 //! refused by `outrider check` and `outrider run` (they share the loader) unless the workload
-//! sets `allowNonLocalBind`.
+//! sets `allowNonLocalBind`, and a PeerAuthentication selector that matches no workload is a
+//! warning that `outrider check` prints, not an error that blocks the load.
 
 mod common;
 
@@ -112,4 +113,41 @@ fn run_refuses_an_outbound_bind_off_loopback_before_listening() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn check_warns_about_a_selector_that_matches_no_workload_and_exits_0() {
+    let stale = format!(
+        "{WORKLOAD}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: stale, namespace: default }}
+spec:
+  selector:
+    matchLabels: {{ app: retired }}
+  mtls: {{ mode: DISABLE }}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: default }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+"
+    );
+    let (_dir, file) = config(&stale);
+    let out = check(&file);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!(
+            "{}:14: spec.selector.matchLabels: PeerAuthentication default/stale: selector {{app=retired}} matches no workload in namespace default",
+            file.display()
+        )),
+        "{stdout}"
+    );
+    // the STRICT rollout beside the stale policy takes effect
+    let row = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("8080 "))
+        .unwrap_or_else(|| panic!("no inbound row for 8080 in:\n{stdout}"));
+    assert!(row.contains("STRICT"), "{row}");
 }

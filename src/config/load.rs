@@ -288,7 +288,8 @@ fn validate_workloads(
 }
 
 /// Each PeerAuthentication against the workloads: port-level modes need a selector, a
-/// selector in the root namespace is ignored, a second namespace-wide policy loses the tie.
+/// selector in the root namespace is ignored, a selector that matches no workload and a
+/// second namespace-wide policy are warnings.
 fn validate_peer_authentications(
     peer: Vec<(Document, Resource<PeerAuthenticationSpec>)>,
     workloads: &[Workload],
@@ -329,13 +330,15 @@ fn validate_peer_authentications(
             let matches = workloads
                 .iter()
                 .any(|w| w.namespace == namespace && w.has_labels(&selector));
+            // A warning, as Istio accepts it: one stale policy must not block every reload
+            // (a STRICT rollout among them) and leave the previous, weaker plan in force.
             if !matches {
-                return Err(doc.error(
-                    "spec.selector.matchLabels",
-                    format!(
-                        "selector {} matches no workload in namespace {namespace}",
-                        labels_text(&selector)
-                    ),
+                let at = doc.locate("spec.selector.matchLabels");
+                warnings.push(format!(
+                    "{}:{}: spec.selector.matchLabels: PeerAuthentication {namespace}/{name}: selector {} matches no workload in namespace {namespace}; it applies to none until one matches",
+                    at.file.display(),
+                    at.line,
+                    labels_text(&selector)
                 ));
             }
         } else if let Some((first, first_at)) = namespace_wide.get(&namespace) {
@@ -541,7 +544,7 @@ fn labels_text(labels: &BTreeMap<String, String>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::load_str;
+    use super::super::{load_str, MtlsMode};
 
     /// A workload `sentences` with one outbound entry bound at `bind`, and `extra` spec lines.
     fn sentences(bind: &str, extra: &str) -> String {
@@ -611,5 +614,45 @@ spec:
                 (got, want) => panic!("{case}: got {:?}, want {want:?}", got.map(|_| ())),
             }
         }
+    }
+
+    #[test]
+    fn peer_authentication_selector_matching_nothing_is_a_warning() {
+        let text = format!(
+            "{}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: stale, namespace: default }}
+spec:
+  selector:
+    matchLabels: {{ app: gone, version: v1 }}
+  mtls: {{ mode: DISABLE }}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: default }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+",
+            sentences("127.0.0.1:9181", "")
+        );
+        let config = load_str("mesh.yaml", &text).expect("a stale selector must not block a load");
+        let warnings = config.warnings().join("\n");
+        assert!(
+            warnings.contains(
+                "mesh.yaml:16: spec.selector.matchLabels: PeerAuthentication default/stale: selector {app=gone, version=v1} matches no workload in namespace default"
+            ),
+            "{warnings}"
+        );
+        // the rest of the configuration (here a STRICT rollout) takes effect
+        let plan = config.plan("sentences").unwrap();
+        assert_eq!(plan.inbound[0].mode, MtlsMode::Strict);
+        assert_eq!(
+            config
+                .peer_policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["stale", "default"]
+        );
     }
 }
