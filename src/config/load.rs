@@ -567,10 +567,22 @@ spec:
         const ALLOW: &str = "  allowNonLocalBind: true\n";
         // (case, bind, extra spec lines, Ok or the error's line and message fragment)
         #[allow(clippy::type_complexity)]
-        let cases: [(&str, &str, &str, Result<(), (usize, &str)>); 9] = [
+        let cases: [(&str, &str, &str, Result<(), (usize, &str)>); 11] = [
             ("IPv4 loopback", "127.0.0.1:9181", "", Ok(())),
             ("anywhere in 127/8", "127.0.0.2:9181", "", Ok(())),
             ("IPv6 loopback", "[::1]:9181", "", Ok(())),
+            (
+                "IPv4-mapped loopback",
+                "[::ffff:127.0.0.1]:9181",
+                "",
+                Ok(()),
+            ),
+            (
+                "IPv4-mapped LAN address",
+                "[::ffff:10.1.2.3]:9181",
+                "",
+                Err((9, "[::ffff:10.1.2.3]:9181 is not a loopback address")),
+            ),
             (
                 "every interface",
                 "0.0.0.0:9181",
