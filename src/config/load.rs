@@ -9,15 +9,16 @@ use std::sync::Arc;
 
 use serde_yaml_ng::Value;
 
+use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
-use super::outbound::{DestinationRule, VirtualService};
 use super::peer_authn::PeerPolicy;
 use super::plan::Protocol;
 use super::resources::{
-    ClientTls, ClientTlsMode, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec,
-    Resource, TrafficPolicy, VirtualServiceSpec, WorkloadSpec,
+    DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec, Resource,
+    VirtualServiceSpec, WorkloadSpec,
 };
 use super::source::{self, Document};
+use super::virtual_service::{self, VirtualService};
 use super::{MeshConfig, Workload, WorkloadPort};
 use crate::identity::spiffe::validate_trust_domain;
 use crate::identity::SpiffeId;
@@ -176,40 +177,81 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
     Ok(())
 }
 
+/// Validates each kind in turn (every later kind may refer to the earlier ones), then plans
+/// every workload once so that a configuration that loads is one every sidecar can run with.
 fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError> {
     let Parsed {
         mesh,
-        workloads: raw_workloads,
+        workloads,
         peer,
         rules,
         services,
         mut warnings,
     } = parsed;
-    let (trust_domain, root_namespace, enable_auto_mtls) = match mesh {
-        Some((doc, spec)) => {
-            let td = spec.trust_domain.as_deref().unwrap_or("cluster.local");
-            let td = validate_trust_domain(td)
-                .map_err(|e| doc.error("spec.trustDomain", e.to_string()))?;
-            let root = spec
-                .root_namespace
-                .clone()
-                .unwrap_or_else(|| "istio-system".into());
-            if root.is_empty() {
-                return Err(doc.error("spec.rootNamespace", "must not be empty"));
-            }
-            (td, root, spec.enable_auto_mtls.unwrap_or(true))
-        }
-        None => (
-            "cluster.local".to_string(),
-            "istio-system".to_string(),
-            true,
-        ),
+    let mesh = validate_mesh(mesh)?;
+    let workloads = validate_workloads(workloads, &mesh.trust_domain, &mut warnings)?;
+    let peer_policies =
+        validate_peer_authentications(peer, &workloads, &mesh.root_namespace, &mut warnings)?;
+    let destination_rules = validate_destination_rules(rules, &mut warnings)?;
+    let virtual_services = validate_virtual_services(services, &mut warnings)?;
+    let mut config = MeshConfig {
+        trust_domain: mesh.trust_domain,
+        root_namespace: mesh.root_namespace,
+        enable_auto_mtls: mesh.enable_auto_mtls,
+        workloads,
+        peer_policies,
+        destination_rules,
+        virtual_services,
+        warnings: Vec::new(),
+        files,
     };
+    config.warnings = plan_every_workload(&config, warnings)?;
+    Ok(config)
+}
 
+/// The mesh-wide settings of the `Mesh` document, or Istio's defaults without one.
+struct MeshSettings {
+    trust_domain: String,
+    root_namespace: String,
+    enable_auto_mtls: bool,
+}
+
+fn validate_mesh(mesh: Option<(Document, MeshSpec)>) -> Result<MeshSettings, ConfigError> {
+    let Some((doc, spec)) = mesh else {
+        return Ok(MeshSettings {
+            trust_domain: "cluster.local".to_string(),
+            root_namespace: "istio-system".to_string(),
+            enable_auto_mtls: true,
+        });
+    };
+    let td = spec.trust_domain.as_deref().unwrap_or("cluster.local");
+    let trust_domain =
+        validate_trust_domain(td).map_err(|e| doc.error("spec.trustDomain", e.to_string()))?;
+    let root_namespace = spec
+        .root_namespace
+        .clone()
+        .unwrap_or_else(|| "istio-system".into());
+    if root_namespace.is_empty() {
+        return Err(doc.error("spec.rootNamespace", "must not be empty"));
+    }
+    Ok(MeshSettings {
+        trust_domain,
+        root_namespace,
+        enable_auto_mtls: spec.enable_auto_mtls.unwrap_or(true),
+    })
+}
+
+/// Each Workload on its own ([`build_workload`]), then across workloads: unique names and
+/// listener addresses.
+fn validate_workloads(
+    raw: Vec<(Document, Resource<WorkloadSpec>)>,
+    trust_domain: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Workload>, ConfigError> {
     let mut workloads: Vec<Workload> = Vec::new();
     let mut listeners: BTreeMap<String, String> = BTreeMap::new();
-    for (doc, r) in raw_workloads {
-        let w = build_workload(&doc, r, &trust_domain)?;
+    for (doc, r) in raw {
+        let w = build_workload(&doc, r, trust_domain)?;
         if let Some(first) = workloads.iter().find(|o| o.name == w.name) {
             let at = first.doc.locate("metadata.name");
             return Err(doc.error(
@@ -242,15 +284,24 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         }
         workloads.push(w);
     }
+    Ok(workloads)
+}
 
+/// Each PeerAuthentication against the workloads: port-level modes need a selector, a
+/// selector in the root namespace is ignored, a selector that matches no workload and a
+/// second namespace-wide policy are warnings.
+fn validate_peer_authentications(
+    peer: Vec<(Document, Resource<PeerAuthenticationSpec>)>,
+    workloads: &[Workload],
+    root_namespace: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<PeerPolicy>, ConfigError> {
     let mut peer_policies = Vec::new();
+    // namespace -> (name, file:line) of its first selector-less policy
     let mut namespace_wide: BTreeMap<String, (String, String)> = BTreeMap::new();
     for (doc, r) in peer {
         let spec = r.spec.unwrap_or_default();
-        let namespace = r
-            .metadata
-            .namespace
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let namespace = namespace_of(r.metadata.namespace);
         let name = r.metadata.name;
         let selector = spec.selector.map(|s| s.match_labels).unwrap_or_default();
         let mut port_level = BTreeMap::new();
@@ -276,16 +327,18 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
                 at.line
             ));
         } else if !selector.is_empty() {
-            let matches = workloads.iter().any(|w| {
-                w.namespace == namespace && selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-            });
+            let matches = workloads
+                .iter()
+                .any(|w| w.namespace == namespace && w.has_labels(&selector));
+            // A warning, as Istio accepts it: one stale policy must not block every reload
+            // (a STRICT rollout among them) and leave the previous, weaker plan in force.
             if !matches {
-                return Err(doc.error(
-                    "spec.selector.matchLabels",
-                    format!(
-                        "selector {} matches no workload in namespace {namespace}",
-                        labels_text(&selector)
-                    ),
+                let at = doc.locate("spec.selector.matchLabels");
+                warnings.push(format!(
+                    "{}:{}: spec.selector.matchLabels: PeerAuthentication {namespace}/{name}: selector {} matches no workload in namespace {namespace}; it applies to none until one matches",
+                    at.file.display(),
+                    at.line,
+                    labels_text(&selector)
                 ));
             }
         } else if let Some((first, first_at)) = namespace_wide.get(&namespace) {
@@ -314,16 +367,19 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             origin: format!("{}:{}", at.file.display(), at.line),
         });
     }
+    Ok(peer_policies)
+}
 
+fn validate_destination_rules(
+    rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<DestinationRule>, ConfigError> {
     let mut destination_rules = Vec::new();
     for (doc, r) in rules {
         let spec = r.spec.expect("checked at parse");
-        let namespace = r
-            .metadata
-            .namespace
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let namespace = namespace_of(r.metadata.namespace);
         let name = r.metadata.name;
-        check_destination_rule(&doc, &namespace, &name, &spec, &mut warnings)?;
+        destination_rule::check_spec(&doc, &namespace, &name, &spec, warnings)?;
         destination_rules.push(DestinationRule {
             namespace,
             name,
@@ -334,72 +390,19 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             doc,
         });
     }
+    Ok(destination_rules)
+}
 
+fn validate_virtual_services(
+    services: Vec<(Document, Resource<VirtualServiceSpec>)>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<VirtualService>, ConfigError> {
     let mut virtual_services = Vec::new();
     for (doc, r) in services {
         let spec = r.spec.expect("checked at parse");
-        let namespace = r
-            .metadata
-            .namespace
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+        let namespace = namespace_of(r.metadata.namespace);
         let name = r.metadata.name;
-        let at = doc.locate("spec");
-        let warn = |what: &str, warnings: &mut Vec<String>| {
-            warnings.push(format!(
-                "{}:{}: VirtualService {namespace}/{name}: {what} not acted on by outrider yet; ignored",
-                at.file.display(),
-                at.line
-            ))
-        };
-        if spec.hosts.is_empty() {
-            return Err(doc.error("spec.hosts", "needs at least one host"));
-        }
-        if spec.tls.is_some() {
-            warn("tls routes are", &mut warnings);
-        }
-        if spec.http.iter().any(|r| r.matches.is_some())
-            || spec.tcp.iter().any(|r| r.matches.is_some())
-        {
-            warn(
-                "match conditions are (the first rule without a match, else the first rule, is used)",
-                &mut warnings,
-            );
-        }
-        if spec.http.iter().any(|r| {
-            r.redirect.is_some()
-                || r.direct_response.is_some()
-                || r.delegate.is_some()
-                || r.rewrite.is_some()
-                || r.timeout.is_some()
-                || r.retries.is_some()
-                || r.fault.is_some()
-                || r.mirror.is_some()
-                || r.mirrors.is_some()
-                || r.mirror_percentage.is_some()
-                || r.cors_policy.is_some()
-                || r.headers.is_some()
-        }) {
-            warn(
-                "http features other than match and route (redirect, rewrite, retries, ...) are",
-                &mut warnings,
-            );
-        }
-        for (kind, rules) in [
-            (
-                "http",
-                spec.http.iter().map(|r| &r.route).collect::<Vec<_>>(),
-            ),
-            ("tcp", spec.tcp.iter().map(|r| &r.route).collect()),
-        ] {
-            for (i, route) in rules.iter().enumerate() {
-                if route.is_empty() {
-                    return Err(doc.error(
-                        &format!("spec.{kind}[{i}].route"),
-                        "needs at least one destination",
-                    ));
-                }
-            }
-        }
+        virtual_service::check_spec(&doc, &namespace, &name, &spec, warnings)?;
         virtual_services.push(VirtualService {
             namespace,
             name,
@@ -411,26 +414,27 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
             doc,
         });
     }
+    Ok(virtual_services)
+}
 
-    let mut config = MeshConfig {
-        trust_domain,
-        root_namespace,
-        enable_auto_mtls,
-        workloads,
-        peer_policies,
-        destination_rules,
-        virtual_services,
-        warnings: Vec::new(),
-        files,
-    };
-    super::outbound::warn_empty_subsets(&config, &mut warnings);
+/// Plans every sidecar once (its errors are the load's errors) and returns every warning,
+/// each once, in the order found.
+fn plan_every_workload(
+    config: &MeshConfig,
+    mut warnings: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    destination_rule::warn_empty_subsets(config, &mut warnings);
     for w in config.workloads.iter().filter(|w| w.sidecar) {
         config.plan_workload(w, &mut warnings)?;
     }
     let mut seen = BTreeSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
-    config.warnings = warnings;
-    Ok(config)
+    Ok(warnings)
+}
+
+/// The namespace of a resource: as written, else `default` (as `kubectl apply` does).
+fn namespace_of(namespace: Option<String>) -> String {
+    namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into())
 }
 
 fn build_workload(
@@ -443,10 +447,7 @@ fn build_workload(
     if name.is_empty() {
         return Err(doc.error("metadata.name", "must not be empty"));
     }
-    let namespace = r
-        .metadata
-        .namespace
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.into());
+    let namespace = namespace_of(r.metadata.namespace);
     let labels = r.metadata.labels;
     let spiffe_id = SpiffeId::istio(trust_domain, &namespace, &spec.service_account)
         .map_err(|e| doc.error("spec.serviceAccount", e.to_string()))?;
@@ -503,6 +504,15 @@ fn build_workload(
                 format!("{:?} is not an IP:port socket address", o.bind),
             )
         })?;
+        // `to_canonical`: `[::ffff:127.0.0.1]` is loopback too.
+        if !bind.ip().to_canonical().is_loopback() && !spec.allow_non_local_bind {
+            return Err(doc.error(
+                &field,
+                format!(
+                    "{bind} is not a loopback address: anyone who can reach it would connect into the mesh as workload {name:?}; bind to 127.0.0.1 or [::1] (the app shares the sidecar's network namespace), or set spec.allowNonLocalBind: true"
+                ),
+            ));
+        }
         if outbound.iter().any(|(b, _)| *b == bind) {
             return Err(doc.error(&field, format!("duplicate bind address {bind}")));
         }
@@ -527,134 +537,134 @@ fn build_workload(
     })
 }
 
-fn check_destination_rule(
-    doc: &Document,
-    namespace: &str,
-    name: &str,
-    spec: &DestinationRuleSpec,
-    warnings: &mut Vec<String>,
-) -> Result<(), ConfigError> {
-    if spec.host.is_empty() {
-        return Err(doc.error("spec.host", "must not be empty"));
-    }
-    let at = doc.locate("spec");
-    let mut ignored = BTreeSet::new();
-    if spec.workload_selector.is_some() {
-        ignored.insert("workloadSelector");
-    }
-    let mut policies: Vec<(String, &TrafficPolicy)> = Vec::new();
-    if let Some(tp) = &spec.traffic_policy {
-        policies.push(("spec.trafficPolicy".into(), tp));
-    }
-    let mut names = BTreeSet::new();
-    for (i, s) in spec.subsets.iter().enumerate() {
-        if !names.insert(s.name.as_str()) {
-            return Err(doc.error(
-                &format!("spec.subsets[{i}].name"),
-                format!("duplicate subset {:?}", s.name),
-            ));
-        }
-        if let Some(tp) = &s.traffic_policy {
-            policies.push((format!("spec.subsets[{i}].trafficPolicy"), tp));
-        }
-    }
-    for (path, tp) in policies {
-        if tp.load_balancer.is_some() {
-            ignored.insert("loadBalancer");
-        }
-        if tp.connection_pool.is_some() {
-            ignored.insert("connectionPool");
-        }
-        if tp.outlier_detection.is_some() {
-            ignored.insert("outlierDetection");
-        }
-        if tp.tunnel.is_some() {
-            ignored.insert("tunnel");
-        }
-        if tp.proxy_protocol.is_some() {
-            ignored.insert("proxyProtocol");
-        }
-        if let Some(tls) = &tp.tls {
-            check_tls(doc, &format!("{path}.tls"), tls, warnings)?;
-        }
-        for (i, pl) in tp.port_level_settings.iter().enumerate() {
-            let field = format!("{path}.portLevelSettings[{i}]");
-            if pl.port.number == 0 || pl.port.number > 65535 {
-                return Err(doc.error(
-                    &format!("{field}.port.number"),
-                    format!("port {} is out of range 1-65535", pl.port.number),
-                ));
-            }
-            if pl.load_balancer.is_some() || pl.connection_pool.is_some() {
-                ignored.insert("portLevelSettings load balancing and connection pools");
-            }
-            if pl.outlier_detection.is_some() {
-                ignored.insert("outlierDetection");
-            }
-            if let Some(tls) = &pl.tls {
-                check_tls(doc, &format!("{field}.tls"), tls, warnings)?;
-            }
-        }
-    }
-    if !ignored.is_empty() {
-        warnings.push(format!(
-            "{}:{}: DestinationRule {namespace}/{name}: {} not acted on by outrider yet; ignored",
-            at.file.display(),
-            at.line,
-            ignored.into_iter().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    Ok(())
-}
-
-fn check_tls(
-    doc: &Document,
-    field: &str,
-    tls: &ClientTls,
-    warnings: &mut Vec<String>,
-) -> Result<(), ConfigError> {
-    match tls.mode {
-        ClientTlsMode::IstioMutual => {
-            for (i, san) in tls.subject_alt_names.iter().enumerate() {
-                SpiffeId::parse(san).map_err(|e| {
-                    doc.error(
-                        &format!("{field}.subjectAltNames[{i}]"),
-                        format!("ISTIO_MUTUAL subjectAltNames must be SPIFFE IDs: {e}"),
-                    )
-                })?;
-            }
-            if tls.client_certificate.is_some()
-                || tls.private_key.is_some()
-                || tls.ca_certificates.is_some()
-            {
-                return Err(doc.error(
-                    field,
-                    "ISTIO_MUTUAL uses the workload's own SVID and the mesh trust bundle; clientCertificate, privateKey and caCertificates must be empty",
-                ));
-            }
-        }
-        ClientTlsMode::Mutual => {
-            if tls.client_certificate.is_none() || tls.private_key.is_none() {
-                return Err(doc.error(
-                    &format!("{field}.clientCertificate"),
-                    "MUTUAL needs clientCertificate and privateKey (file paths)",
-                ));
-            }
-        }
-        ClientTlsMode::Simple | ClientTlsMode::Disable => {}
-    }
-    if tls.credential_name.is_some() || tls.ca_crl.is_some() {
-        let at = doc.locate(field);
-        warnings.push(format!(
-            "{}:{}: {field}: credentialName and caCrl are not read by outrider sidecars; ignored",
-            at.file.display(),
-            at.line
-        ));
-    }
-    Ok(())
-}
-
 fn labels_text(labels: &BTreeMap<String, String>) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", inner.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_str, MtlsMode};
+
+    /// A workload `sentences` with one outbound entry bound at `bind`, and `extra` spec lines.
+    fn sentences(bind: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: sentences, labels: {{ app: sentences }} }}
+spec:
+  serviceAccount: sentences
+  address: 127.0.0.1
+  ports: [{{ name: http, port: 8080 }}]
+{extra}  outbound:
+    - {{ bind: \"{bind}\", to: \"api.example.com:443\" }}
+"
+        )
+    }
+
+    #[test]
+    fn outbound_bind_off_loopback_needs_allow_non_local_bind() {
+        const ALLOW: &str = "  allowNonLocalBind: true\n";
+        // (case, bind, extra spec lines, Ok or the error's line and message fragment)
+        #[allow(clippy::type_complexity)]
+        let cases: [(&str, &str, &str, Result<(), (usize, &str)>); 11] = [
+            ("IPv4 loopback", "127.0.0.1:9181", "", Ok(())),
+            ("anywhere in 127/8", "127.0.0.2:9181", "", Ok(())),
+            ("IPv6 loopback", "[::1]:9181", "", Ok(())),
+            (
+                "IPv4-mapped loopback",
+                "[::ffff:127.0.0.1]:9181",
+                "",
+                Ok(()),
+            ),
+            (
+                "IPv4-mapped LAN address",
+                "[::ffff:10.1.2.3]:9181",
+                "",
+                Err((9, "[::ffff:10.1.2.3]:9181 is not a loopback address")),
+            ),
+            (
+                "every interface",
+                "0.0.0.0:9181",
+                "",
+                Err((9, "0.0.0.0:9181 is not a loopback address")),
+            ),
+            (
+                "a LAN address",
+                "10.1.2.3:9181",
+                "",
+                Err((9, "10.1.2.3:9181 is not a loopback address")),
+            ),
+            (
+                "IPv6 every interface",
+                "[::]:9181",
+                "",
+                Err((9, "[::]:9181 is not a loopback address")),
+            ),
+            (
+                "explicitly false",
+                "0.0.0.0:9181",
+                "  allowNonLocalBind: false\n",
+                Err((10, "set spec.allowNonLocalBind: true")),
+            ),
+            ("allowed", "0.0.0.0:9181", ALLOW, Ok(())),
+            ("allowed on a LAN address", "10.1.2.3:9181", ALLOW, Ok(())),
+        ];
+        for (case, bind, extra, want) in cases {
+            let got = load_str("mesh.yaml", &sentences(bind, extra));
+            match (got, want) {
+                (Ok(_), Ok(())) => {}
+                (Err(e), Err((line, text))) => {
+                    let at = e.location().unwrap_or_else(|| panic!("{case}: {e}"));
+                    assert_eq!(
+                        (at.file.to_str(), at.line, at.field.as_str()),
+                        (Some("mesh.yaml"), line, "spec.outbound[0].bind"),
+                        "{case}: {e}"
+                    );
+                    assert!(e.to_string().contains(text), "{case}: {e}");
+                }
+                (got, want) => panic!("{case}: got {:?}, want {want:?}", got.map(|_| ())),
+            }
+        }
+    }
+
+    #[test]
+    fn peer_authentication_selector_matching_nothing_is_a_warning() {
+        let text = format!(
+            "{}---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: stale, namespace: default }}
+spec:
+  selector:
+    matchLabels: {{ app: gone, version: v1 }}
+  mtls: {{ mode: DISABLE }}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{ name: default, namespace: default }}
+spec: {{ mtls: {{ mode: STRICT }} }}
+",
+            sentences("127.0.0.1:9181", "")
+        );
+        let config = load_str("mesh.yaml", &text).expect("a stale selector must not block a load");
+        let warnings = config.warnings().join("\n");
+        assert!(
+            warnings.contains(
+                "mesh.yaml:16: spec.selector.matchLabels: PeerAuthentication default/stale: selector {app=gone, version=v1} matches no workload in namespace default"
+            ),
+            "{warnings}"
+        );
+        // the rest of the configuration (here a STRICT rollout) takes effect
+        let plan = config.plan("sentences").unwrap();
+        assert_eq!(plan.inbound[0].mode, MtlsMode::Strict);
+        assert_eq!(
+            config
+                .peer_policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>(),
+            ["stale", "default"]
+        );
+    }
 }

@@ -4,7 +4,10 @@
 //! - [`source`] reads files and splits documents, remembering where each starts;
 //! - [`resources`] is the YAML schema (strict in `spec`, lenient in `metadata`);
 //! - [`load`] turns documents into a validated [`MeshConfig`];
-//! - [`peer_authn`] and [`outbound`] are the pure resolution rules of SEMANTICS.md §2 and §3;
+//! - [`peer_authn`] is the pure resolution rule of SEMANTICS.md §2 (inbound modes);
+//! - [`hosts`], [`destination_rule`], [`virtual_service`] and [`outbound`] are those of §3:
+//!   host names, the TLS a DestinationRule sets, the routes a VirtualService splits, and the
+//!   outbound plan that combines them (with auto mTLS);
 //! - [`check`] is `outrider check`, [`reload`] the watcher that re-plans on change.
 //!
 //! Loading plans every workload once, so a configuration that loads is one every sidecar of
@@ -17,7 +20,9 @@ use std::path::{Path, PathBuf};
 use crate::identity::SpiffeId;
 
 pub mod check;
+pub mod destination_rule;
 pub mod error;
+pub mod hosts;
 mod load;
 pub mod outbound;
 pub mod peer_authn;
@@ -25,14 +30,15 @@ pub mod plan;
 pub mod reload;
 pub mod resources;
 pub mod source;
+pub mod virtual_service;
 
 pub use error::{ConfigError, Location};
 pub use plan::*;
 
-use outbound::DestinationRule;
-use outbound::VirtualService;
+use destination_rule::DestinationRule;
 use peer_authn::PeerPolicy;
 use source::Document;
+use virtual_service::VirtualService;
 
 /// Every document of a configuration, loaded and validated.
 #[derive(Debug)]
@@ -63,6 +69,13 @@ pub(crate) struct Workload {
     pub outbound: Vec<(SocketAddr, String)>,
     pub sidecar: bool,
     pub doc: Document,
+}
+
+impl Workload {
+    /// Whether the workload carries every label of `selector` (an empty selector selects all).
+    pub(crate) fn has_labels(&self, selector: &BTreeMap<String, String>) -> bool {
+        selector.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -57,6 +57,10 @@ pub struct WorkloadSpec {
     /// `false` for workloads without a sidecar (databases, not-yet-migrated services).
     #[serde(default = "yes")]
     pub sidecar: bool,
+    /// Lets `outbound[].bind` be off loopback. Off by default: an outbound listener carries
+    /// whoever connects into the mesh with this workload's identity.
+    #[serde(default)]
+    pub allow_non_local_bind: bool,
 }
 
 fn yes() -> bool {
