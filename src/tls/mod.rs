@@ -56,13 +56,19 @@ pub fn server_config_with_time(
     // Stateless TLS 1.3 tickets (encrypted with a key that rotates every few hours): the
     // server keeps nothing per client, so no client's tickets are evicted by another's, and a
     // reconnect skips certificate signing and verification. The resumed session carries the
-    // client's certificate chain, so its SPIFFE ID is still known to policy and metrics; the
-    // ticket key declines a ticket whose chain expired or lost its root (a full handshake
-    // follows), and a bundle change voids every ticket. No stateful cache: it would resume
-    // without those checks.
+    // client's certificate chain, so its SPIFFE ID is still known to policy and metrics.
+    guard_resumption(&mut config, store, time);
+    Arc::new(config)
+}
+
+/// Makes a server that verifies client SVIDs against `store` resume only sessions whose
+/// client chain is still valid (by `time`) and anchored by the current bundle: stateless
+/// tickets under a key that declines any other (the handshake goes on as a full one) and is
+/// replaced when the bundle changes; no stateful session cache, which would resume unchecked.
+/// Sessions without a client certificate are not resumed.
+pub fn guard_resumption(config: &mut ServerConfig, store: &CertStore, time: Arc<dyn TimeProvider>) {
     config.ticketer = Arc::new(ticketer::IdentityTicketer::new(store.clone(), time));
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Arc::new(config)
 }
 
 /// The outbound (client) configuration: presents the live SVID, accepts only a server SVID of
