@@ -158,15 +158,15 @@ pub(crate) struct Validity {
 impl Validity {
     /// The same comparisons webpki makes, with the same errors (so the same reason labels).
     pub(crate) fn check(&self, now: UnixTime) -> Result<(), rustls::CertificateError> {
-        if now > self.not_after {
-            Err(rustls::CertificateError::ExpiredContext {
-                time: now,
-                not_after: self.not_after,
-            })
-        } else if now < self.not_before {
+        if now < self.not_before {
             Err(rustls::CertificateError::NotValidYetContext {
                 time: now,
                 not_before: self.not_before,
+            })
+        } else if now > self.not_after {
+            Err(rustls::CertificateError::ExpiredContext {
+                time: now,
+                not_after: self.not_after,
             })
         } else {
             Ok(())
@@ -185,7 +185,7 @@ pub(crate) struct AnchoredChains {
 
 /// Chains remembered per bundle; past this, expired ones are forgotten, then all. Forgetting
 /// costs one path validation on the next resumption of that chain, nothing more.
-pub(crate) const MAX_ANCHORED_CHAINS: usize = 4096;
+const MAX_ANCHORED_CHAINS: usize = 4096;
 
 impl AnchoredChains {
     /// The validity of a chain this bundle anchored for a peer of `role`, if remembered.
@@ -337,4 +337,98 @@ fn check_is_ca(cert: &CertificateDer<'_>) -> Result<(), IdentityError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+    const TD: &str = "cluster.local";
+
+    fn ca_pem(name: &str) -> String {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn der(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+    }
+
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn fingerprint_follows_the_roots() {
+        let (a, b) = (ca_pem("a"), ca_pem("b"));
+        let one = TrustBundle::from_pem(TD, a.as_bytes()).unwrap();
+        let same = TrustBundle::from_pem(TD, a.as_bytes()).unwrap();
+        assert_eq!(one.fingerprint(), same.fingerprint());
+        let mut more = one.clone();
+        more.add(TD, b.as_bytes()).unwrap();
+        assert_ne!(one.fingerprint(), more.fingerprint());
+        let elsewhere = TrustBundle::from_pem("example.org", a.as_bytes()).unwrap();
+        assert_ne!(
+            one.fingerprint(),
+            elsewhere.fingerprint(),
+            "the domain counts"
+        );
+        assert_ne!(one.fingerprint(), TrustBundle::default().fingerprint());
+    }
+
+    #[test]
+    fn anchored_chains_are_per_bundle_and_per_role() {
+        let (a, b) = (ca_pem("a"), ca_pem("b"));
+        let peer = der(&ca_pem("peer"));
+        let one = TrustBundle::from_pem(TD, a.as_bytes()).unwrap();
+        let clone = one.clone();
+        let mut more = one.clone();
+        more.add(TD, b.as_bytes()).unwrap();
+
+        one.anchored()
+            .record(PeerRole::Client, &peer, &[], UnixTime::now());
+        let found = clone.anchored().lookup(PeerRole::Client, &peer, &[]);
+        assert!(found.is_some(), "clones share what the bundle learned");
+        assert!(one
+            .anchored()
+            .lookup(PeerRole::Server, &peer, &[])
+            .is_none());
+        assert!(one
+            .anchored()
+            .lookup(PeerRole::Client, &peer, &[peer.clone()])
+            .is_none());
+        assert!(
+            more.anchored()
+                .lookup(PeerRole::Client, &peer, &[])
+                .is_none(),
+            "another set of roots starts with no memory"
+        );
+
+        one.anchored().refused();
+        assert_eq!(clone.anchored().refusals(), 1);
+        assert_eq!(more.anchored().refusals(), 0);
+    }
+
+    #[test]
+    fn validity_is_judged_like_webpki() {
+        let v = Validity {
+            not_before: at(100),
+            not_after: at(200),
+        };
+        assert!(v.check(at(100)).is_ok());
+        assert!(v.check(at(200)).is_ok());
+        assert!(matches!(
+            v.check(at(201)),
+            Err(rustls::CertificateError::ExpiredContext { .. })
+        ));
+        assert!(matches!(
+            v.check(at(99)),
+            Err(rustls::CertificateError::NotValidYetContext { .. })
+        ));
+    }
 }
