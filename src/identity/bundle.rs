@@ -400,7 +400,7 @@ mod tests {
             .is_none());
         assert!(one
             .anchored()
-            .lookup(PeerRole::Client, &peer, &[peer.clone()])
+            .lookup(PeerRole::Client, &peer, std::slice::from_ref(&peer))
             .is_none());
         assert!(
             more.anchored()
