@@ -75,7 +75,8 @@ pub fn check_resumed(
         .ok_or(rustls::Error::NoCertificatesPresented)?;
     judge_chain(&identity.bundle, peer, chain, now).inspect_err(|e| {
         identity.bundle.anchored().refused();
-        tracing::info!(
+        // Debug only: the caller logs and counts the failed connection with the reason.
+        tracing::debug!(
             reason = super::failure_reason(e),
             error = %e,
             "refused a resumed TLS session: the peer's certificate is no longer acceptable"
