@@ -217,6 +217,14 @@ impl CertStore {
             let domain = ca_trust_domain(&root).unwrap_or_else(|| store_domain.clone());
             bundle.add_der(&domain, root)?;
         }
+        // Same roots as now (an SVID renewal): keep the current bundle, so what it learned
+        // about peer chains (see `TrustBundle::fingerprint`) carries over and resumed sessions
+        // stay cheap to re-judge.
+        if let Some(current) = self.current() {
+            if current.bundle.fingerprint() == bundle.fingerprint() {
+                bundle = current.bundle.clone();
+            }
+        }
         let certified_key =
             CertifiedKey::from_der(chain.clone(), key, &PROVIDER).map_err(|e| match e {
                 rustls::Error::InconsistentKeys(_) => IdentityError::KeyMismatch,

@@ -3,10 +3,12 @@
 //! The configurations are built once: the server certificate, the client certificate and the
 //! trust bundle are looked up in the [`CertStore`] on every handshake, so a rotation applies
 //! to the next handshake without rebuilding anything, and established connections are never
-//! touched. TLS 1.3 only.
+//! touched. TLS 1.3 only. Resumed sessions are re-judged against the live store too (see
+//! [`resumption`]).
 
 pub mod origination;
 pub mod resumption;
+mod ticketer;
 pub mod verifier;
 
 use std::fmt;
@@ -22,7 +24,7 @@ use rustls_pki_types::CertificateDer;
 use crate::identity::svid::{svid_id, PROVIDER};
 use crate::identity::{CertStore, SpiffeId, SvidError};
 
-pub use resumption::TicketCache;
+pub use resumption::{check_resumed, TicketCache};
 pub use verifier::{SpiffeClientVerifier, SpiffeServerVerifier};
 
 /// ALPN values a mesh client offers (Istio's TCP mesh protocols).
@@ -45,7 +47,7 @@ pub fn server_config_with_time(
     store: &CertStore,
     time: Arc<dyn TimeProvider>,
 ) -> Arc<ServerConfig> {
-    let mut config = ServerConfig::builder_with_details(PROVIDER.clone(), time)
+    let mut config = ServerConfig::builder_with_details(PROVIDER.clone(), time.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("the aws-lc-rs provider supports TLS 1.3")
         .with_client_cert_verifier(Arc::new(SpiffeClientVerifier::new(store.clone())))
@@ -55,17 +57,26 @@ pub fn server_config_with_time(
     // server keeps nothing per client, so no client's tickets are evicted by another's, and a
     // reconnect skips certificate signing and verification. The resumed session carries the
     // client's certificate chain, so its SPIFFE ID is still known to policy and metrics.
-    match rustls::crypto::aws_lc_rs::Ticketer::new() {
-        Ok(ticketer) => config.ticketer = ticketer,
-        Err(e) => tracing::warn!(error = %e, "no session ticket key; clients will not resume"),
-    }
+    guard_resumption(&mut config, store, time);
     Arc::new(config)
+}
+
+/// Makes a server that verifies client SVIDs against `store` resume only sessions whose
+/// client chain is still valid (by `time`) and anchored by the current bundle: stateless
+/// tickets under a key that declines any other (the handshake goes on as a full one) and is
+/// replaced when the bundle changes; no stateful session cache, which would resume unchecked.
+/// Sessions without a client certificate are not resumed.
+pub fn guard_resumption(config: &mut ServerConfig, store: &CertStore, time: Arc<dyn TimeProvider>) {
+    config.ticketer = Arc::new(ticketer::IdentityTicketer::new(store.clone(), time));
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
 }
 
 /// The outbound (client) configuration: presents the live SVID, accepts only a server SVID of
 /// the live bundle whose ID is in `allowed` (secure naming; empty refuses every server).
 /// ALPN: the mesh protocols. Sessions resume from a [`TicketCache`] kept in the configuration,
-/// so share one configuration per destination rather than per connection.
+/// so share one configuration per destination rather than per connection. The cache forgets
+/// its tickets when the trust bundle changes; a resumed session must still pass
+/// [`check_resumed`] right after the handshake.
 pub fn client_config(store: &CertStore, allowed: Vec<SpiffeId>) -> Arc<ClientConfig> {
     client_config_with_time(store, allowed, Arc::new(DefaultTimeProvider))
 }
@@ -88,7 +99,7 @@ pub fn client_config_with_time(
         )))
         .with_client_cert_resolver(Arc::new(StoreCertResolver::new(store.clone())));
     config.alpn_protocols = MESH_ALPN.iter().map(|p| p.to_vec()).collect();
-    config.resumption = Resumption::store(Arc::new(TicketCache::new()));
+    config.resumption = Resumption::store(Arc::new(TicketCache::bound_to(store)));
     Arc::new(config)
 }
 

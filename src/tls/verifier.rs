@@ -13,6 +13,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::svid::{verify_svid, PeerRole, PROVIDER};
 use crate::identity::{CertStore, SpiffeId, SvidError};
+use crate::tls::resumption::record_verified;
 
 /// Verifies TLS clients (used by the inbound server): a client certificate is required and
 /// must be an SVID chaining to the live bundle of its trust domain.
@@ -74,6 +75,14 @@ impl ClientCertVerifier for SpiffeClientVerifier {
             now,
             PeerRole::Client,
         )?;
+        // Lets the ticket key re-judge a session resuming this chain by a lookup.
+        record_verified(
+            &identity.bundle,
+            PeerRole::Client,
+            end_entity,
+            intermediates,
+            now,
+        );
         Ok(ClientCertVerified::assertion())
     }
 
@@ -153,6 +162,14 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             PeerRole::Server,
         )?;
+        // Lets `check_resumed` re-judge a session resuming this chain by a lookup.
+        record_verified(
+            &identity.bundle,
+            PeerRole::Server,
+            end_entity,
+            intermediates,
+            now,
+        );
         if !self.allowed.contains(&id) {
             return Err(SvidError::IdentityMismatch {
                 got: id.to_string(),
