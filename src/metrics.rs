@@ -138,6 +138,7 @@ pub struct Metrics {
     inbound_rejected: IntCounterVec,
     outbound_rejected: IntCounterVec,
     closed_on_reload: IntCounterVec,
+    resumptions_refused: IntCounterVec,
     active: IntGaugeVec,
     cert_expiry: Gauge,
     cert_rotations: IntCounter,
@@ -249,6 +250,12 @@ impl Metrics {
                 "Outbound connections from the app closed before reaching a destination, by listener and reason.",
                 &["bind", "reason"],
             ),
+            resumptions_refused: counter_vec(
+                r,
+                "outrider_tls_resumptions_refused_total",
+                "Resumed TLS sessions refused because the peer's certificate from the first handshake expired or lost its root; the connection retried with a full handshake.",
+                &["direction", "reason"],
+            ),
             closed_on_reload: counter_vec(
                 r,
                 "outrider_connections_closed_on_reload_total",
@@ -311,6 +318,12 @@ impl Metrics {
     pub fn outbound_rejected(&self, bind: SocketAddr, reason: &str) {
         self.outbound_rejected
             .with_label_values(&[&bind.to_string(), reason])
+            .inc();
+    }
+
+    pub fn resumption_refused(&self, direction: &str, reason: &str) {
+        self.resumptions_refused
+            .with_label_values(&[direction, reason])
             .inc();
     }
 

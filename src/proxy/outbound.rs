@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rand::Rng;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use super::copy::copy_bidirectional;
 use super::live::{Carried, LiveConnections};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::Destination;
+use crate::identity::{CertStore, PeerRole};
 use crate::metrics::{Peer, Reporter, TcpLabels};
 
 /// TLS to originate towards one endpoint, ready to use.
@@ -28,8 +29,9 @@ pub enum UpstreamTls {
     Tls {
         connector: TlsConnector,
         server_name: ServerName<'static>,
-        /// True for ISTIO_MUTUAL (the peer is a mesh sidecar with an SVID).
-        mesh: bool,
+        /// For ISTIO_MUTUAL (the peer is a mesh sidecar with an SVID): the store whose
+        /// bundle a resumed session is checked against.
+        mesh: Option<CertStore>,
     },
 }
 
@@ -232,43 +234,78 @@ async fn connect(
     ep: &UpstreamEndpoint,
     shared: &Shared,
 ) -> Result<Upstream, (&'static str, String)> {
-    let settings = shared.settings;
+    let UpstreamTls::Tls {
+        connector,
+        server_name,
+        mesh,
+    } = &ep.tls
+    else {
+        return Ok(Upstream::Plain(tcp_connect(ep, shared).await?));
+    };
+    // A resumed mesh session carries the server's certificate from its first handshake:
+    // refused if that certificate expired or lost its root since; the ticket cache is then
+    // empty, so one more attempt is a full handshake with the server's current certificate.
+    for attempt in 0..2 {
+        let tcp = tcp_connect(ep, shared).await?;
+        let handshake = tokio::time::timeout(
+            shared.settings.handshake_timeout,
+            connector.connect(server_name.clone(), tcp),
+        )
+        .await;
+        let mut stream = match handshake {
+            Err(_) => {
+                shared.metrics.handshake_failed("outbound", "timeout");
+                return Err(("tls_timeout", "TLS handshake timed out".into()));
+            }
+            Ok(Err(e)) => {
+                let reason = tls_error(&e)
+                    .map(crate::tls::failure_reason)
+                    .unwrap_or("io");
+                shared.metrics.handshake_failed("outbound", reason);
+                return Err(("tls_failed", format!("{reason}: {e}")));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let Some(store) = mesh else {
+            return Ok(Upstream::Tls(Box::new(stream)));
+        };
+        let resumed =
+            crate::tls::check_resumed(stream.get_ref().1, PeerRole::Server, store, UnixTime::now());
+        match resumed {
+            Ok(()) => return Ok(Upstream::Tls(Box::new(stream))),
+            Err(e) => {
+                let reason = crate::tls::failure_reason(&e);
+                // close_notify, then the socket closes with the stream.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                if attempt == 1 {
+                    shared.metrics.handshake_failed("outbound", reason);
+                    return Err(("tls_failed", format!("{reason}: {e}")));
+                }
+                shared.metrics.resumption_refused("outbound", reason);
+                tracing::info!(
+                    endpoint = %format!("{}:{}", ep.host, ep.port),
+                    reason,
+                    "resumed session refused; retrying with a full handshake"
+                );
+            }
+        }
+    }
+    Err(("tls_failed", "resumed session refused twice".into()))
+}
+
+async fn tcp_connect(
+    ep: &UpstreamEndpoint,
+    shared: &Shared,
+) -> Result<TcpStream, (&'static str, String)> {
     let tcp = tokio::time::timeout(
-        settings.connect_timeout,
+        shared.settings.connect_timeout,
         TcpStream::connect((ep.host.as_str(), ep.port)),
     )
     .await
     .map_err(|_| ("connect_timeout", "connect timed out".to_string()))?
     .map_err(|e| ("connect_failed", e.to_string()))?;
     tune(&tcp);
-    match &ep.tls {
-        UpstreamTls::Plain => Ok(Upstream::Plain(tcp)),
-        UpstreamTls::Tls {
-            connector,
-            server_name,
-            ..
-        } => {
-            let handshake = tokio::time::timeout(
-                settings.handshake_timeout,
-                connector.connect(server_name.clone(), tcp),
-            )
-            .await;
-            match handshake {
-                Err(_) => {
-                    shared.metrics.handshake_failed("outbound", "timeout");
-                    Err(("tls_timeout", "TLS handshake timed out".into()))
-                }
-                Ok(Err(e)) => {
-                    let reason = tls_error(&e)
-                        .map(crate::tls::failure_reason)
-                        .unwrap_or("io");
-                    shared.metrics.handshake_failed("outbound", reason);
-                    Err(("tls_failed", format!("{reason}: {e}")))
-                }
-                Ok(Ok(s)) => Ok(Upstream::Tls(Box::new(s))),
-            }
-        }
-    }
+    Ok(tcp)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -309,7 +346,7 @@ async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
     let outcome = end.outcome("app", "upstream");
     let tls = match &ep.tls {
         UpstreamTls::Plain => "none",
-        UpstreamTls::Tls { mesh: true, .. } => "istio_mutual",
+        UpstreamTls::Tls { mesh: Some(_), .. } => "istio_mutual",
         UpstreamTls::Tls { .. } => "tls",
     };
     tracing::info!(

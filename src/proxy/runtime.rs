@@ -102,7 +102,7 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
                         UpstreamTls::Tls {
                             connector: mesh_connectors.get(allowed_ids),
                             server_name,
-                            mesh: true,
+                            mesh: Some(store.clone()),
                         }
                     }
                     TlsOrigination::Simple {
@@ -206,7 +206,7 @@ fn file_origination(tls: FileTls<'_>, e: &Endpoint) -> anyhow::Result<UpstreamTl
     Ok(UpstreamTls::Tls {
         connector: TlsConnector::from(config),
         server_name,
-        mesh: false,
+        mesh: None,
     })
 }
 
