@@ -616,7 +616,37 @@ impl Shared {
             )))
             .with_cert_resolver(Arc::new(StoreCertResolver::new(self.serving.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // No resumption at all: a resumed handshake skips client-certificate verification, so
+        // a caller whose SVID has expired, or whose root was retired, could resume a session
+        // from before and be issued a fresh certificate for that identity. A full handshake
+        // per connection costs the CA nothing that matters (one request per connection).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.ticketer = Arc::new(NoTickets);
+        config.send_tls13_tickets = 0;
         Arc::new(config)
+    }
+}
+
+/// A ticketer that never issues or accepts a ticket (rustls's own is not public; stating it
+/// here keeps the CA's "no resumption" independent of rustls's defaults).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 
