@@ -104,3 +104,303 @@ fn the_ca_never_resumes_a_tls_session() {
         );
     }
 }
+
+// ---- issue 10 item 5: the CA cannot be starved ------------------------------------------
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use outrider::identity::ca_client::{CaClient, CaSource};
+use outrider::identity::{CertStore, SpiffeId};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// The attacker's source address: another loopback address (Linux routes all of 127/8 to lo).
+const ATTACKER: &str = "127.0.0.2:0";
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap()
+}
+
+async fn connect_from(source: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source.parse().unwrap())?;
+    socket.connect(to).await
+}
+
+/// A TLS client that trusts the CA's root and presents no certificate.
+fn tls_connector(root: &Path) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A connection the attacker holds open.
+enum Held {
+    /// TCP connected, a few bytes of a ClientHello sent, then silence.
+    MidHandshake(TcpStream),
+    /// TLS done, then silence (no HTTP/2 preface).
+    AfterTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Held {
+    /// Waits up to `limit` for the CA to close this connection; true if it did.
+    async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let read = match self {
+                Held::MidHandshake(tcp) => {
+                    tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await
+                }
+                Held::AfterTls(tls) => tokio::time::timeout_at(deadline, tls.read(&mut buf)).await,
+            };
+            match read {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                // Session tickets, GOAWAY or alerts before the close: keep reading.
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+}
+
+/// Opens `mid` connections that stop inside the handshake, then `after_tls` that complete
+/// TLS and stay silent, all from the attacker's address; returns those the CA let through.
+async fn flood(ca: SocketAddr, root: &Path, mid: usize, after_tls: usize) -> Vec<Held> {
+    let mut held = Vec::new();
+    for _ in 0..mid {
+        if let Ok(mut tcp) = connect_from(ATTACKER, ca).await {
+            // The first bytes of a TLS record carrying a ClientHello, and no more.
+            if tcp
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .await
+                .is_ok()
+            {
+                held.push(Held::MidHandshake(tcp));
+            }
+        }
+    }
+    let connector = tls_connector(root);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    let parallel = 32;
+    let mut started = 0;
+    while started < after_tls || !tasks.is_empty() {
+        while started < after_tls && tasks.len() < parallel {
+            started += 1;
+            let (connector, name) = (connector.clone(), name.clone());
+            tasks.spawn(async move {
+                let tcp = connect_from(ATTACKER, ca).await.ok()?;
+                let tls =
+                    tokio::time::timeout(Duration::from_secs(20), connector.connect(name, tcp))
+                        .await
+                        .ok()?
+                        .ok()?;
+                Some(Held::AfterTls(Box::new(tls)))
+            });
+        }
+        if let Some(Ok(Some(conn))) = tasks.join_next().await {
+            held.push(conn);
+        }
+    }
+    held
+}
+
+fn ca_client(ca: &CaProcess, ca_dir: &Path, tmp: &Path, sa: &str) -> CaClient {
+    let token_file = tmp.join(format!("{sa}.token"));
+    std::fs::write(&token_file, common::ca::token(ca_dir, sa)).unwrap();
+    CaClient::new(CaSource {
+        address: ca.address(),
+        root_pem: std::fs::read(ca_dir.join("root-cert.pem")).unwrap(),
+        token_file,
+        ttl: Duration::from_secs(3600),
+        expected: id(sa),
+        server_name: Some("localhost".into()),
+    })
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+async fn scrape(addr: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /stats/prometheus HTTP/1.1\r\nhost: ca\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_holding_connections_does_not_stop_a_sidecar_renewing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = init_ca(tmp.path());
+    let metrics = free_addr();
+    // The default limits: 32 connections per source address, 1,024 in all.
+    let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &["--metrics-addr", &metrics]);
+    let root = ca_dir.join("root-cert.pem");
+
+    // More connections than the CA holds in all, from one source, some stopped inside the
+    // handshake and the rest idle after it.
+    let held = flood(ca.addr, &root, 16, 1100).await;
+    assert!(
+        held.len() <= 32,
+        "the CA let {} connections of one source through (limit 32)",
+        held.len()
+    );
+
+    // A sidecar from 127.0.0.1 obtains its certificate with its token, then renews over mTLS.
+    let store = CertStore::new("cluster.local");
+    let mut sidecar = ca_client(&ca, &ca_dir, tmp.path(), "age");
+    let first = sidecar
+        .fetch(&store)
+        .await
+        .expect("the sidecar obtains a certificate while the flood holds its connections");
+    let renewed = sidecar
+        .fetch(&store)
+        .await
+        .expect("the sidecar renews while the flood holds its connections");
+    assert_ne!(first.serial_hex, renewed.serial_hex);
+    assert_eq!(store.current().unwrap().svid.id, id("age"));
+
+    let text = scrape(&metrics).await;
+    let refused = metric(
+        &text,
+        "outrider_ca_connections_refused_total{reason=\"per_ip_limit\"}",
+    );
+    assert!(
+        refused >= 1000,
+        "the flood's excess connections are counted as refused:\n{text}"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed_by_their_deadlines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = init_ca(tmp.path());
+    let metrics = free_addr();
+    let ca = CaProcess::start(
+        &ca_dir,
+        "127.0.0.1:0",
+        &[
+            "--metrics-addr",
+            &metrics,
+            "--handshake-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--request-timeout",
+            "1s",
+        ],
+    );
+    let root = ca_dir.join("root-cert.pem");
+    let mut held = flood(ca.addr, &root, 3, 3).await;
+    assert_eq!(held.len(), 6, "all six connections are accepted");
+
+    // A request whose body never ends gets DEADLINE_EXCEEDED.
+    let status = stalled_request(ca.addr, &root).await;
+    assert_eq!(
+        status.as_deref(),
+        Some("4"),
+        "grpc-status of a stalled request"
+    );
+
+    // Every held connection is closed by the CA, well before this generous bound.
+    for (i, conn) in held.iter_mut().enumerate() {
+        assert!(
+            conn.closed_within(Duration::from_secs(30)).await,
+            "held connection {i} ({}) is still open",
+            if matches!(conn, Held::MidHandshake(_)) {
+                "mid-handshake"
+            } else {
+                "idle after TLS"
+            }
+        );
+    }
+    // A sidecar still gets its certificate afterwards.
+    let store = CertStore::new("cluster.local");
+    ca_client(&ca, &ca_dir, tmp.path(), "age")
+        .fetch(&store)
+        .await
+        .expect("the CA still issues");
+
+    let text = scrape(&metrics).await;
+    for (phase, at_least) in [("handshake", 3), ("idle", 3), ("request", 1)] {
+        let n = metric(
+            &text,
+            &format!("outrider_ca_connections_timed_out_total{{phase=\"{phase}\"}}"),
+        );
+        assert!(n >= at_least, "{phase}: {n} < {at_least}\n{text}");
+    }
+}
+
+/// An HTTP/2 gRPC request to the CA whose body never completes; returns its grpc-status.
+async fn stalled_request(ca: SocketAddr, root: &Path) -> Option<String> {
+    let tcp = TcpStream::connect(ca).await.unwrap();
+    let tls = tls_connector(root)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(
+        "https://localhost/istio.v1.auth.IstioCertificateService/CreateCertificate",
+    )
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(NeverEnds)
+    .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .expect("the CA answers a stalled request within its deadline")
+        .unwrap();
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    driver.abort();
+    status
+}
+
+/// A request body that never yields a frame and never ends (a client trickling nothing).
+struct NeverEnds;
+
+impl hyper::body::Body for NeverEnds {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}

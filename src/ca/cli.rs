@@ -115,6 +115,27 @@ pub struct ServeArgs {
     /// Serve the CA's own counters on `http://<addr>/stats/prometheus`.
     #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Open connections in all; more are closed at accept.
+    #[arg(long, default_value_t = crate::ca::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Open connections per source IP address (mid-handshake ones included).
+    #[arg(long, env = "OUTRIDER_CA_MAX_CONNECTIONS_PER_IP", default_value_t = crate::ca::server::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Deadline for a client's TLS handshake.
+    #[arg(long, default_value = "10s")]
+    pub handshake_timeout: String,
+    /// Close a connection with no request in flight for this long.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: String,
+    /// HTTP/2 keep-alive PING interval.
+    #[arg(long, default_value = "30s")]
+    pub keepalive_interval: String,
+    /// Close a connection whose keep-alive PING is not answered within this.
+    #[arg(long, default_value = "10s")]
+    pub keepalive_timeout: String,
+    /// Deadline for one request (DEADLINE_EXCEEDED after it).
+    #[arg(long, default_value = "10s")]
+    pub request_timeout: String,
 }
 
 impl ServeArgs {
@@ -128,6 +149,13 @@ impl ServeArgs {
             rate_per_minute: self.rate_limit,
             burst: self.burst,
             metrics: self.metrics_addr,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            handshake_timeout: parse_duration(&self.handshake_timeout)?,
+            idle_timeout: parse_duration(&self.idle_timeout)?,
+            keepalive_interval: parse_duration(&self.keepalive_interval)?,
+            keepalive_timeout: parse_duration(&self.keepalive_timeout)?,
+            request_timeout: parse_duration(&self.request_timeout)?,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -78,6 +78,11 @@ pub enum CaError {
     BadDnsName(String),
     #[error("invalid duration {value:?}: {reason}")]
     BadDuration { value: String, reason: &'static str },
+    #[error("invalid CA service setting {setting}: {reason}")]
+    BadSetting {
+        setting: &'static str,
+        reason: &'static str,
+    },
     #[error(
         "the CA certificate expired at {not_after}; make a new CA with `outrider ca init --force`"
     )]
