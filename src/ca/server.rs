@@ -1034,7 +1034,8 @@ mod tests {
     fn zero_limits_and_deadlines_are_refused() {
         let ok = ServeConfig::new("/ca".into(), "127.0.0.1:0".parse().unwrap());
         assert!(ok.validate().is_ok());
-        let cases: [(&str, fn(&mut ServeConfig)); 3] = [
+        type Change = fn(&mut ServeConfig);
+        let cases: [(&str, Change); 3] = [
             ("max_connections_per_ip", |c| c.max_connections_per_ip = 0),
             ("idle_timeout", |c| c.idle_timeout = Duration::ZERO),
             ("request_timeout", |c| c.request_timeout = Duration::ZERO),
