@@ -404,3 +404,366 @@ impl hyper::body::Body for NeverEnds {
         std::task::Poll::Pending
     }
 }
+
+// ---- issue 19: Istio's own clients ------------------------------------------------------
+
+/// A grpcio client of Istio's CA protocol that sends the token file's bytes as they are (as
+/// ztunnel does) and can set `ImpersonatedIdentity`. Prints one result per case: `OK` or the
+/// gRPC status name.
+const PYTHON_CLIENT: &str = r#"
+import json, sys
+stubs, address, server_name, root, cases_file = sys.argv[1:6]
+sys.path.insert(0, stubs)
+import grpc, ca_pb2, ca_pb2_grpc
+
+with open(root, "rb") as f:
+    credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+options = [] if server_name == "-" else [("grpc.ssl_target_name_override", server_name)]
+stub = ca_pb2_grpc.IstioCertificateServiceStub(grpc.secure_channel(address, credentials, options=options))
+results = []
+with open(cases_file) as f:
+    cases = json.load(f)
+for case in cases:
+    with open(case["csr"]) as f:
+        request = ca_pb2.IstioCertificateRequest(csr=f.read(), validity_duration=3600)
+    if case.get("impersonate"):
+        request.metadata.fields["ImpersonatedIdentity"].string_value = case["impersonate"]
+    with open(case["token"]) as f:
+        token = f.read()
+    try:
+        response = stub.CreateCertificate(request, metadata=[("authorization", "Bearer " + token)], timeout=20)
+        with open(case["out"], "w") as f:
+            f.write(response.cert_chain[0])
+        results.append("OK")
+    except grpc.RpcError as e:
+        results.append(e.code().name)
+    except Exception as e:
+        results.append("CLIENT_ERROR: %s" % e)
+print(json.dumps(results))
+"#;
+
+fn python_grpc_available() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    common::required_or_skip(
+        found,
+        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
+    )
+}
+
+/// Generates the Python stubs from Istio's `ca.proto` into `<dir>/stubs` and writes the client.
+fn python_client(dir: &Path) -> (PathBuf, PathBuf) {
+    let stubs = dir.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", fixtures.display()))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(fixtures.join("ca.proto"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_tools.protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = dir.join("client.py");
+    std::fs::write(&script, PYTHON_CLIENT).unwrap();
+    (stubs, script)
+}
+
+/// One request of the Python client.
+struct Case<'a> {
+    token: &'a Path,
+    impersonate: Option<String>,
+    out: PathBuf,
+}
+
+/// Runs the cases through the Python client (server name `-`: none, verify the dialled
+/// host); returns `OK` or a gRPC status name per case.
+fn run_python(
+    dir: &Path,
+    address: &str,
+    server_name: &str,
+    root: &Path,
+    cases: &[Case<'_>],
+) -> Vec<String> {
+    let (stubs, script) = python_client(dir);
+    let csr = dir.join("client.csr");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let pem = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    std::fs::write(&csr, pem).unwrap();
+    let json: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "token": s(c.token),
+                "impersonate": c.impersonate,
+                "csr": s(&csr),
+                "out": s(&c.out),
+            })
+        })
+        .collect();
+    let cases_file = dir.join("cases.json");
+    std::fs::write(&cases_file, serde_json::to_string(&json).unwrap()).unwrap();
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&stubs)
+        .arg(address)
+        .arg(server_name)
+        .arg(root)
+        .arg(&cases_file)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the Python client failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// `outrider ca token --out <tmp>/<ns>-<sa>` for `<ns>/<sa>`; returns the token file.
+fn token_file(ca_dir: &Path, tmp: &Path, ns: &str, sa: &str) -> PathBuf {
+    let out = tmp.join(format!("{ns}-{sa}"));
+    let o = outrider(&[
+        "ca",
+        "token",
+        "--dir",
+        s(ca_dir),
+        "--namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        o.status.success(),
+        "ca token: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.join("token")
+}
+
+fn leaf_san(path: &Path) -> String {
+    let leaf = CertificateDer::from_pem_file(path).unwrap();
+    outrider::tls::peer_spiffe_id(&[leaf]).unwrap().to_string()
+}
+
+fn spiffe(ns: &str, sa: &str) -> String {
+    format!("spiffe://cluster.local/ns/{ns}/sa/{sa}")
+}
+
+#[test]
+fn node_agents_impersonate_their_workloads_and_nobody_else_does() {
+    if !python_grpc_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = init_ca(tmp.path());
+    let nodes = tmp.path().join("node-identities.yaml");
+    std::fs::write(&nodes, "istio-system/ztunnel:\n  - default/*\n").unwrap();
+    let metrics = free_addr();
+    let ca = CaProcess::start(
+        &ca_dir,
+        "127.0.0.1:0",
+        &[
+            "--trusted-node-account",
+            "istio-system/ztunnel",
+            "--node-identities",
+            s(&nodes),
+            "--ip",
+            "127.0.0.1",
+            "--metrics-addr",
+            &metrics,
+        ],
+    );
+    let ztunnel = token_file(&ca_dir, tmp.path(), "istio-system", "ztunnel");
+    let age = token_file(&ca_dir, tmp.path(), "default", "age");
+    let out = |name: &str| tmp.path().join(format!("{name}.pem"));
+    let cases = [
+        // A trusted node account for a workload its allow-list names.
+        Case {
+            token: &ztunnel,
+            impersonate: Some(spiffe("default", "age")),
+            out: out("ztunnel-for-age"),
+        },
+        // An ordinary workload for another one.
+        Case {
+            token: &age,
+            impersonate: Some(spiffe("default", "name")),
+            out: out("age-for-name"),
+        },
+        // The node account for an identity outside its allow-list.
+        Case {
+            token: &ztunnel,
+            impersonate: Some(spiffe("kube-system", "admin")),
+            out: out("ztunnel-for-admin"),
+        },
+        // A workload naming itself: no impersonation at all.
+        Case {
+            token: &age,
+            impersonate: Some(spiffe("default", "age")),
+            out: out("age-for-age"),
+        },
+    ];
+    // Dialled by address, with no name override: the serving certificate's IP SAN verifies.
+    let results = run_python(
+        tmp.path(),
+        &ca.address(),
+        "-",
+        &ca_dir.join("root-cert.pem"),
+        &cases,
+    );
+    assert_eq!(
+        results,
+        ["OK", "PERMISSION_DENIED", "PERMISSION_DENIED", "OK"],
+        "per case"
+    );
+    assert_eq!(leaf_san(&out("ztunnel-for-age")), spiffe("default", "age"));
+    assert_eq!(leaf_san(&out("age-for-age")), spiffe("default", "age"));
+
+    let text = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(scrape(&metrics));
+    assert_eq!(
+        metric(
+            &text,
+            "outrider_ca_impersonated_certificates_issued_total{node_account=\"istio-system/ztunnel\"}"
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "outrider_ca_requests_denied_total{reason=\"impersonation\"}"
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "outrider_ca_requests_denied_total{reason=\"impersonation_not_allowed\"}"
+        ),
+        1,
+        "{text}"
+    );
+    // The audit line names the workload and the node agent that asked.
+    drop(ca);
+    let log = std::fs::read_to_string(ca_dir.with_extension("log-127.0.0.1_0")).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("certificate issued")
+            && l.contains(&spiffe("default", "age"))
+            && l.contains(&spiffe("istio-system", "ztunnel"))),
+        "no audit line naming both identities:\n{log}"
+    );
+
+    // Without --trusted-node-account the same request is refused.
+    let plain = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
+    let results = run_python(
+        tmp.path(),
+        &plain.address(),
+        "localhost",
+        &ca_dir.join("root-cert.pem"),
+        &[Case {
+            token: &ztunnel,
+            impersonate: Some(spiffe("default", "age")),
+            out: out("untrusted-ztunnel"),
+        }],
+    );
+    assert_eq!(results, ["PERMISSION_DENIED"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_files_work_with_or_without_a_trailing_newline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = init_ca(tmp.path());
+    // `--out` and stdout write the token with no trailing newline (a projected token's shape).
+    let written = token_file(&ca_dir, tmp.path(), "default", "age");
+    let token = std::fs::read_to_string(&written).unwrap();
+    assert_eq!(token.trim(), token, "`ca token --out` wrote {token:?}");
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let printed = outrider(&[
+        "ca",
+        "token",
+        "--dir",
+        s(&ca_dir),
+        "--namespace",
+        "default",
+        "--service-account",
+        "age",
+    ]);
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(printed.trim(), printed, "`ca token` printed {printed:?}");
+
+    // outrider's own sidecar reads a token file in any of these shapes.
+    let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
+    for (name, content) in [
+        ("as-written", token.clone()),
+        ("newline", format!("{token}\n")),
+        ("hand-edited", format!("  {token}\r\n\n")),
+    ] {
+        let file = tmp.path().join(format!("{name}.token"));
+        std::fs::write(&file, &content).unwrap();
+        let mut client = CaClient::new(CaSource {
+            address: ca.address(),
+            root_pem: std::fs::read(ca_dir.join("root-cert.pem")).unwrap(),
+            token_file: file,
+            ttl: Duration::from_secs(3600),
+            expected: id("age"),
+            server_name: Some("localhost".into()),
+        });
+        let store = CertStore::new("cluster.local");
+        client
+            .fetch(&store)
+            .await
+            .unwrap_or_else(|e| panic!("token file {name} ({content:?}): {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dialling_the_ca_by_address_verifies_its_ip_san() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = init_ca(tmp.path());
+    let token = token_file(&ca_dir, tmp.path(), "default", "age");
+    let client = |ca: &CaProcess| {
+        // No server name: the client verifies the host of the address it dials.
+        CaClient::new(CaSource {
+            address: format!("127.0.0.1:{}", ca.addr.port()),
+            root_pem: std::fs::read(ca_dir.join("root-cert.pem")).unwrap(),
+            token_file: token.clone(),
+            ttl: Duration::from_secs(3600),
+            expected: id("age"),
+            server_name: None,
+        })
+    };
+    let with_ip = CaProcess::start(&ca_dir, "127.0.0.1:0", &["--ip", "127.0.0.1"]);
+    let store = CertStore::new("cluster.local");
+    client(&with_ip)
+        .fetch(&store)
+        .await
+        .expect("the serving certificate holds IP 127.0.0.1");
+
+    // Without --ip the same client refuses the CA (its certificate names no address).
+    let without = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
+    let err = client(&without)
+        .fetch(&CertStore::new("cluster.local"))
+        .await
+        .expect_err("no IP SAN, no verification");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+}

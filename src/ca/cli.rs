@@ -115,6 +115,18 @@ pub struct ServeArgs {
     /// Serve the CA's own counters on `http://<addr>/stats/prometheus`.
     #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Connection limits and deadlines.
+    #[command(flatten)]
+    pub limits: Box<ServeLimitArgs>,
+    /// Istio's own clients: node agents, IP SANs.
+    #[command(flatten)]
+    pub clients: Box<ServeClientArgs>,
+}
+
+/// `ca serve` flags that bound what one client can hold (boxed into [`ServeArgs`] to keep the
+/// command enum small).
+#[derive(Debug, clap::Args)]
+pub struct ServeLimitArgs {
     /// Open connections in all; more are closed at accept.
     #[arg(long, default_value_t = crate::ca::server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -138,6 +150,27 @@ pub struct ServeArgs {
     pub request_timeout: String,
 }
 
+/// `ca serve` flags for Istio's own clients (ztunnel, istio-agent).
+#[derive(Debug, clap::Args)]
+pub struct ServeClientArgs {
+    /// IP address SAN of the CA's serving certificate (clients dialling the CA by address).
+    /// Repeatable.
+    #[arg(long = "ip")]
+    pub ips: Vec<std::net::IpAddr>,
+    /// A node agent's `<namespace>/<service-account>` that may request certificates for
+    /// other workloads (`ImpersonatedIdentity`, like Istio's CA_TRUSTED_NODE_ACCOUNTS).
+    /// Repeatable; the variable takes a comma-separated list.
+    #[arg(
+        long = "trusted-node-account",
+        env = "OUTRIDER_CA_TRUSTED_NODE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    pub trusted_node_accounts: Vec<crate::ca::impersonation::NodeAccount>,
+    /// YAML file: node account → the identities it may request (`<ns>/*` or `<ns>/<sa>`).
+    #[arg(long, env = "OUTRIDER_CA_NODE_IDENTITIES")]
+    pub node_identities: Option<PathBuf>,
+}
+
 impl ServeArgs {
     pub fn run(self) -> anyhow::Result<()> {
         let config = ServeConfig {
@@ -149,13 +182,16 @@ impl ServeArgs {
             rate_per_minute: self.rate_limit,
             burst: self.burst,
             metrics: self.metrics_addr,
-            max_connections: self.max_connections,
-            max_connections_per_ip: self.max_connections_per_ip,
-            handshake_timeout: parse_duration(&self.handshake_timeout)?,
-            idle_timeout: parse_duration(&self.idle_timeout)?,
-            keepalive_interval: parse_duration(&self.keepalive_interval)?,
-            keepalive_timeout: parse_duration(&self.keepalive_timeout)?,
-            request_timeout: parse_duration(&self.request_timeout)?,
+            max_connections: self.limits.max_connections,
+            max_connections_per_ip: self.limits.max_connections_per_ip,
+            handshake_timeout: parse_duration(&self.limits.handshake_timeout)?,
+            idle_timeout: parse_duration(&self.limits.idle_timeout)?,
+            keepalive_interval: parse_duration(&self.limits.keepalive_interval)?,
+            keepalive_timeout: parse_duration(&self.limits.keepalive_timeout)?,
+            request_timeout: parse_duration(&self.limits.request_timeout)?,
+            ips: self.clients.ips,
+            trusted_node_accounts: self.clients.trusted_node_accounts,
+            node_identities: self.clients.node_identities,
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -204,14 +240,17 @@ impl TokenArgs {
         workload_id(ca.trust_domain(), &self.namespace, &self.service_account)?;
         let key = TokenKey::load_or_create(&self.dir)?;
         let token = key.mint(&self.namespace, &self.service_account, ttl)?;
+        // No trailing newline, like a Kubernetes projected token: clients that send the
+        // file's bytes as they are (ztunnel) would otherwise put a newline in the header.
         let Some(out) = self.out else {
-            println!("{token}");
+            print!("{token}");
+            std::io::Write::flush(&mut std::io::stdout())?;
             return Ok(());
         };
         let bundle = rotation::load_material(&self.dir)?.bundle_pem;
         std::fs::create_dir_all(&out)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-        write_file(&out.join("token"), format!("{token}\n").as_bytes(), 0o600)?;
+        write_file(&out.join("token"), token.as_bytes(), 0o600)?;
         write_file(&out.join("root-cert.pem"), bundle.as_bytes(), 0o644)?;
         println!(
             "wrote the bootstrap token of spiffe://{}/ns/{}/sa/{} and the CA's trust bundle into {} (token, root-cert.pem)",

@@ -34,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
+use crate::ca::impersonation::{
+    ImpersonationPolicy, NodeAccount, NodeIdentities, Refusal, IMPERSONATED_IDENTITY,
+};
 use crate::ca::proto::{
     IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE_PATH,
 };
@@ -106,6 +109,14 @@ pub struct ServeConfig {
     pub keepalive_timeout: Duration,
     /// Deadline per request ([`DEFAULT_REQUEST_TIMEOUT`]); DEADLINE_EXCEEDED after it.
     pub request_timeout: Duration,
+    /// IP addresses of the serving certificate (clients that dial the CA by address).
+    pub ips: Vec<IpAddr>,
+    /// Node agents that may request certificates for other workloads
+    /// (`ImpersonatedIdentity`, see [`crate::ca::impersonation`]); none by default.
+    pub trusted_node_accounts: Vec<NodeAccount>,
+    /// YAML allow-list of the identities each node account may request; without it a
+    /// trusted node account may request any workload identity of the trust domain.
+    pub node_identities: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -151,6 +162,9 @@ impl ServeConfig {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ips: Vec::new(),
+            trusted_node_accounts: Vec::new(),
+            node_identities: None,
         }
     }
 }
@@ -162,6 +176,7 @@ pub struct CaStats {
     denied: Mutex<BTreeMap<&'static str, u64>>,
     refused: Mutex<BTreeMap<&'static str, u64>>,
     timed_out: Mutex<BTreeMap<&'static str, u64>>,
+    impersonated: Mutex<BTreeMap<String, u64>>,
 }
 
 impl CaStats {
@@ -173,6 +188,15 @@ impl CaStats {
     /// Refusals by reason (snake_case labels).
     pub fn denied_by_reason(&self) -> BTreeMap<&'static str, u64> {
         self.denied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Certificates issued to node agents for other workloads, by node account
+    /// (`<namespace>/<service-account>`).
+    pub fn impersonated_by_node(&self) -> BTreeMap<String, u64> {
+        self.impersonated
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -192,7 +216,8 @@ impl CaStats {
     /// the global default): `outrider_ca_certificates_issued_total`,
     /// `outrider_ca_requests_denied_total{reason}`,
     /// `outrider_ca_connections_refused_total{reason}`,
-    /// `outrider_ca_connections_timed_out_total{phase}`.
+    /// `outrider_ca_connections_timed_out_total{phase}`,
+    /// `outrider_ca_impersonated_certificates_issued_total{node_account}`.
     pub fn encode_prometheus(&self) -> String {
         use prometheus::Encoder;
         let registry = prometheus::Registry::new();
@@ -220,6 +245,18 @@ impl CaStats {
             "phase",
             &self.connections_timed_out(),
         );
+        let impersonated = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "outrider_ca_impersonated_certificates_issued_total",
+                "Certificates issued to node agents for other workloads (ImpersonatedIdentity), by node account.",
+            ),
+            &["node_account"],
+        )
+        .expect("a valid metric name");
+        for (node, n) in self.impersonated_by_node() {
+            impersonated.with_label_values(&[node.as_str()]).inc_by(n);
+        }
+        let _ = registry.register(Box::new(impersonated));
         let _ = registry.register(Box::new(issued));
         let _ = registry.register(Box::new(denied));
         let _ = registry.register(Box::new(refused));
@@ -283,6 +320,7 @@ struct Shared {
     /// When the serving certificate was issued and until when it is valid.
     serving_life: Mutex<(SystemTime, SystemTime, u64)>,
     token_key: TokenKey,
+    impersonation: ImpersonationPolicy,
     limiter: Mutex<HashMap<String, Bucket>>,
     /// Open connections per source address (see [`SourceSlot`]).
     sources: Mutex<HashMap<IpAddr, usize>>,
@@ -293,6 +331,23 @@ struct Shared {
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+/// A certificate signed for a request.
+struct Issued {
+    id: SpiffeId,
+    /// Set when a node agent asked for another workload's certificate.
+    node: Option<NodeAgent>,
+    chain: Vec<String>,
+    serial_hex: String,
+    /// Unix seconds.
+    not_after: u64,
+}
+
+/// The node agent behind an impersonated issuance: its account and its own identity.
+struct NodeAgent {
+    account: NodeAccount,
+    caller: SpiffeId,
 }
 
 /// A refusal: the gRPC status for the caller and the reason label for audit and metrics.
@@ -328,7 +383,21 @@ impl CaServer {
         let token_key = TokenKey::load_or_create(&config.dir)?;
         let td = material.authority.trust_domain().to_string();
         let serving_id = workload_id(&td, CA_NAMESPACE, CA_SERVICE_ACCOUNT)?;
+        let allow_list = match &config.node_identities {
+            Some(path) => Some(NodeIdentities::load(path)?),
+            None => None,
+        };
+        if let Some(list) = &allow_list {
+            for account in list.accounts() {
+                if !config.trusted_node_accounts.contains(account) {
+                    tracing::warn!(node_account = %account, "the node identities file names an account that is not a trusted node account; its entry is unused");
+                }
+            }
+        }
+        let impersonation =
+            ImpersonationPolicy::new(config.trusted_node_accounts.clone(), allow_list);
         let shared = Arc::new(Shared {
+            impersonation,
             serving: CertStore::new(&td),
             serving_id,
             serving_life: Mutex::new((UNIX_EPOCH, UNIX_EPOCH, 0)),
@@ -394,6 +463,8 @@ impl CaServer {
             trust_domain = %self.shared.serving.trust_domain(),
             serving_id = %self.shared.serving_id,
             dns = ?self.shared.config.dns,
+            ips = ?self.shared.config.ips,
+            trusted_node_accounts = ?self.shared.impersonation.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "CA service listening"
         );
         loop {
@@ -661,21 +732,31 @@ impl Shared {
         let message = request.into_inner();
         let auth = if peer.is_some() { "mtls" } else { "token" };
         match self.decide(peer.clone(), bearer.as_deref(), &message) {
-            Ok((id, chain, serial, not_after)) => {
+            Ok(issued) => {
                 self.stats.issued.fetch_add(1, Ordering::Relaxed);
+                if let Some(node) = &issued.node {
+                    *self
+                        .stats
+                        .impersonated
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(node.account.to_string())
+                        .or_default() += 1;
+                }
                 tracing::info!(
                     target: "outrider::ca::audit",
                     decision = "issued",
-                    identity = %id,
+                    identity = %issued.id,
+                    node_agent = issued.node.as_ref().map(|n| tracing::field::display(&n.caller)),
                     auth,
-                    serial = %serial,
-                    not_after = not_after,
+                    serial = %issued.serial_hex,
+                    not_after = issued.not_after,
                     requested_ttl_s = message.validity_duration,
                     %remote,
                     "certificate issued"
                 );
                 Ok(tonic::Response::new(IstioCertificateResponse {
-                    cert_chain: chain,
+                    cert_chain: issued.chain,
                 }))
             }
             Err(denial) => {
@@ -696,14 +777,13 @@ impl Shared {
         }
     }
 
-    /// Authenticate, authorize, apply policy, sign. Returns the identity, the response chain,
-    /// the serial and notAfter (Unix seconds).
+    /// Authenticate, authorize, apply policy, sign.
     fn decide(
         &self,
         peer: Option<SpiffeId>,
         bearer: Option<&str>,
         request: &IstioCertificateRequest,
-    ) -> Result<(SpiffeId, Vec<String>, String, u64), Denial> {
+    ) -> Result<Issued, Denial> {
         let material = self.material();
         let td = material.authority.trust_domain().to_string();
         let id = match (peer, bearer) {
@@ -760,15 +840,8 @@ impl Shared {
                 ))
             }
         };
-        if let Some(meta) = &request.metadata {
-            if meta.fields.contains_key("ImpersonatedIdentity") {
-                return Err(Denial::new(
-                    "impersonation",
-                    Code::PermissionDenied,
-                    format!("{id} may not request a certificate for another identity"),
-                ));
-            }
-        }
+        let caller = id;
+        let (id, node) = self.subject(&caller, request, &td)?;
         if !self.take_token(&id) {
             return Err(Denial::new(
                 "rate_limited",
@@ -814,12 +887,80 @@ impl Shared {
             })?;
         let not_after = unix(leaf.not_after);
         self.note_issued(material.authority.serial_hex(), not_after);
-        Ok((
+        Ok(Issued {
             id,
-            vec![leaf.pem, material.bundle_pem.clone()],
-            leaf.serial_hex,
+            node: node.map(|account| NodeAgent { account, caller }),
+            chain: vec![leaf.pem, material.bundle_pem.clone()],
+            serial_hex: leaf.serial_hex,
             not_after,
-        ))
+        })
+    }
+
+    /// The identity to certify: the caller's own, or the one a trusted node agent names in
+    /// `ImpersonatedIdentity` (with the node account that asked).
+    fn subject(
+        &self,
+        caller: &SpiffeId,
+        request: &IstioCertificateRequest,
+        td: &str,
+    ) -> Result<(SpiffeId, Option<NodeAccount>), Denial> {
+        let Some(value) = request
+            .metadata
+            .as_ref()
+            .and_then(|meta| meta.fields.get(IMPERSONATED_IDENTITY))
+        else {
+            return Ok((caller.clone(), None));
+        };
+        let Some(prost_types::value::Kind::StringValue(text)) = &value.kind else {
+            return Err(Denial::new(
+                "bad_identity",
+                Code::InvalidArgument,
+                format!("{IMPERSONATED_IDENTITY} must be a string (a SPIFFE ID)"),
+            ));
+        };
+        let target = SpiffeId::parse(text.trim());
+        // Asking for oneself is no impersonation (Istio's clients may always set the key).
+        if target.as_ref().is_ok_and(|t| t == caller) {
+            return Ok((caller.clone(), None));
+        }
+        let not_trusted = || {
+            Denial::new(
+                "impersonation",
+                Code::PermissionDenied,
+                format!("{caller} is not a trusted node account and may not request a certificate for another identity"),
+            )
+        };
+        if self.impersonation.node_account_of(caller).is_none() {
+            return Err(not_trusted());
+        }
+        let target = target
+            .ok()
+            .filter(|t| {
+                t.trust_domain() == td && t.namespace().is_some() && t.service_account().is_some()
+            })
+            .ok_or_else(|| {
+                Denial::new(
+                    "bad_identity",
+                    Code::InvalidArgument,
+                    format!("{IMPERSONATED_IDENTITY} {text:?} is not a workload SPIFFE ID of trust domain {td}"),
+                )
+            })?;
+        if target == self.serving_id {
+            return Err(Denial::new(
+                "bad_identity",
+                Code::PermissionDenied,
+                "the CA's own identity cannot be requested",
+            ));
+        }
+        match self.impersonation.decide(caller, &target) {
+            Ok(node) => Ok((target, node)),
+            Err(Refusal::NotTrusted) => Err(not_trusted()),
+            Err(Refusal::NotAllowed(node)) => Err(Denial::new(
+                "impersonation_not_allowed",
+                Code::PermissionDenied,
+                format!("node account {node} may not request a certificate for {target} (not in its node identities)"),
+            )),
+        }
     }
 
     fn material(&self) -> Arc<Material> {
@@ -870,9 +1011,12 @@ impl Shared {
     /// Issues the CA's own serving certificate from the current signing root.
     fn reissue_serving(&self) -> Result<(), CaError> {
         let material = self.material();
-        let issued = material
-            .authority
-            .issue(&self.serving_id, SERVING_TTL, &self.config.dns)?;
+        let issued = material.authority.issue_with_ips(
+            &self.serving_id,
+            SERVING_TTL,
+            &self.config.dns,
+            &self.config.ips,
+        )?;
         self.serving
             .publish_pem(
                 issued.chain_pem.as_bytes(),
