@@ -486,7 +486,6 @@ impl CaServer {
                 self.shared.refuse(remote, "connection_limit");
                 continue;
             };
-            drop(tcp.set_nodelay(true));
             let tls = tls.clone();
             let shared = self.shared.clone();
             tokio::spawn(async move {
