@@ -258,17 +258,29 @@ async fn a_source_holding_connections_does_not_stop_a_sidecar_renewing() {
     let tmp = tempfile::tempdir().unwrap();
     let ca_dir = init_ca(tmp.path());
     let metrics = free_addr();
-    // The default limits: 32 connections per source address, 1,024 in all.
-    let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &["--metrics-addr", &metrics]);
+    // The default limits (32 connections per source address, 1,024 in all), and deadlines
+    // long enough that only the limits, not a timeout, can free a slot during the test.
+    let ca = CaProcess::start(
+        &ca_dir,
+        "127.0.0.1:0",
+        &[
+            "--metrics-addr",
+            &metrics,
+            "--handshake-timeout",
+            "10m",
+            "--idle-timeout",
+            "10m",
+        ],
+    );
     let root = ca_dir.join("root-cert.pem");
 
     // More connections than the CA holds in all, from one source, some stopped inside the
     // handshake and the rest idle after it.
-    let held = flood(ca.addr, &root, 16, 1100).await;
-    assert!(
-        held.len() <= 32,
-        "the CA let {} connections of one source through (limit 32)",
-        held.len()
+    let mut held = flood(ca.addr, &root, 16, 1100).await;
+    assert_eq!(
+        held.len(),
+        32,
+        "the CA lets exactly 32 connections of one source through"
     );
 
     // A sidecar from 127.0.0.1 obtains its certificate with its token, then renews over mTLS.
@@ -284,6 +296,20 @@ async fn a_source_holding_connections_does_not_stop_a_sidecar_renewing() {
         .expect("the sidecar renews while the flood holds its connections");
     assert_ne!(first.serial_hex, renewed.serial_hex);
     assert_eq!(store.current().unwrap().svid.id, id("age"));
+
+    // The flood's connections were held all along: the limit, not a deadline, kept a slot
+    // free. (A closed one would read end-of-file at once.)
+    let mut still_open = 0;
+    for conn in held.iter_mut() {
+        if !conn.closed_within(Duration::from_millis(50)).await {
+            still_open += 1;
+        }
+    }
+    assert_eq!(
+        still_open,
+        held.len(),
+        "the CA closed held connections early"
+    );
 
     let text = scrape(&metrics).await;
     let refused = metric(
