@@ -926,7 +926,7 @@ impl Shared {
             Denial::new(
                 "impersonation",
                 Code::PermissionDenied,
-                format!("{caller} is not a trusted node account and may not request a certificate for another identity"),
+                format!("{caller} is not a trusted node account and may not request a certificate for {}", text.trim()),
             )
         };
         if self.impersonation.node_account_of(caller).is_none() {
