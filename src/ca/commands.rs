@@ -114,14 +114,17 @@ pub fn token(o: TokenOptions) -> anyhow::Result<()> {
     workload_id(ca.trust_domain(), &o.namespace, &o.service_account)?;
     let key = TokenKey::load_or_create(&o.dir)?;
     let token = key.mint(&o.namespace, &o.service_account, o.ttl)?;
+    // No trailing newline, like a Kubernetes projected token: clients that send the file's
+    // bytes as they are (ztunnel) would otherwise put a newline in the header.
     let Some(out) = o.out else {
-        println!("{token}");
+        print!("{token}");
+        std::io::Write::flush(&mut std::io::stdout())?;
         return Ok(());
     };
     let bundle = rotation::load_material(&o.dir)?.bundle_pem;
     std::fs::create_dir_all(&out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
-    write_file(&out.join("token"), format!("{token}\n").as_bytes(), 0o600)?;
+    write_file(&out.join("token"), token.as_bytes(), 0o600)?;
     write_file(&out.join("root-cert.pem"), bundle.as_bytes(), 0o644)?;
     println!(
         "wrote the bootstrap token of spiffe://{}/ns/{}/sa/{} and the CA's trust bundle into {} (token, root-cert.pem)",

@@ -7,6 +7,7 @@
 //! The `outrider ca ...` commands in [`commands`] are thin wrappers around them.
 
 pub mod commands;
+pub mod impersonation;
 pub mod rotation;
 /// Istio's CA protocol (kept under `ca` too, where the service uses it).
 pub use crate::ca_protocol as proto;
@@ -15,6 +16,7 @@ pub mod token;
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -79,6 +81,13 @@ pub enum CaError {
     BadDnsName(String),
     #[error("invalid duration {value:?}: {reason}")]
     BadDuration { value: String, reason: &'static str },
+    #[error(transparent)]
+    Impersonation(#[from] impersonation::ImpersonationError),
+    #[error("invalid CA service setting {setting}: {reason}")]
+    BadSetting {
+        setting: &'static str,
+        reason: &'static str,
+    },
     #[error(
         "the CA certificate expired at {not_after}; make a new CA with `outrider ca init --force`"
     )]
@@ -284,9 +293,21 @@ impl Authority {
         ttl: Duration,
         dns: &[String],
     ) -> Result<IssuedSvid, CaError> {
+        self.issue_with_ips(id, ttl, dns, &[])
+    }
+
+    /// [`Authority::issue`] with IP address SANs too (the CA's serving certificate, for
+    /// clients that dial it by address).
+    pub fn issue_with_ips(
+        &self,
+        id: &SpiffeId,
+        ttl: Duration,
+        dns: &[String],
+        ips: &[IpAddr],
+    ) -> Result<IssuedSvid, CaError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(|e| CaError::Generate(e.to_string()))?;
-        let leaf = self.sign_leaf(id, &key, ttl, dns)?;
+        let leaf = self.sign_leaf(id, &key, ttl, dns, ips)?;
         Ok(IssuedSvid {
             chain_pem: leaf.pem,
             key_pem: key.serialize_pem(),
@@ -323,7 +344,7 @@ impl Authority {
         };
         let public_key = rcgen::SubjectPublicKeyInfo::from_der(&spki)
             .map_err(|e| CaError::BadCsr(format!("its public key is not usable: {e}")))?;
-        self.sign_leaf(id, &public_key, ttl, &[])
+        self.sign_leaf(id, &public_key, ttl, &[], &[])
     }
 
     fn sign_leaf(
@@ -332,6 +353,7 @@ impl Authority {
         public_key: &impl rcgen::PublicKeyData,
         ttl: Duration,
         dns: &[String],
+        ips: &[IpAddr],
     ) -> Result<SignedLeaf, CaError> {
         let now = OffsetDateTime::now_utc();
         if self.not_after <= now {
@@ -363,6 +385,7 @@ impl Authority {
             }
             sans.push(SanType::DnsName(ia5));
         }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.subject_alt_names = sans;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![

@@ -11,6 +11,11 @@
 //! - Policy: `--default-ttl` when the request asks for ≤ 0 s, an error above `--max-ttl`
 //!   (Istio), a token bucket per identity, a cap on the request size. Every decision is one
 //!   audit line (target `outrider::ca::audit`) and a counter in [`CaStats`].
+//! - Exposure: no TLS session resumption (a resumed handshake would skip client-certificate
+//!   verification and let an expired or retired identity renew); deadlines on the TLS
+//!   handshake, on each request, on idle connections and on HTTP/2 keep-alive PINGs; a cap on
+//!   open connections in all and per source address, so one client holding connections
+//!   cannot stop sidecars renewing. Refused and timed-out connections are counted.
 //! - The CA directory is reread every second: root rotation steps (see
 //!   [`crate::ca::rotation`]) apply without a restart, and the serving certificate is
 //!   reissued when the signing root changes or half its life has passed.
@@ -18,9 +23,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tonic::{Code, Status};
 
+use crate::ca::impersonation::{
+    ImpersonationPolicy, NodeAccount, NodeIdentities, Refusal, IMPERSONATED_IDENTITY,
+};
 use crate::ca::proto::{
     IstioCertificateRequest, IstioCertificateResponse, CREATE_CERTIFICATE_PATH,
 };
@@ -47,8 +55,25 @@ pub const CA_SERVICE_ACCOUNT: &str = "outrider-ca";
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest CSR accepted inside a request.
 pub const MAX_CSR_BYTES: usize = 16 * 1024;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 1024;
+/// Open connections in all; further ones are closed at accept.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Open connections per source IP address (mid-handshake ones included); further ones from
+/// that address are closed at accept, so one client cannot take every slot.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// Deadline for the TLS handshake of a new connection.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no request in flight for this long is closed (GOAWAY, then closed).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 PING interval on a connection, to notice dead peers.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING not answered within this closes the connection.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for one request, from its headers to its response (a slow body counts).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent requests (HTTP/2 streams) per connection; a sidecar makes one.
+const MAX_STREAMS_PER_CONNECTION: u32 = 16;
+/// How long a connection closed for idleness may take to say goodbye (GOAWAY exchange).
+const GOAWAY_GRACE: Duration = Duration::from_secs(2);
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -70,6 +95,78 @@ pub struct ServeConfig {
     pub burst: u32,
     /// Where to serve `/stats/prometheus` for the CA itself (none: not served).
     pub metrics: Option<SocketAddr>,
+    /// Open connections in all ([`DEFAULT_MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Open connections per source IP address ([`DEFAULT_MAX_CONNECTIONS_PER_IP`]).
+    pub max_connections_per_ip: usize,
+    /// TLS handshake deadline ([`DEFAULT_HANDSHAKE_TIMEOUT`]).
+    pub handshake_timeout: Duration,
+    /// Close a connection with no request in flight for this long ([`DEFAULT_IDLE_TIMEOUT`]).
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive PING interval ([`DEFAULT_KEEPALIVE_INTERVAL`]).
+    pub keepalive_interval: Duration,
+    /// HTTP/2 keep-alive PING deadline ([`DEFAULT_KEEPALIVE_TIMEOUT`]).
+    pub keepalive_timeout: Duration,
+    /// Deadline per request ([`DEFAULT_REQUEST_TIMEOUT`]); DEADLINE_EXCEEDED after it.
+    pub request_timeout: Duration,
+    /// IP addresses of the serving certificate (clients that dial the CA by address).
+    pub ips: Vec<IpAddr>,
+    /// Node agents that may request certificates for other workloads
+    /// (`ImpersonatedIdentity`, see [`crate::ca::impersonation`]); none by default.
+    pub trusted_node_accounts: Vec<NodeAccount>,
+    /// YAML allow-list of the identities each node account may request; without it a
+    /// trusted node account may request any workload identity of the trust domain.
+    pub node_identities: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    /// Refuses limits and deadlines of zero: each would refuse or close every connection.
+    pub fn validate(&self) -> Result<(), CaError> {
+        let bad = |setting, reason| Err(CaError::BadSetting { setting, reason });
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.max_connections_per_ip == 0 {
+            return bad("max_connections_per_ip", "must be at least 1");
+        }
+        for (setting, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("keepalive_timeout", self.keepalive_timeout),
+            ("request_timeout", self.request_timeout),
+        ] {
+            if value.is_zero() {
+                return bad(setting, "must be longer than zero");
+            }
+        }
+        Ok(())
+    }
+
+    /// The CA directory `dir` served on `listen` with every other setting at its default
+    /// (the `ca serve` flag defaults).
+    pub fn new(dir: PathBuf, listen: SocketAddr) -> ServeConfig {
+        ServeConfig {
+            dir,
+            listen,
+            dns: vec!["ca".into()],
+            default_ttl: Duration::from_secs(24 * 3600),
+            max_ttl: Duration::from_secs(90 * 24 * 3600),
+            rate_per_minute: 60,
+            burst: 10,
+            metrics: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            ips: Vec::new(),
+            trusted_node_accounts: Vec::new(),
+            node_identities: None,
+        }
+    }
 }
 
 /// Decisions counted since start; read by the metrics scrape.
@@ -77,6 +174,9 @@ pub struct ServeConfig {
 pub struct CaStats {
     issued: AtomicU64,
     denied: Mutex<BTreeMap<&'static str, u64>>,
+    refused: Mutex<BTreeMap<&'static str, u64>>,
+    timed_out: Mutex<BTreeMap<&'static str, u64>>,
+    impersonated: Mutex<BTreeMap<String, u64>>,
 }
 
 impl CaStats {
@@ -93,9 +193,31 @@ impl CaStats {
             .clone()
     }
 
+    /// Certificates issued to node agents for other workloads, by node account
+    /// (`<namespace>/<service-account>`).
+    pub fn impersonated_by_node(&self) -> BTreeMap<String, u64> {
+        self.impersonated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Connections closed at accept, by reason (`per_ip_limit`, `connection_limit`).
+    pub fn connections_refused(&self) -> BTreeMap<&'static str, u64> {
+        read(&self.refused)
+    }
+
+    /// Connections closed by a deadline, by phase (`handshake`, `idle`, `request`).
+    pub fn connections_timed_out(&self) -> BTreeMap<&'static str, u64> {
+        read(&self.timed_out)
+    }
+
     /// The counters in Prometheus text format, from a registry built for this scrape (never
     /// the global default): `outrider_ca_certificates_issued_total`,
-    /// `outrider_ca_requests_denied_total{reason}`.
+    /// `outrider_ca_requests_denied_total{reason}`,
+    /// `outrider_ca_connections_refused_total{reason}`,
+    /// `outrider_ca_connections_timed_out_total{phase}`,
+    /// `outrider_ca_impersonated_certificates_issued_total{node_account}`.
     pub fn encode_prometheus(&self) -> String {
         use prometheus::Encoder;
         let registry = prometheus::Registry::new();
@@ -105,32 +227,82 @@ impl CaStats {
         )
         .expect("a valid metric name");
         issued.inc_by(self.issued());
-        let denied = prometheus::IntCounterVec::new(
+        let denied = labelled_counter(
+            "outrider_ca_requests_denied_total",
+            "Certificate requests refused by the CA service, by reason.",
+            "reason",
+            &self.denied_by_reason(),
+        );
+        let refused = labelled_counter(
+            "outrider_ca_connections_refused_total",
+            "Connections the CA service closed at accept, by reason (per_ip_limit, connection_limit).",
+            "reason",
+            &self.connections_refused(),
+        );
+        let timed_out = labelled_counter(
+            "outrider_ca_connections_timed_out_total",
+            "Connections the CA service closed by a deadline, by phase (handshake, idle, request).",
+            "phase",
+            &self.connections_timed_out(),
+        );
+        let impersonated = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
-                "outrider_ca_requests_denied_total",
-                "Certificate requests refused by the CA service, by reason.",
+                "outrider_ca_impersonated_certificates_issued_total",
+                "Certificates issued to node agents for other workloads (ImpersonatedIdentity), by node account.",
             ),
-            &["reason"],
+            &["node_account"],
         )
         .expect("a valid metric name");
-        for (reason, n) in self.denied_by_reason() {
-            denied.with_label_values(&[reason]).inc_by(n);
+        for (node, n) in self.impersonated_by_node() {
+            impersonated.with_label_values(&[node.as_str()]).inc_by(n);
         }
+        let _ = registry.register(Box::new(impersonated));
         let _ = registry.register(Box::new(issued));
         let _ = registry.register(Box::new(denied));
+        let _ = registry.register(Box::new(refused));
+        let _ = registry.register(Box::new(timed_out));
         let mut out = Vec::new();
         let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 
     fn deny(&self, reason: &'static str) {
-        *self
-            .denied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(reason)
-            .or_default() += 1;
+        bump(&self.denied, reason);
     }
+
+    /// Counts a connection refused at accept; returns how many were refused for `reason`.
+    fn refuse(&self, reason: &'static str) -> u64 {
+        bump(&self.refused, reason)
+    }
+
+    fn time_out(&self, phase: &'static str) {
+        bump(&self.timed_out, phase);
+    }
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, key: &'static str) -> u64 {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(key).or_default();
+    *n += 1;
+    *n
+}
+
+fn read(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, u64> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn labelled_counter(
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &BTreeMap<&'static str, u64>,
+) -> prometheus::IntCounterVec {
+    let counter = prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), &[label])
+        .expect("a valid metric name");
+    for (value, n) in values {
+        counter.with_label_values(&[value]).inc_by(*n);
+    }
+    counter
 }
 
 /// A bound, not yet running, CA service.
@@ -148,7 +320,10 @@ struct Shared {
     /// When the serving certificate was issued and until when it is valid.
     serving_life: Mutex<(SystemTime, SystemTime, u64)>,
     token_key: TokenKey,
+    impersonation: ImpersonationPolicy,
     limiter: Mutex<HashMap<String, Bucket>>,
+    /// Open connections per source address (see [`SourceSlot`]).
+    sources: Mutex<HashMap<IpAddr, usize>>,
     issued_until: Mutex<HashMap<String, u64>>,
     stats: Arc<CaStats>,
 }
@@ -156,6 +331,23 @@ struct Shared {
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+/// A certificate signed for a request.
+struct Issued {
+    id: SpiffeId,
+    /// Set when a node agent asked for another workload's certificate.
+    node: Option<NodeAgent>,
+    chain: Vec<String>,
+    serial_hex: String,
+    /// Unix seconds.
+    not_after: u64,
+}
+
+/// The node agent behind an impersonated issuance: its account and its own identity.
+struct NodeAgent {
+    account: NodeAccount,
+    caller: SpiffeId,
 }
 
 /// A refusal: the gRPC status for the caller and the reason label for audit and metrics.
@@ -186,17 +378,33 @@ impl CaServer {
     /// Loads the CA directory (creating `token-key.pem` if missing), issues the serving
     /// certificate and binds the listener.
     pub async fn bind(config: ServeConfig) -> Result<CaServer, CaError> {
+        config.validate()?;
         let material = rotation::load_material(&config.dir)?;
         let token_key = TokenKey::load_or_create(&config.dir)?;
         let td = material.authority.trust_domain().to_string();
         let serving_id = workload_id(&td, CA_NAMESPACE, CA_SERVICE_ACCOUNT)?;
+        let allow_list = match &config.node_identities {
+            Some(path) => Some(NodeIdentities::load(path)?),
+            None => None,
+        };
+        if let Some(list) = &allow_list {
+            for account in list.accounts() {
+                if !config.trusted_node_accounts.contains(account) {
+                    tracing::warn!(node_account = %account, "the node identities file names an account that is not a trusted node account; its entry is unused");
+                }
+            }
+        }
+        let impersonation =
+            ImpersonationPolicy::new(config.trusted_node_accounts.clone(), allow_list);
         let shared = Arc::new(Shared {
+            impersonation,
             serving: CertStore::new(&td),
             serving_id,
             serving_life: Mutex::new((UNIX_EPOCH, UNIX_EPOCH, 0)),
             material: RwLock::new(Arc::new(material)),
             token_key,
             limiter: Mutex::new(HashMap::new()),
+            sources: Mutex::new(HashMap::new()),
             issued_until: Mutex::new(HashMap::new()),
             stats: Arc::new(CaStats::default()),
             config,
@@ -249,12 +457,14 @@ impl CaServer {
             .metrics
             .take()
             .map(|l| AbortOnDrop(tokio::spawn(serve_metrics(l, self.shared.stats.clone()))));
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let permits = Arc::new(Semaphore::new(self.shared.config.max_connections));
         tracing::info!(
             addr = %self.local_addr(),
             trust_domain = %self.shared.serving.trust_domain(),
             serving_id = %self.shared.serving_id,
             dns = ?self.shared.config.dns,
+            ips = ?self.shared.config.ips,
+            trusted_node_accounts = ?self.shared.impersonation.trusted().iter().map(ToString::to_string).collect::<Vec<_>>(),
             "CA service listening"
         );
         loop {
@@ -266,17 +476,101 @@ impl CaServer {
                     continue;
                 }
             };
+            // The source's own limit first, so a flood from one address is counted as such
+            // and never takes the slots other sources need.
+            let Some(slot) = SourceSlot::take(&self.shared, remote.ip()) else {
+                self.shared.refuse(remote, "per_ip_limit");
+                continue;
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%remote, "CA service at its connection limit; closing");
+                self.shared.refuse(remote, "connection_limit");
                 continue;
             };
             let tls = tls.clone();
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                let _permit = permit;
+                let _held = (permit, slot);
                 serve_connection(shared, tls, tcp, remote).await;
             });
         }
+    }
+}
+
+/// One open connection of a source address, counted against `max_connections_per_ip`
+/// until dropped.
+struct SourceSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl SourceSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<SourceSlot> {
+        // One address, however the socket reports it (IPv4 on a dual-stack listener).
+        let ip = ip.to_canonical();
+        let mut sources = shared.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let open = sources.entry(ip).or_default();
+        if *open >= shared.config.max_connections_per_ip {
+            return None;
+        }
+        *open += 1;
+        Some(SourceSlot {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut sources = self
+            .shared
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = sources.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                sources.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended: the idle clock.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Marks a request in flight until the returned guard drops (also when it is cancelled).
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// When the connection becomes idle-expired, or `None` while a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(*self.last.lock().unwrap_or_else(|e| e.into_inner()) + idle)
+    }
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -294,13 +588,15 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     remote: SocketAddr,
 ) {
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+    let config = &shared.config;
+    let stream = match tokio::time::timeout(config.handshake_timeout, tls.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "CA service TLS handshake failed");
             return;
         }
         Err(_) => {
+            shared.stats.time_out("handshake");
             tracing::debug!(%remote, "CA service TLS handshake timed out");
             return;
         }
@@ -311,15 +607,65 @@ async fn serve_connection(
         .1
         .peer_certificates()
         .and_then(peer_spiffe_id);
+    let activity = Activity::new();
+    let service_activity = activity.clone();
+    let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
+        let shared = service_shared.clone();
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(route(shared, peer, remote, req).await) }
+        let in_flight = service_activity.start();
+        async move {
+            let _in_flight = in_flight;
+            let deadline = shared.config.request_timeout;
+            let response = match tokio::time::timeout(
+                deadline,
+                route(shared.clone(), peer, remote, req),
+            )
+            .await
+            {
+                Ok(response) => response,
+                Err(_) => {
+                    // A client trickling its request body holds a stream; the deadline
+                    // bounds it like a gRPC deadline would.
+                    shared.stats.time_out("request");
+                    tracing::info!(target: "outrider::ca::audit", decision = "denied", reason = "request_timeout", %remote, "the request did not arrive within {deadline:?}");
+                    Status::deadline_exceeded(format!(
+                        "the request did not arrive within {deadline:?}"
+                    ))
+                    .into_http()
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
     });
-    let result = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+    let connection = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(16 * 1024)
-        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-        .await;
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    // hyper has no idle timeout for HTTP/2 servers: watch the requests in flight and close
+    // a connection that has had none for `idle_timeout` (a client that never sends the
+    // HTTP/2 preface is idle from the start).
+    let result = loop {
+        let wake = activity
+            .idle_deadline(config.idle_timeout)
+            .unwrap_or_else(|| Instant::now() + config.idle_timeout);
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            () = tokio::time::sleep_until(wake.into()) => {
+                if activity.idle_deadline(config.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                    shared.stats.time_out("idle");
+                    tracing::debug!(%remote, "CA service connection idle; closing");
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOAWAY_GRACE, connection.as_mut()).await;
+                    return;
+                }
+            }
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(%remote, error = %e, "CA service connection ended with an error");
     }
@@ -361,6 +707,17 @@ async fn route(
 }
 
 impl Shared {
+    /// Counts and logs a connection closed at accept (a warning for the first and then
+    /// every 1000th, so a flood cannot flood the log too).
+    fn refuse(&self, remote: SocketAddr, reason: &'static str) {
+        let n = self.stats.refuse(reason);
+        if n == 1 || n % 1000 == 0 {
+            tracing::warn!(%remote, reason, refused = n, "CA service connection refused at accept");
+        } else {
+            tracing::debug!(%remote, reason, "CA service connection refused at accept");
+        }
+    }
+
     fn create_certificate(
         &self,
         peer: Option<SpiffeId>,
@@ -374,21 +731,31 @@ impl Shared {
         let message = request.into_inner();
         let auth = if peer.is_some() { "mtls" } else { "token" };
         match self.decide(peer.clone(), bearer.as_deref(), &message) {
-            Ok((id, chain, serial, not_after)) => {
+            Ok(issued) => {
                 self.stats.issued.fetch_add(1, Ordering::Relaxed);
+                if let Some(node) = &issued.node {
+                    *self
+                        .stats
+                        .impersonated
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(node.account.to_string())
+                        .or_default() += 1;
+                }
                 tracing::info!(
                     target: "outrider::ca::audit",
                     decision = "issued",
-                    identity = %id,
+                    identity = %issued.id,
+                    node_agent = issued.node.as_ref().map(|n| tracing::field::display(&n.caller)),
                     auth,
-                    serial = %serial,
-                    not_after = not_after,
+                    serial = %issued.serial_hex,
+                    not_after = issued.not_after,
                     requested_ttl_s = message.validity_duration,
                     %remote,
                     "certificate issued"
                 );
                 Ok(tonic::Response::new(IstioCertificateResponse {
-                    cert_chain: chain,
+                    cert_chain: issued.chain,
                 }))
             }
             Err(denial) => {
@@ -409,14 +776,13 @@ impl Shared {
         }
     }
 
-    /// Authenticate, authorize, apply policy, sign. Returns the identity, the response chain,
-    /// the serial and notAfter (Unix seconds).
+    /// Authenticate, authorize, apply policy, sign.
     fn decide(
         &self,
         peer: Option<SpiffeId>,
         bearer: Option<&str>,
         request: &IstioCertificateRequest,
-    ) -> Result<(SpiffeId, Vec<String>, String, u64), Denial> {
+    ) -> Result<Issued, Denial> {
         let material = self.material();
         let td = material.authority.trust_domain().to_string();
         let id = match (peer, bearer) {
@@ -473,15 +839,8 @@ impl Shared {
                 ))
             }
         };
-        if let Some(meta) = &request.metadata {
-            if meta.fields.contains_key("ImpersonatedIdentity") {
-                return Err(Denial::new(
-                    "impersonation",
-                    Code::PermissionDenied,
-                    format!("{id} may not request a certificate for another identity"),
-                ));
-            }
-        }
+        let caller = id;
+        let (id, node) = self.subject(&caller, request, &td)?;
         if !self.take_token(&id) {
             return Err(Denial::new(
                 "rate_limited",
@@ -527,12 +886,80 @@ impl Shared {
             })?;
         let not_after = unix(leaf.not_after);
         self.note_issued(material.authority.serial_hex(), not_after);
-        Ok((
+        Ok(Issued {
             id,
-            vec![leaf.pem, material.bundle_pem.clone()],
-            leaf.serial_hex,
+            node: node.map(|account| NodeAgent { account, caller }),
+            chain: vec![leaf.pem, material.bundle_pem.clone()],
+            serial_hex: leaf.serial_hex,
             not_after,
-        ))
+        })
+    }
+
+    /// The identity to certify: the caller's own, or the one a trusted node agent names in
+    /// `ImpersonatedIdentity` (with the node account that asked).
+    fn subject(
+        &self,
+        caller: &SpiffeId,
+        request: &IstioCertificateRequest,
+        td: &str,
+    ) -> Result<(SpiffeId, Option<NodeAccount>), Denial> {
+        let Some(value) = request
+            .metadata
+            .as_ref()
+            .and_then(|meta| meta.fields.get(IMPERSONATED_IDENTITY))
+        else {
+            return Ok((caller.clone(), None));
+        };
+        let Some(prost_types::value::Kind::StringValue(text)) = &value.kind else {
+            return Err(Denial::new(
+                "bad_identity",
+                Code::InvalidArgument,
+                format!("{IMPERSONATED_IDENTITY} must be a string (a SPIFFE ID)"),
+            ));
+        };
+        let target = SpiffeId::parse(text.trim());
+        // Asking for oneself is no impersonation (Istio's clients may always set the key).
+        if target.as_ref().is_ok_and(|t| t == caller) {
+            return Ok((caller.clone(), None));
+        }
+        let not_trusted = || {
+            Denial::new(
+                "impersonation",
+                Code::PermissionDenied,
+                format!("{caller} is not a trusted node account and may not request a certificate for {}", text.trim()),
+            )
+        };
+        if self.impersonation.node_account_of(caller).is_none() {
+            return Err(not_trusted());
+        }
+        let target = target
+            .ok()
+            .filter(|t| {
+                t.trust_domain() == td && t.namespace().is_some() && t.service_account().is_some()
+            })
+            .ok_or_else(|| {
+                Denial::new(
+                    "bad_identity",
+                    Code::InvalidArgument,
+                    format!("{IMPERSONATED_IDENTITY} {text:?} is not a workload SPIFFE ID of trust domain {td}"),
+                )
+            })?;
+        if target == self.serving_id {
+            return Err(Denial::new(
+                "bad_identity",
+                Code::PermissionDenied,
+                "the CA's own identity cannot be requested",
+            ));
+        }
+        match self.impersonation.decide(caller, &target) {
+            Ok(node) => Ok((target, node)),
+            Err(Refusal::NotTrusted) => Err(not_trusted()),
+            Err(Refusal::NotAllowed(node)) => Err(Denial::new(
+                "impersonation_not_allowed",
+                Code::PermissionDenied,
+                format!("node account {node} may not request a certificate for {target} (not in its node identities)"),
+            )),
+        }
     }
 
     fn material(&self) -> Arc<Material> {
@@ -583,9 +1010,12 @@ impl Shared {
     /// Issues the CA's own serving certificate from the current signing root.
     fn reissue_serving(&self) -> Result<(), CaError> {
         let material = self.material();
-        let issued = material
-            .authority
-            .issue(&self.serving_id, SERVING_TTL, &self.config.dns)?;
+        let issued = material.authority.issue_with_ips(
+            &self.serving_id,
+            SERVING_TTL,
+            &self.config.dns,
+            &self.config.ips,
+        )?;
         self.serving
             .publish_pem(
                 issued.chain_pem.as_bytes(),
@@ -616,7 +1046,37 @@ impl Shared {
             )))
             .with_cert_resolver(Arc::new(StoreCertResolver::new(self.serving.clone())));
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // No resumption at all: a resumed handshake skips client-certificate verification, so
+        // a caller whose SVID has expired, or whose root was retired, could resume a session
+        // from before and be issued a fresh certificate for that identity. A full handshake
+        // per connection costs the CA nothing that matters (one request per connection).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.ticketer = Arc::new(NoTickets);
+        config.send_tls13_tickets = 0;
         Arc::new(config)
+    }
+}
+
+/// A ticketer that never issues or accepts a ticket (rustls's own is not public; stating it
+/// here keeps the CA's "no resumption" independent of rustls's defaults).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }
 
@@ -707,4 +1167,27 @@ fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_limits_and_deadlines_are_refused() {
+        let ok = ServeConfig::new("/ca".into(), "127.0.0.1:0".parse().unwrap());
+        assert!(ok.validate().is_ok());
+        type Change = fn(&mut ServeConfig);
+        let cases: [(&str, Change); 3] = [
+            ("max_connections_per_ip", |c| c.max_connections_per_ip = 0),
+            ("idle_timeout", |c| c.idle_timeout = Duration::ZERO),
+            ("request_timeout", |c| c.request_timeout = Duration::ZERO),
+        ];
+        for (setting, change) in cases {
+            let mut config = ok.clone();
+            change(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(setting), "{err}");
+        }
+    }
 }

@@ -1,13 +1,14 @@
 //! `outrider ca init | issue | serve | token | rotate-root` flags → the plain options of
 //! [`outrider::ca::commands`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Subcommand;
 use outrider::ca::commands::{self, InitOptions, IssueOptions, RotationStep, TokenOptions};
-use outrider::ca::server::ServeConfig;
+use outrider::ca::impersonation::NodeAccount;
+use outrider::ca::server::{ServeConfig, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP};
 
 use super::duration;
 
@@ -18,7 +19,7 @@ pub enum CaCommand {
     /// Issue a workload certificate (cert-chain.pem, key.pem, root-cert.pem).
     Issue(IssueArgs),
     /// Serve Istio's CA protocol (CSR signing) over TLS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a bootstrap token for a service account.
     Token(TokenArgs),
     /// Rotate the root: --step prepare, then activate, then retire.
@@ -51,6 +52,16 @@ impl CaCommand {
                 rate_per_minute: a.rate_limit,
                 burst: a.burst,
                 metrics: a.metrics_addr,
+                max_connections: a.max_connections,
+                max_connections_per_ip: a.max_connections_per_ip,
+                handshake_timeout: a.handshake_timeout,
+                idle_timeout: a.idle_timeout,
+                keepalive_interval: a.keepalive_interval,
+                keepalive_timeout: a.keepalive_timeout,
+                request_timeout: a.request_timeout,
+                ips: a.ips,
+                trusted_node_accounts: a.trusted_node_accounts,
+                node_identities: a.node_identities,
             }),
             CaCommand::Token(a) => commands::token(TokenOptions {
                 dir: a.dir,
@@ -128,6 +139,43 @@ pub struct ServeArgs {
     /// Serve the CA's own counters on `http://<addr>/stats/prometheus`.
     #[arg(long, env = "OUTRIDER_CA_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Open connections in all; more are closed at accept.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Open connections per source IP address (mid-handshake ones included).
+    #[arg(long, env = "OUTRIDER_CA_MAX_CONNECTIONS_PER_IP", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Deadline for a client's TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub handshake_timeout: Duration,
+    /// Close a connection with no request in flight for this long.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive PING interval.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub keepalive_interval: Duration,
+    /// Close a connection whose keep-alive PING is not answered within this.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub keepalive_timeout: Duration,
+    /// Deadline for one request (DEADLINE_EXCEEDED after it).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub request_timeout: Duration,
+    /// IP address SAN of the CA's serving certificate (clients dialling the CA by address).
+    /// Repeatable.
+    #[arg(long = "ip")]
+    pub ips: Vec<IpAddr>,
+    /// A node agent's `<namespace>/<service-account>` that may request certificates for
+    /// other workloads (`ImpersonatedIdentity`, like Istio's CA_TRUSTED_NODE_ACCOUNTS).
+    /// Repeatable; the variable takes a comma-separated list.
+    #[arg(
+        long = "trusted-node-account",
+        env = "OUTRIDER_CA_TRUSTED_NODE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    pub trusted_node_accounts: Vec<NodeAccount>,
+    /// YAML file: node account → the identities it may request (`<ns>/*` or `<ns>/<sa>`).
+    #[arg(long, env = "OUTRIDER_CA_NODE_IDENTITIES")]
+    pub node_identities: Option<PathBuf>,
 }
 
 /// `outrider ca token --dir <dir> --namespace <ns> --service-account <sa> [--ttl 24h]
