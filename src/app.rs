@@ -139,7 +139,7 @@ impl Sidecar {
         }
         let plan = Arc::new(mesh.plan(&args.workload)?);
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
-        let store = CertStore::new(&plan.trust_domain);
+        let store = CertStore::for_workload(&plan.workload.spiffe_id);
         let identity_source = match &args.identity {
             IdentityConfig::Files(dir) => {
                 crate::identity::files::load_dir(&store, dir).with_context(|| {
@@ -292,6 +292,9 @@ impl Sidecar {
     }
 }
 
+/// How often the files of SIMPLE/MUTUAL originations are checked for changes.
+const ORIGINATION_POLL: Duration = Duration::from_secs(1);
+
 /// What the reload follower owns.
 struct Reloads {
     plan_rx: watch::Receiver<Arc<Plan>>,
@@ -303,22 +306,55 @@ struct Reloads {
     addrs_tx: watch::Sender<serde_json::Value>,
 }
 
-/// Applies each reloaded plan: a new runtime for the data path (a plan that cannot be built
-/// keeps the old one), then the listener set and the live connections brought in line.
-async fn follow_reloads(mut r: Reloads) {
-    while r.plan_rx.changed().await.is_ok() {
-        let plan = r.plan_rx.borrow_and_update().clone();
-        match crate::proxy::runtime::build(plan.clone(), &r.store, r.resumption) {
+impl Reloads {
+    /// Builds the runtime of `plan` and hands it to the data path; `false` (logged) when it
+    /// cannot be built, and the old runtime stays.
+    fn publish(&self, plan: &Arc<Plan>) -> bool {
+        match crate::proxy::runtime::build(plan.clone(), &self.store, self.resumption) {
             Ok(rt) => {
-                r.runtime_tx.send_replace(Arc::new(rt));
-                r.listeners.reconcile(&plan).await;
-                r.addrs.listeners = r.listeners.addrs();
-                r.addrs_tx
-                    .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
-                tracing::info!("configuration reloaded");
+                self.runtime_tx.send_replace(Arc::new(rt));
+                true
             }
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "reloaded plan refused; keeping the old one")
+                tracing::error!(error = %format!("{e:#}"), "runtime not rebuilt; keeping the old one");
+                false
+            }
+        }
+    }
+}
+
+/// Applies each reloaded plan: a new runtime for the data path (a plan that cannot be built
+/// keeps the old one), then the listener set and the live connections brought in line. Also
+/// rebuilds the runtime when a SIMPLE/MUTUAL origination's certificate files change.
+async fn follow_reloads(mut r: Reloads) {
+    let mut plan = r.plan_rx.borrow().clone();
+    let mut material = crate::proxy::runtime::origination_material(&plan);
+    let mut poll = tokio::time::interval(ORIGINATION_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = r.plan_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                plan = r.plan_rx.borrow_and_update().clone();
+                material = crate::proxy::runtime::origination_material(&plan);
+                if r.publish(&plan) {
+                    r.listeners.reconcile(&plan).await;
+                    r.addrs.listeners = r.listeners.addrs();
+                    r.addrs_tx
+                        .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
+                    tracing::info!("configuration reloaded");
+                }
+            }
+            _ = poll.tick() => {
+                let now = crate::proxy::runtime::origination_material(&plan);
+                if now != material {
+                    material = now;
+                    if r.publish(&plan) {
+                        tracing::info!("origination certificates reloaded");
+                    }
+                }
             }
         }
     }

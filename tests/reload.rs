@@ -139,9 +139,10 @@ fn outbound_listeners_keep_their_service_when_entries_are_reordered_inserted_and
         &file,
         &client_config(&[], &[(bind_c, c.port), (bind_b, b.port), (bind_a, a.port)]),
     );
-    assert_eq!(who_answers(loopback(bind_c)).unwrap(), c.port);
+    // (Looked up by position, the socket of `a` would now carry traffic to `c`.)
     assert_eq!(who_answers(loopback(bind_a)).unwrap(), a.port);
     assert_eq!(who_answers(loopback(bind_b)).unwrap(), b.port);
+    assert_eq!(who_answers(loopback(bind_c)).unwrap(), c.port);
     std::thread::sleep(Duration::from_millis(300));
 
     // Remove the first original entry: its bind stops listening, the others keep their

@@ -40,6 +40,8 @@ pub enum IdentityError {
     InvalidSvid { reason: rustls::Error },
     #[error("the SVID {id} is not in this store's trust domain {expected:?}")]
     WrongTrustDomain { id: String, expected: String },
+    #[error("the certificate is for {id}, but this workload is {expected}")]
+    WrongIdentity { id: String, expected: String },
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,

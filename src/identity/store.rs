@@ -94,6 +94,8 @@ pub struct CertStore {
 
 struct Inner {
     trust_domain: String,
+    /// The one SPIFFE ID this store accepts, when it serves a known workload.
+    expected: Option<SpiffeId>,
     current: RwLock<Option<Arc<Identity>>>,
     writer: Mutex<()>,
     rejected: AtomicU64,
@@ -104,9 +106,21 @@ struct Inner {
 impl CertStore {
     /// An empty store for `trust_domain`: every handshake fails until a first publish.
     pub fn new(trust_domain: &str) -> CertStore {
+        CertStore::with_expected(trust_domain, None)
+    }
+
+    /// An empty store for the workload whose identity is `id`: material naming any other
+    /// SPIFFE ID (another service account's files mounted by mistake) is refused, at start-up
+    /// and on every rotation.
+    pub fn for_workload(id: &SpiffeId) -> CertStore {
+        CertStore::with_expected(id.trust_domain(), Some(id.clone()))
+    }
+
+    fn with_expected(trust_domain: &str, expected: Option<SpiffeId>) -> CertStore {
         let (generation, _) = watch::channel(0);
         CertStore {
             inner: Arc::new(Inner {
+                expected,
                 trust_domain: trust_domain.to_string(),
                 current: RwLock::new(None),
                 writer: Mutex::new(()),
@@ -242,6 +256,14 @@ impl CertStore {
                 id: id.to_string(),
                 expected: store_domain,
             });
+        }
+        if let Some(expected) = &self.inner.expected {
+            if &id != expected {
+                return Err(IdentityError::WrongIdentity {
+                    id: id.to_string(),
+                    expected: expected.to_string(),
+                });
+            }
         }
         let (serial_hex, not_after) = leaf_facts(&chain[0])?;
         Ok(Identity {

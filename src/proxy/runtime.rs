@@ -174,6 +174,47 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
     })
 }
 
+/// A digest of the certificate and key files the plan's SIMPLE and MUTUAL originations read
+/// (DestinationRule `caCertificates`, `clientCertificate`, `privateKey`): when it changes, the
+/// runtime is rebuilt, so replaced files take effect without a restart, as the SVID's do. A
+/// file that cannot be read counts as its error text.
+pub fn origination_material(plan: &Plan) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut paths = std::collections::BTreeSet::new();
+    for e in plan
+        .outbound
+        .iter()
+        .flat_map(|o| &o.routes)
+        .flat_map(|r| &r.endpoints)
+    {
+        match &e.tls {
+            TlsOrigination::Simple {
+                ca_certificates, ..
+            } => paths.extend(ca_certificates.iter()),
+            TlsOrigination::Mutual {
+                client_certificate,
+                private_key,
+                ca_certificates,
+                ..
+            } => {
+                paths.extend(ca_certificates.iter());
+                paths.insert(client_certificate);
+                paths.insert(private_key);
+            }
+            TlsOrigination::Disable | TlsOrigination::IstioMutual { .. } => {}
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        path.hash(&mut hasher);
+        match std::fs::read(path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(e) => e.to_string().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
 /// One mesh client configuration per set of allowed server identities, shared by every
 /// endpoint that expects the same set (so they share a ticket cache too).
 struct MeshConnectors<'a> {
