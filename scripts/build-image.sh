@@ -12,7 +12,7 @@ prom_image="${OUTRIDER_PROMETHEUS_IMAGE:-outrider-prometheus:dev}"
 target=x86_64-unknown-linux-gnu
 target_dir="${CARGO_TARGET_DIR:-target}"
 
-# A fully static binary (static-pie): runs in an empty root (DESIGN.md, Packaging).
+# A fully static binary (static-pie): runs in an empty root (nothing else is in the image).
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target"
 bin="$target_dir/$target/release/outrider"
 if ldd "$bin" 2>/dev/null | grep -q '=>'; then

@@ -1,4 +1,4 @@
-//! Prometheus metrics with Istio's standard names and labels (SEMANTICS §7), plus outrider's
+//! Prometheus metrics with Istio's standard names and labels (istio.io/latest/docs/reference/config/metrics/), plus outrider's
 //! own `outrider_*` families.
 //!
 //! Built on an explicitly passed [`Registry`], never the global one. The data path resolves a

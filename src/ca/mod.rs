@@ -1,5 +1,5 @@
 //! The mesh CA: a root key and certificate, and issuance of workload certificates (X.509-SVIDs)
-//! with Istio's CA profile (SEMANTICS.md §1).
+//! with Istio's CA profile (empty subject, one critical URI SAN, server + client auth).
 //!
 //! [`Authority`] is a loaded CA usable in-process (tests, the demo, the CSR service); the
 //! service itself is [`server`] (Istio's protocol, [`proto`]), authenticating first requests

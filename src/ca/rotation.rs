@@ -8,7 +8,7 @@
 //! - `issued-until-<root serial>`: the latest notAfter (Unix seconds) of a leaf that root
 //!   signed, kept by the service so retiring a root can wait for its last leaf to expire.
 //!
-//! Rotation (SEMANTICS.md §9, Istio's zero-downtime root swap), one `outrider ca rotate-root`
+//! Rotation (Istio's zero-downtime root swap: publish old + new roots, sign with the new, drop the old), one `outrider ca rotate-root`
 //! step at a time, with the service running (it rereads the directory every second):
 //! 1. `--step prepare`: a new root is generated and added to the bundle; signing is
 //!    unchanged. Wait at least one renewal interval (half a workload TTL) so every workload

@@ -1,4 +1,4 @@
-//! DestinationRule (SEMANTICS.md §3): checking a rule's fields at load, finding the rule (and
+//! DestinationRule (istio.io/latest/docs/reference/config/networking/destination-rule/): checking a rule's fields at load, finding the rule (and
 //! subset) a client sees for a host, the TLS it sets for one port, and turning that `tls`
 //! block into the [`TlsOrigination`] a sidecar dials with.
 //!

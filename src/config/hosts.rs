@@ -1,4 +1,4 @@
-//! Host names of the mesh (SEMANTICS.md §3): completing the names written in resources to
+//! Host names of the mesh (as Istio completes them): completing the names written in resources to
 //! FQDNs, matching them against rule hosts, who may see a resource (`exportTo`), the workloads
 //! behind a service, and Istio's default SNI.
 //!

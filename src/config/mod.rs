@@ -4,7 +4,7 @@
 //! - [`source`] reads files and splits documents, remembering where each starts;
 //! - [`resources`] is the YAML schema (strict in `spec`, lenient in `metadata`);
 //! - [`load`] turns documents into a validated [`MeshConfig`];
-//! - [`peer_authn`] is the pure resolution rule of SEMANTICS.md §2 (inbound modes);
+//! - [`peer_authn`] is the pure resolution rule of PeerAuthentication (inbound modes);
 //! - [`hosts`], [`destination_rule`], [`virtual_service`] and [`outbound`] are those of §3:
 //!   host names, the TLS a DestinationRule sets, the routes a VirtualService splits, and the
 //!   outbound plan that combines them (with auto mTLS);
@@ -343,7 +343,7 @@ spec:
     }
 
     #[test]
-    fn seeds_name_v1_v2_with_permissive_mesh() {
+    fn sample_app_name_v1_v2_with_permissive_mesh() {
         let c = config(&format!(
             "{}{}{NAME_VS}",
             pa("istio-system", "default", "{ mtls: { mode: PERMISSIVE } }"),

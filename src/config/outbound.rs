@@ -1,4 +1,4 @@
-//! The outbound plan (SEMANTICS.md §3): where one `outbound` entry of a workload goes, split
+//! The outbound plan (Istio's DestinationRule TLS and auto mTLS rules): where one `outbound` entry of a workload goes, split
 //! into weighted routes by its VirtualService, each endpoint's TLS decided by a DestinationRule
 //! (see [`super::destination_rule`]) or, when none sets `tls`, by auto mTLS.
 //!

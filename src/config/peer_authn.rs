@@ -1,4 +1,4 @@
-//! PeerAuthentication resolution (SEMANTICS.md §2): which mTLS mode a workload's sidecar
+//! PeerAuthentication resolution (Istio's rules, istio.io/latest/docs/reference/config/security/peer_authentication/): which mTLS mode a workload's sidecar
 //! enforces on one port, and which policy decided it. Pure functions over the policies in
 //! load order.
 //!

@@ -1,4 +1,4 @@
-//! VirtualService (SEMANTICS.md §3): checking a service's fields at load, finding the
+//! VirtualService (istio.io/latest/docs/reference/config/networking/virtual-service/): checking a service's fields at load, finding the
 //! VirtualService a client sees for a host, the rule it applies, and where each weighted
 //! destination of that rule goes.
 //!

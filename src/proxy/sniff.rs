@@ -33,7 +33,7 @@ pub enum Detected {
     Malformed,
 }
 
-/// ALPN values by which mesh clients announce mTLS (SEMANTICS §2).
+/// ALPN values by which Istio and outrider mesh clients announce mTLS.
 pub fn is_mesh_alpn(proto: &[u8]) -> bool {
     matches!(
         proto,
