@@ -3,13 +3,11 @@
 //! sidecar-less client through and lists it, STRICT resets it while the mesh keeps working, a
 //! DestinationRule subset turns mTLS off for one version.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn is_reset(r: std::io::Result<Vec<u8>>) -> bool {
     match r {
