@@ -9,7 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
@@ -97,6 +98,15 @@ impl Pki {
         outrider_ok(&args);
         out
     }
+}
+
+/// Replaces `path` with `contents` in one step (write a sibling, rename over), as a
+/// ConfigMap update does: a watcher polling the file never reads it empty or half-written.
+/// The sibling's `.tmp` suffix keeps it out of a configuration directory's `*.yaml` files.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 /// A loopback port that was free a moment ago and that no other test in this process got
@@ -278,21 +288,31 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A background app: each connection handled on its own thread by `handler`.
+/// A background app: each connection handled on its own thread by `handler`. Dropping it
+/// closes the listener, so finished tests leave no sockets or threads behind in the process
+/// the later ones run in.
 pub struct App {
     pub port: u16,
+    stop: Arc<AtomicBool>,
 }
 
 impl App {
     pub fn spawn(handler: fn(TcpStream)) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                std::thread::spawn(move || handler(s));
+            for s in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    std::thread::spawn(move || handler(s));
+                }
             }
         });
-        App { port }
+        App { port, stop }
     }
 
     /// Echoes every byte back until the client half-closes, then closes.
@@ -345,6 +365,17 @@ impl App {
                 }
             }
         })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag and drops the listener.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
     }
 }
 
