@@ -2,7 +2,7 @@
 //! its directory is rewritten (new certificate, then garbage, then the Kubernetes `..data`
 //! symlink swap); connections opened before a swap keep working.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,15 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::common::temp_dir;
+
 const TD: &str = "cluster.local";
 const POLL: Duration = Duration::from_millis(50);
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outrider-rotation-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn id(sa: &str) -> SpiffeId {
     SpiffeId::istio(TD, "default", sa).unwrap()
@@ -126,7 +121,8 @@ fn write_raw(dir: &Path, name: &str, contents: &[u8]) {
 
 #[tokio::test]
 async fn server_keeps_serving_through_rotation_and_garbage() {
-    let base = temp_dir("files");
+    let tmp = temp_dir("rotation-files");
+    let base = tmp.path();
     let ca = Authority::init(&base.join("ca"), TD, Duration::from_secs(86_400), false).unwrap();
     let dir = base.join("age");
     let v1 = issue(&ca, "age");
@@ -202,8 +198,6 @@ async fn server_keeps_serving_through_rotation_and_garbage() {
     );
     echo(&mut second, b"resumed").await;
     drop(first);
-
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// Lays out `dir` like a Kubernetes secret volume: `..<version>/` holds the files, `..data`
@@ -228,7 +222,8 @@ fn k8s_publish(dir: &Path, version: &str, issued: &IssuedSvid) {
 
 #[tokio::test]
 async fn kubernetes_data_symlink_swap_is_picked_up() {
-    let base = temp_dir("k8s");
+    let tmp = temp_dir("rotation-k8s");
+    let base = tmp.path();
     let ca = Authority::init(&base.join("ca"), TD, Duration::from_secs(86_400), false).unwrap();
     let dir = base.join("secret");
     std::fs::create_dir_all(&dir).unwrap();
@@ -249,12 +244,12 @@ async fn kubernetes_data_symlink_swap_is_picked_up() {
     .await;
     assert_eq!(store.stats().rotations, 2);
     assert_eq!(store.stats().rejected, 0);
-    let _ = std::fs::remove_dir_all(&base);
 }
 
 #[tokio::test]
 async fn store_refuses_bad_material_and_keeps_the_old() {
-    let base = temp_dir("refuse");
+    let tmp = temp_dir("rotation-refuse");
+    let base = tmp.path();
     let ca = Authority::init(&base.join("ca"), TD, Duration::from_secs(86_400), false).unwrap();
     let other_ca =
         Authority::init(&base.join("other"), TD, Duration::from_secs(86_400), false).unwrap();
@@ -342,5 +337,4 @@ async fn store_refuses_bad_material_and_keeps_the_old() {
     assert!(generation.has_changed().unwrap());
     assert_eq!(*generation.borrow_and_update(), 2);
     assert_eq!(store.stats().rotations, 2);
-    let _ = std::fs::remove_dir_all(&base);
 }

@@ -1,13 +1,13 @@
 //! `outrider demo --once`: the README's "see it work" command plays the whole storyline and
 //! cleans up after itself.
 
-mod common;
-
 use std::process::Command;
+
+use crate::common::BIN;
 
 #[test]
 fn demo_plays_the_storyline_and_cleans_up() {
-    let out = Command::new(common::BIN)
+    let out = Command::new(BIN)
         .args(["demo", "--once", "--requests", "4"])
         .output()
         .expect("run the demo");

@@ -3,13 +3,11 @@
 //! sidecar-less client through and lists it, STRICT resets it while the mesh keeps working, a
 //! DestinationRule subset turns mTLS off for one version.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn is_reset(r: std::io::Result<Vec<u8>>) -> bool {
     match r {
@@ -245,7 +243,9 @@ fn switching_the_policy_file_to_strict_applies_without_a_restart() {
     let _sentences = mesh.sidecar("sentences");
     assert_eq!(round_trip(mesh.age_addr(), b"before").unwrap(), b"before");
 
-    std::fs::write(mesh.config().join("policy.yaml"), policy("STRICT")).unwrap();
+    // Atomic replacements: a half-written policy file would be a different configuration
+    // (an empty one is PERMISSIVE), which a loaded machine's poll can catch.
+    replace_file(&mesh.config().join("policy.yaml"), &policy("STRICT"));
     assert!(
         eventually(Duration::from_secs(10), || is_reset(round_trip(
             mesh.age_addr(),
@@ -260,11 +260,10 @@ fn switching_the_policy_file_to_strict_applies_without_a_restart() {
     );
 
     // A broken edit keeps the last good configuration.
-    std::fs::write(
-        mesh.config().join("policy.yaml"),
+    replace_file(
+        &mesh.config().join("policy.yaml"),
         "kind: PeerAuthentication\nspec: { mtls: { mode: STRIKT } }\n",
-    )
-    .unwrap();
+    );
     assert!(eventually(Duration::from_secs(10), || {
         metric_sum(
             &age.metrics_text(),

@@ -3,12 +3,10 @@
 //! sidecars report `none` for v1 and `mutual_tls` for v2; with v1 STRICT, plaintext to v1
 //! fails while v2 keeps working.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 struct NameMesh {
     pki: Pki,

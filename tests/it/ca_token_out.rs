@@ -3,33 +3,21 @@
 //! front so parallel `ca token` jobs agree on it.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output};
 
-fn outrider(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .args(args)
-        .output()
-        .expect("the outrider binary runs");
-    assert!(
-        out.status.success(),
-        "outrider {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use crate::common::outrider_ok;
 
 #[test]
 fn token_out_writes_the_token_and_the_trust_bundle() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");
     let ca_s = ca.to_str().unwrap();
-    outrider(&["ca", "init", "--dir", ca_s]);
+    outrider_ok(&["ca", "init", "--dir", ca_s]);
     let key = ca.join("token-key.pem");
     assert!(key.is_file(), "ca init makes the token signing key");
     let key_before = std::fs::read(&key).unwrap();
 
     let out = tmp.path().join("bootstrap");
-    let printed = outrider(&[
+    let printed = outrider_ok(&[
         "ca",
         "token",
         "--dir",
@@ -71,7 +59,7 @@ fn token_out_writes_the_token_and_the_trust_bundle() {
     );
 
     // Without --out the token is printed, as before.
-    let printed = outrider(&[
+    let printed = outrider_ok(&[
         "ca",
         "token",
         "--dir",

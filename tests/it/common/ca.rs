@@ -1,25 +1,14 @@
-//! Helpers shared by the CA service tests: temp dirs, the built binary, a CA process.
+//! Helpers shared by the CA tests: a CA made and run by the built binary, bootstrap tokens.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-pub fn outrider(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .args(args)
-        .output()
-        .expect("the outrider binary runs")
-}
+use super::{outrider, BIN};
 
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outrider-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
+/// A path as the `&str` a command-line argument needs.
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -71,7 +60,7 @@ pub struct CaProcess {
 
 impl CaProcess {
     /// Starts `ca serve --dir <dir> --listen <listen> --dns localhost <extra>` and waits for
-    /// its "listening on" line. Logs go to `<dir>/../ca-<port or n>.log`.
+    /// its "listening on" line. Logs go beside `dir`: `<dir>.log-<listen>`.
     pub fn start(dir: &Path, listen: &str, extra: &[&str]) -> CaProcess {
         let log_path = dir.with_extension(format!("log-{}", listen.replace(':', "_")));
         let log = std::fs::OpenOptions::new()
@@ -79,7 +68,7 @@ impl CaProcess {
             .append(true)
             .open(&log_path)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_outrider"))
+        let mut child = Command::new(BIN)
             .args([
                 "ca",
                 "serve",

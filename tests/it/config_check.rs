@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::common::{temp_dir, BIN};
+
 fn check(files: &[&str], extra: &[&str]) -> Output {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mesh");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_outrider"));
+    let mut cmd = Command::new(BIN);
     cmd.arg("check");
     for f in files {
         cmd.arg("--config").arg(dir.join(f));
@@ -231,7 +233,8 @@ fn json_output() {
 
 #[test]
 fn invalid_configuration_fails_with_location() {
-    let dir = std::env::temp_dir().join(format!("outrider-check-{}", std::process::id()));
+    let tmp = temp_dir("check");
+    let dir = tmp.path();
     let mesh = dir.join("mesh");
     std::fs::create_dir_all(&mesh).unwrap();
     std::fs::write(
@@ -239,8 +242,8 @@ fn invalid_configuration_fails_with_location() {
         "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: default\nspec:\n  mtls: { mode: STRIKT }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .current_dir(&dir)
+    let out = Command::new(BIN)
+        .current_dir(dir)
         .args(["check", "--config", "mesh"])
         .output()
         .unwrap();
@@ -250,8 +253,8 @@ fn invalid_configuration_fails_with_location() {
         stderr.trim(),
         "mesh/strict.yaml:6:17: spec.mtls.mode: unknown variant \"STRIKT\", expected one of UNSET, DISABLE, PERMISSIVE, STRICT"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .current_dir(&dir)
+    let out = Command::new(BIN)
+        .current_dir(dir)
         .args(["check", "--config", "mesh/strict.yaml", "--workload", "x"])
         .output()
         .unwrap();

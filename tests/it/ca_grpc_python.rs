@@ -3,8 +3,6 @@
 //! obtains a certificate from `outrider ca serve` with a bootstrap token over TLS. Skipped with
 //! a printed reason when python3/grpcio is missing, unless OUTRIDER_REQUIRE_TOOLS=1.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
@@ -12,14 +10,15 @@ use outrider::tls;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use common::ca::{init_ca, s, temp_dir, token, CaProcess};
+use crate::common::ca::{init_ca, s, token, CaProcess};
+use crate::common::{required_or_skip, temp_dir};
 
 fn python_grpc_available() -> bool {
     let found = Command::new("python3")
         .args(["-c", "import grpc, grpc_tools.protoc"])
         .output()
         .is_ok_and(|o| o.status.success());
-    common::required_or_skip(
+    required_or_skip(
         found,
         "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
     )
@@ -71,7 +70,8 @@ fn a_grpcio_client_from_istios_proto_obtains_a_certificate() {
     if !python_grpc_available() {
         return;
     }
-    let dir = temp_dir("ca-grpc-python");
+    let tmp = temp_dir("ca-grpc-python");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let age_token = token(&ca_dir, "age");
@@ -95,7 +95,7 @@ fn a_grpcio_client_from_istios_proto_obtains_a_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let csr = make_csr(&dir);
+    let csr = make_csr(dir);
     let leaf_path = dir.join("leaf.pem");
     let out = Command::new("python3")
         .arg(fixtures.join("ca_client.py"))

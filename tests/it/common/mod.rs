@@ -1,27 +1,48 @@
-//! Helpers for end-to-end tests: a PKI made with the built binary, free loopback ports,
-//! sidecar processes that are killed on drop, small real apps (echo, HTTP, server-first).
-#![allow(dead_code)]
+//! Helpers for the integration tests: the built binary, scratch directories, free loopback
+//! ports, a PKI made with the binary, sidecar processes that are killed on drop, small real
+//! apps (echo, HTTP, server-first).
 
 pub mod ca;
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_outrider");
 
-/// Runs the built binary to completion; panics with its output on failure.
-pub fn outrider(args: &[&str]) -> String {
-    let out = Command::new(BIN).args(args).output().expect("run outrider");
+/// Runs the built binary to completion and returns its exit status and output.
+pub fn outrider(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the outrider binary runs")
+}
+
+/// Like [`outrider`]; fails the test with the binary's output unless it succeeded.
+pub fn outrider_ok(args: &[&str]) -> Output {
+    let out = outrider(args);
     assert!(
         out.status.success(),
         "outrider {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    out
+}
+
+/// A fresh directory `outrider-<name>-<random>` under the system temp dir, removed on drop
+/// (also when the test fails). Random rather than keyed by the process id: every module runs
+/// in this one process, and two tests must never share (or wipe) each other's directory.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("outrider-{name}-"))
+        .tempdir()
+        .expect("a temp dir")
 }
 
 /// A CA directory plus one identity directory per service account.
@@ -33,7 +54,7 @@ impl Pki {
     pub fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca");
-        outrider(&[
+        outrider_ok(&[
             "ca",
             "init",
             "--dir",
@@ -74,18 +95,38 @@ impl Pki {
             out.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        outrider(&args);
+        outrider_ok(&args);
         out
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// Replaces `path` with `contents` in one step (write a sibling, rename over), as a
+/// ConfigMap update does: a watcher polling the file never reads it empty or half-written.
+/// The sibling's `.tmp` suffix keeps it out of a configuration directory's `*.yaml` files.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A loopback port that was free a moment ago and that no other test in this process got
+/// from here: once a probe socket is closed the kernel may hand the same port to the next
+/// bind, and tests of every module now ask concurrently.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    // A test that panicked while holding the lock left the set intact: keep using it.
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no loopback port that was not handed out before");
 }
 
 /// A sidecar process; killed when dropped.
@@ -247,21 +288,31 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A background app: each connection handled on its own thread by `handler`.
+/// A background app: each connection handled on its own thread by `handler`. Dropping it
+/// closes the listener, so finished tests leave no sockets or threads behind in the process
+/// the later ones run in.
 pub struct App {
     pub port: u16,
+    stop: Arc<AtomicBool>,
 }
 
 impl App {
     pub fn spawn(handler: fn(TcpStream)) -> App {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                std::thread::spawn(move || handler(s));
+            for s in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(s) = s {
+                    std::thread::spawn(move || handler(s));
+                }
             }
         });
-        App { port }
+        App { port, stop }
     }
 
     /// Echoes every byte back until the client half-closes, then closes.
@@ -314,6 +365,17 @@ impl App {
                 }
             }
         })
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so it sees the flag and drops the listener.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(1),
+        );
     }
 }
 

@@ -2,15 +2,13 @@
 //! process with bootstrap tokens (nobody copies key files), rotate short-lived certificates
 //! while traffic flows, and keep a long-lived stream open across the rotations.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::ca::{init_ca, token, CaProcess};
-use common::*;
+use crate::common::ca::{init_ca, token, CaProcess};
+use crate::common::*;
 
 fn serial(sidecar: &Sidecar) -> Option<String> {
     let certs = sidecar.admin("/certs");

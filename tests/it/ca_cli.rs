@@ -4,9 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod common;
-
-use common::ca::{outrider, temp_dir};
+use crate::common::ca::s;
+use crate::common::{outrider, temp_dir, tool_available};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -16,13 +15,10 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 #[test]
 fn init_and_issue_produce_an_svid_openssl_accepts() {
-    let dir = temp_dir("ok");
+    let tmp = temp_dir("ok");
+    let dir = tmp.path();
     let ca = dir.join("ca");
     let out = dir.join("age");
     let o = outrider(&[
@@ -57,7 +53,7 @@ fn init_and_issue_produce_an_svid_openssl_accepts() {
     }
     assert_eq!(mode(&out.join("key.pem")), 0o600);
 
-    if !common::tool_available("openssl") {
+    if !tool_available("openssl") {
         return;
     }
     let openssl = |args: &[&str]| {
@@ -90,12 +86,12 @@ fn init_and_issue_produce_an_svid_openssl_accepts() {
     assert!(root.contains("URI:spiffe://example.org"), "{root}");
     assert!(root.contains("CA:TRUE"), "{root}");
     assert!(root.contains("Certificate Sign, CRL Sign"), "{root}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn init_refuses_to_overwrite_without_force() {
-    let dir = temp_dir("force");
+    let tmp = temp_dir("force");
+    let dir = tmp.path();
     let ca = dir.join("ca");
     assert!(outrider(&["ca", "init", "--dir", s(&ca)]).status.success());
     let before = std::fs::read(ca.join("root-key.pem")).unwrap();
@@ -106,12 +102,12 @@ fn init_refuses_to_overwrite_without_force() {
     let o = outrider(&["ca", "init", "--dir", s(&ca), "--force"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_ne!(std::fs::read(ca.join("root-key.pem")).unwrap(), before);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn errors_are_plain_sentences() {
-    let dir = temp_dir("errors");
+    let tmp = temp_dir("errors");
+    let dir = tmp.path();
     let ca = dir.join("ca");
     assert!(outrider(&["ca", "init", "--dir", s(&ca)]).status.success());
     let missing = dir.join("nope");
@@ -172,5 +168,4 @@ fn errors_are_plain_sentences() {
     let o = issue(&ca, "ns", "24h");
     let expected = format!("cannot read key {}", ca.join("root-key.pem").display());
     assert!(stderr(&o).contains(&expected), "{}", stderr(&o));
-    let _ = std::fs::remove_dir_all(&dir);
 }

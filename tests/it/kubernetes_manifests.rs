@@ -10,6 +10,8 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
+use crate::common::BIN;
+
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
 }
@@ -63,7 +65,7 @@ fn strs(v: &Value) -> Vec<String> {
 }
 
 fn run_help() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
+    let out = Command::new(BIN)
         .args(["run", "--help"])
         .output()
         .expect("run outrider run --help");
@@ -139,7 +141,7 @@ fn mesh_folder(docs: &[(PathBuf, Value)], policy_file: Option<&str>) -> tempfile
 }
 
 fn check(folder: &Path, workload: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_outrider"))
+    let out = Command::new(BIN)
         .args(["check", "--workload", workload, "--config"])
         .arg(folder)
         .output()

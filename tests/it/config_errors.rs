@@ -1,9 +1,10 @@
 //! Malformed configuration: every error names the file, the line (and column) and the field.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use outrider::config::{self, ConfigError};
+
+use crate::common::temp_dir;
 
 const BASE: &str = "\
 apiVersion: outrider.dev/v1alpha1
@@ -17,18 +18,13 @@ spec:
 ";
 
 /// Writes `base.yaml` (a valid workload) and `policy.yaml` into a fresh directory, loads the
-/// directory and returns the error.
+/// directory and returns the error (the directory is gone by then; the path stays in it).
 fn load_error(policy: &str) -> (PathBuf, ConfigError) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "outrider-config-errors-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("config-errors");
+    let dir = tmp.path();
     std::fs::write(dir.join("base.yaml"), BASE).unwrap();
     std::fs::write(dir.join("policy.yaml"), policy).unwrap();
-    let err = config::load(&dir).expect_err("configuration should be invalid");
+    let err = config::load(dir).expect_err("configuration should be invalid");
     (dir.join("policy.yaml"), err)
 }
 
@@ -120,8 +116,8 @@ spec:
 
 #[test]
 fn unknown_metadata_fields_are_fine() {
-    let dir = std::env::temp_dir().join(format!("outrider-config-meta-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = temp_dir("config-meta");
+    let dir = tmp.path();
     let text = format!(
         "{BASE}---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: default\n  namespace: default\n  annotations: {{ a: b }}\n  uid: 1234\n  creationTimestamp: \"2024-01-01T00:00:00Z\"\nspec: {{ mtls: {{ mode: STRICT }} }}\n"
     );

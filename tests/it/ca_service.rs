@@ -2,8 +2,6 @@
 //! identity source running in-process against it: refusals, rotation under traffic, a CA
 //! outage, root rotation under traffic.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +19,8 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
-use common::ca::{init_ca, outrider, s, temp_dir, token, CaProcess};
+use crate::common::ca::{init_ca, s, token, CaProcess};
+use crate::common::{outrider, temp_dir};
 
 fn id(sa: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://cluster.local/ns/default/sa/{sa}")).unwrap()
@@ -72,7 +71,8 @@ fn leaf_id(chain: &[String]) -> SpiffeId {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_carry_the_right_status() {
-    let dir = temp_dir("ca-refusals");
+    let tmp = temp_dir("ca-refusals");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let age_token = token(&ca_dir, "age");
@@ -264,11 +264,12 @@ async fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_unreachable_at_start_is_retried_then_used() {
-    let dir = temp_dir("ca-late");
+    let tmp = temp_dir("ca-late");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let addr = free_addr();
-    let store = sidecar(&addr, &ca_dir, &dir, "age", Duration::from_secs(3600));
+    let store = sidecar(&addr, &ca_dir, dir, "age", Duration::from_secs(3600));
     wait_for(
         "failed attempts to be counted",
         Duration::from_secs(10),
@@ -451,13 +452,14 @@ fn serial(store: &CertStore) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_rotations_under_traffic_without_a_failed_handshake() {
-    let dir = temp_dir("ca-rotations");
+    let tmp = temp_dir("ca-rotations");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
     let ttl = Duration::from_secs(4);
-    let server = sidecar(&ca.address(), &ca_dir, &dir, "name", ttl);
-    let client = sidecar(&ca.address(), &ca_dir, &dir, "age", ttl);
+    let server = sidecar(&ca.address(), &ca_dir, dir, "name", ttl);
+    let client = sidecar(&ca.address(), &ca_dir, dir, "age", ttl);
     wait_for("the first certificates", Duration::from_secs(20), || {
         server.current().is_some() && client.current().is_some()
     })
@@ -495,13 +497,14 @@ async fn five_rotations_under_traffic_without_a_failed_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_outage_keeps_the_current_certificate_then_renews() {
-    let dir = temp_dir("ca-outage");
+    let tmp = temp_dir("ca-outage");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let mut ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
     let ca_addr = ca.address();
     let ttl = Duration::from_secs(10);
-    let store = sidecar(&ca_addr, &ca_dir, &dir, "name", ttl);
+    let store = sidecar(&ca_addr, &ca_dir, dir, "name", ttl);
     wait_for("the first certificate", Duration::from_secs(20), || {
         store.current().is_some()
     })
@@ -586,13 +589,14 @@ fn rotate(ca_dir: &Path, step: &str) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_rotation_under_traffic_without_a_failed_handshake() {
-    let dir = temp_dir("ca-root-rotation");
+    let tmp = temp_dir("ca-root-rotation");
+    let dir = tmp.path();
     let ca_dir = dir.join("ca");
     init_ca(&ca_dir);
     let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
     let ttl = Duration::from_secs(4);
-    let server = sidecar(&ca.address(), &ca_dir, &dir, "name", ttl);
-    let client = sidecar(&ca.address(), &ca_dir, &dir, "age", ttl);
+    let server = sidecar(&ca.address(), &ca_dir, dir, "name", ttl);
+    let client = sidecar(&ca.address(), &ca_dir, dir, "age", ttl);
     wait_for("the first certificates", Duration::from_secs(20), || {
         server.current().is_some() && client.current().is_some()
     })
@@ -750,7 +754,8 @@ async fn fake_ca(tls_ca: &outrider::ca::Authority, respond: Respond) -> SocketAd
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_answering_a_wrong_identity_or_a_broken_chain_is_refused_and_counted() {
-    let dir = temp_dir("ca-fake");
+    let tmp = temp_dir("ca-fake");
+    let dir = tmp.path();
     let new_ca = |name: &str| {
         Arc::new(
             outrider::ca::Authority::init(

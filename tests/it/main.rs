@@ -1,0 +1,28 @@
+//! Every integration test in one binary: one module per area, the helpers in [`common`] compiled
+//! once, and one link of the crate instead of one per file (`cargo test --test it <module>::`
+//! runs one area).
+//!
+//! All modules share this process, so nothing here may change process-wide state: tests never
+//! set environment variables, change the current directory, signal their own process or
+//! install a global (a tracing subscriber, rustls' default `CryptoProvider`); they pass
+//! settings to the child processes they start, hand out loopback ports through
+//! [`common::free_port`] (never the same one twice) and make their scratch directories with
+//! [`common::temp_dir`] (unique, removed on drop).
+
+mod common;
+
+mod bad_certs;
+mod ca_cli;
+mod ca_grpc_python;
+mod ca_service;
+mod ca_token_out;
+mod config_check;
+mod config_errors;
+mod demo;
+mod identity_rotation;
+mod kubernetes_manifests;
+mod resumption;
+mod sidecar_ca;
+mod sidecar_e2e;
+mod sidecar_peers;
+mod sidecar_subsets;
