@@ -2,8 +2,6 @@
 //! workload is refused at start and on rotation; DestinationRule SIMPLE/MUTUAL files are
 //! watched like the SVID, so replacing them takes effect without a restart.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -11,7 +9,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, free_port, metric_sum, round_trip, Pki, Sidecar, BIN};
+use crate::common::{eventually, free_port, metric_sum, round_trip, Pki, Sidecar, BIN};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 

@@ -3,8 +3,6 @@
 //! sets `allowNonLocalBind`, and a PeerAuthentication selector that matches no workload is a
 //! warning that `outrider check` prints, not an error that blocks the load.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +26,7 @@ fn config(text: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn check(file: &Path) -> Output {
-    Command::new(common::BIN)
+    Command::new(crate::common::BIN)
         .arg("check")
         .arg("--config")
         .arg(file)
@@ -78,7 +76,7 @@ fn check_accepts_an_outbound_bind_off_loopback_when_allowed() {
 #[test]
 fn run_refuses_an_outbound_bind_off_loopback_before_listening() {
     let (dir, file) = config(&open_relay());
-    let mut child = Command::new(common::BIN)
+    let mut child = Command::new(crate::common::BIN)
         .arg("run")
         .arg("--config")
         .arg(&file)

@@ -3,18 +3,17 @@
 //! starvation by one source holding connections, node agents impersonating their pods, token
 //! files with or without a trailing newline, IP SANs on the serving certificate.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::ca::{outrider, s, CaProcess};
+use crate::common::ca::{s, CaProcess};
+use crate::common::outrider;
 
 /// `outrider ca init` into `<tmp>/ca` (cluster.local).
 fn init_ca(tmp: &Path) -> PathBuf {
     let dir = tmp.join("ca");
-    common::ca::init_ca(&dir);
+    crate::common::ca::init_ca(&dir);
     dir
 }
 
@@ -71,7 +70,7 @@ fn s_client(addr: &str, certs: &Path, version: &str, sess: (&str, &Path)) -> Str
 
 #[test]
 fn the_ca_never_resumes_a_tls_session() {
-    if !common::tool_available("openssl") {
+    if !crate::common::tool_available("openssl") {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -221,7 +220,7 @@ async fn flood(ca: SocketAddr, root: &Path, mid: usize, after_tls: usize) -> Vec
 
 fn ca_client(ca: &CaProcess, ca_dir: &Path, tmp: &Path, sa: &str) -> CaClient {
     let token_file = tmp.join(format!("{sa}.token"));
-    std::fs::write(&token_file, common::ca::token(ca_dir, sa)).unwrap();
+    std::fs::write(&token_file, crate::common::ca::token(ca_dir, sa)).unwrap();
     CaClient::new(CaSource {
         address: ca.address(),
         root_pem: std::fs::read(ca_dir.join("root-cert.pem")).unwrap(),
@@ -473,7 +472,7 @@ fn python_grpc_available() -> bool {
         .args(["-c", "import grpc, grpc_tools.protoc"])
         .output()
         .is_ok_and(|o| o.status.success());
-    common::required_or_skip(
+    crate::common::required_or_skip(
         found,
         "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
     )
