@@ -1,18 +1,27 @@
 //! outrider — a sidecar mTLS proxy with SPIFFE identities, a built-in mesh CA and Istio's
 //! security configuration.
 //!
-//! A tour of the crate, from the outside in:
+//! A tour of the crate, from the outside in. The command line is not part of the library:
+//! the binary's `cli` module turns flags and `OUTRIDER_*` variables into the plain
+//! configuration structs below ([`app::SidecarConfig`], [`ca::server::ServeConfig`], ...).
 //! - [`app`] wires a sidecar together: configuration → identity store → TLS → metrics →
-//!   listeners, and returns the bound addresses with a shutdown handle.
+//!   listeners, returns the bound addresses, then serves, follows reloads and drains.
 //! - [`config`] reads `mesh.yaml` (outrider's kinds plus Istio's PeerAuthentication,
-//!   DestinationRule, VirtualService) and resolves it into a per-workload [`config::Plan`].
-//! - [`identity`] holds SPIFFE IDs, SVID rules and the hot-swappable certificate store.
+//!   DestinationRule, VirtualService) and resolves it into a per-workload [`config::Plan`];
+//!   one module per kind (hosts, destination rules, virtual services, the outbound plan).
+//! - [`identity`] holds SPIFFE IDs, SVID rules, the hot-swappable certificate store and the
+//!   identity sources (watched files, the mesh CA's client).
 //! - [`ca`] is the mesh CA: root, issuance, the CSR service, bootstrap tokens, root
-//!   rotation; [`ca_protocol`] is Istio's CA protocol, spoken by the service and by the
-//!   sidecar's CA client.
-//! - [`tls`] builds rustls configurations on the live store, with SPIFFE verifiers.
-//! - [`proxy`] is the data path: sniffing, inbound, outbound, the copy loop.
+//!   rotation, node-agent impersonation; [`ca_protocol`] is Istio's CA protocol, spoken by
+//!   the service and by the sidecar's CA client.
+//! - [`tls`] builds rustls configurations on the live store, with SPIFFE verifiers and
+//!   resumption that never outlives the peer's identity.
+//! - [`proxy`] is the data path: the listener set that follows the plan, sniffing, inbound,
+//!   outbound, the copy loop, the live connections a reload may close.
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
+//! - Around them: [`shutdown`] (drain), [`logging`], [`duration`] (the one duration syntax),
+//!   and the tools the FROM-scratch image needs besides the sidecar: [`demo`], [`samples`]
+//!   (the labs' sample app), [`fetch`] (a plaintext GET). The data path never imports these.
 #![forbid(unsafe_code)]
 
 pub mod admin;

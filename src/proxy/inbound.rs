@@ -359,3 +359,107 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         outcome,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::live::allowed_under;
+
+    #[test]
+    fn what_each_mode_does_with_what_detection_saw() {
+        use Decision::*;
+        let mesh_tls = Detected::Tls {
+            mesh: true,
+            sni: None,
+        };
+        let other_tls = Detected::Tls {
+            mesh: false,
+            sni: Some("app.example".into()),
+        };
+        let (tcp, http) = (Protocol::Tcp, Protocol::Http);
+        let table = [
+            (&mesh_tls, MtlsMode::Strict, tcp, Mtls),
+            (&other_tls, MtlsMode::Strict, tcp, Mtls),
+            (&Detected::Plaintext, MtlsMode::Strict, tcp, RefusePlaintext),
+            (&Detected::Silent, MtlsMode::Strict, tcp, RefusePlaintext),
+            (&mesh_tls, MtlsMode::Permissive, tcp, Mtls),
+            (
+                &other_tls,
+                MtlsMode::Permissive,
+                tcp,
+                Passthrough { mesh: false },
+            ),
+            (
+                &other_tls,
+                MtlsMode::Permissive,
+                http,
+                Refuse("non_mesh_tls_on_http_port"),
+            ),
+            (&Detected::Plaintext, MtlsMode::Permissive, http, Plain),
+            (&Detected::Silent, MtlsMode::Permissive, tcp, Plain),
+            (
+                &mesh_tls,
+                MtlsMode::Disable,
+                tcp,
+                Passthrough { mesh: true },
+            ),
+            (&Detected::Plaintext, MtlsMode::Disable, tcp, Plain),
+            (
+                &Detected::Malformed,
+                MtlsMode::Permissive,
+                tcp,
+                Refuse("malformed_client_hello"),
+            ),
+            (&Detected::Closed, MtlsMode::Strict, tcp, Drop),
+        ];
+        for (detected, mode, protocol, want) in table {
+            assert_eq!(
+                decide(detected, mode, protocol),
+                want,
+                "{detected:?} under {mode:?} on {protocol:?}"
+            );
+        }
+    }
+
+    /// What a reload keeps open agrees with what a new connection is admitted as: a
+    /// connection admitted under one mode stays open under a new mode exactly when the new
+    /// mode would admit it the same way (or it is mTLS, which is never closed).
+    #[test]
+    fn reload_closes_exactly_what_the_new_mode_would_not_admit() {
+        let seen = [
+            Detected::Tls {
+                mesh: true,
+                sni: None,
+            },
+            Detected::Tls {
+                mesh: false,
+                sni: None,
+            },
+            Detected::Plaintext,
+            Detected::Silent,
+        ];
+        let modes = [MtlsMode::Strict, MtlsMode::Permissive, MtlsMode::Disable];
+        for protocol in [Protocol::Tcp, Protocol::Http] {
+            for detected in &seen {
+                for old in modes {
+                    let admitted = decide(detected, old, protocol);
+                    if !matches!(
+                        admitted,
+                        Decision::Mtls | Decision::Plain | Decision::Passthrough { .. }
+                    ) {
+                        continue;
+                    }
+                    for new in modes {
+                        let again = decide(detected, new, protocol);
+                        let kept = allowed_under(admitted.carried(), new, protocol);
+                        let expected = admitted == Decision::Mtls || again == admitted;
+                        assert_eq!(
+                            kept, expected,
+                            "{detected:?} admitted as {admitted:?} under {old:?}, then {new:?} on {protocol:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! accepted for as long as it keeps resuming. So a resumed session is re-judged against the
 //! *current* trust bundle at the *current* time:
 //!
-//! - **Server side (inbound)**: the session ticket key is wrapped ([`super::ticketer`]): a
+//! - **Server side (inbound)**: the session ticket key is wrapped (`tls::ticketer`): a
 //!   ticket whose client chain is expired, or not anchored by the current bundle, is declined
 //!   when it is decrypted. The client is not refused: the handshake continues as a full one,
 //!   so a client that has a valid new certificate just presents it, and a client whose only
@@ -21,7 +21,7 @@
 //!   bundle changes, so after a root is retired the next connection verifies the server anew.
 //!
 //! Re-judging is a lookup, not a path validation: the verifiers record, at full verification,
-//! each accepted chain's validity in the bundle that anchored it ([`record_verified`]); a
+//! each accepted chain's validity in the bundle that anchored it (`record_verified`); a
 //! chain the current bundle has not seen (the bundle changed since) is validated once in full.
 //!
 //! The client's ticket cache is sized for a sidecar: rustls' built-in cache keeps at most 8

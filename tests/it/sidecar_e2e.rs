@@ -1,5 +1,5 @@
 //! End to end: real `outrider run` processes, real apps, real TLS over loopback. These walk
-//! the seeds' storyline (SCENARIOS.md S1–S3): mTLS between sidecars, PERMISSIVE lets a
+//! the Istio labs' storyline: mTLS between sidecars, PERMISSIVE lets a
 //! sidecar-less client through and lists it, STRICT resets it while the mesh keeps working, a
 //! DestinationRule subset turns mTLS off for one version.
 

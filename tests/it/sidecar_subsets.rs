@@ -1,4 +1,4 @@
-//! SCENARIOS S1.6: `name` runs as v1 and v2; a DestinationRule gives subset v1 TLS DISABLE
+//! The labs' subset step: `name` runs as v1 and v2; a DestinationRule gives subset v1 TLS DISABLE
 //! and v2 ISTIO_MUTUAL, a VirtualService routes to both. Under PERMISSIVE the destination
 //! sidecars report `none` for v1 and `mutual_tls` for v2; with v1 STRICT, plaintext to v1
 //! fails while v2 keeps working.
