@@ -10,19 +10,8 @@ use outrider::tls;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
-use crate::common::ca::{init_ca, s, token, CaProcess};
-use crate::common::{required_or_skip, temp_dir};
-
-fn python_grpc_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools.protoc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    required_or_skip(
-        found,
-        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
-    )
-}
+use crate::common::ca::{init_ca, python_grpc_available, python_stubs, s, token, CaProcess};
+use crate::common::temp_dir;
 
 /// A CSR made by openssl when it is installed (a CSR outrider did not write), else by rcgen.
 fn make_csr(dir: &Path) -> std::path::PathBuf {
@@ -78,22 +67,8 @@ fn a_grpcio_client_from_istios_proto_obtains_a_certificate() {
     let ca = CaProcess::start(&ca_dir, "127.0.0.1:0", &[]);
 
     // Generate the stubs from the .proto at test time.
-    let stubs = dir.join("stubs");
-    std::fs::create_dir_all(&stubs).unwrap();
+    let stubs = python_stubs(dir);
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let out = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", fixtures.display()))
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg(fixtures.join("ca.proto"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "grpc_tools.protoc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     let csr = make_csr(dir);
     let leaf_path = dir.join("leaf.pem");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::ca::{s, CaProcess};
+use crate::common::ca::{python_grpc_available, python_stubs, s, CaProcess};
 use crate::common::outrider;
 
 /// `outrider ca init` into `<tmp>/ca` (cluster.local).
@@ -467,35 +467,9 @@ for case in cases:
 print(json.dumps(results))
 "#;
 
-fn python_grpc_available() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools.protoc"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    crate::common::required_or_skip(
-        found,
-        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
-    )
-}
-
 /// Generates the Python stubs from Istio's `ca.proto` into `<dir>/stubs` and writes the client.
 fn python_client(dir: &Path) -> (PathBuf, PathBuf) {
-    let stubs = dir.join("stubs");
-    std::fs::create_dir_all(&stubs).unwrap();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let out = Command::new("python3")
-        .args(["-m", "grpc_tools.protoc"])
-        .arg(format!("-I{}", fixtures.display()))
-        .arg(format!("--python_out={}", stubs.display()))
-        .arg(format!("--grpc_python_out={}", stubs.display()))
-        .arg(fixtures.join("ca.proto"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "grpc_tools.protoc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stubs = python_stubs(dir);
     let script = dir.join("client.py");
     std::fs::write(&script, PYTHON_CLIENT).unwrap();
     (stubs, script)

@@ -124,3 +124,38 @@ impl Drop for CaProcess {
         self.stop();
     }
 }
+
+/// Whether Python with grpcio and grpcio-tools is usable (skip or fail per
+/// `OUTRIDER_REQUIRE_TOOLS`).
+pub fn python_grpc_available() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import grpc, grpc_tools.protoc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    super::required_or_skip(
+        found,
+        "python3 with grpcio and grpcio-tools (pip install grpcio grpcio-tools)",
+    )
+}
+
+/// Generates Python stubs from Istio's `ca.proto` (tests/fixtures) into `<dir>/stubs`, as a
+/// user of Istio's published protocol would; returns the stubs directory.
+pub fn python_stubs(dir: &std::path::Path) -> std::path::PathBuf {
+    let stubs = dir.join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "grpc_tools.protoc"])
+        .arg(format!("-I{}", fixtures.display()))
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg(fixtures.join("ca.proto"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_tools.protoc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stubs
+}
