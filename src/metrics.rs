@@ -139,6 +139,7 @@ pub struct Metrics {
     outbound_rejected: IntCounterVec,
     closed_on_reload: IntCounterVec,
     resumptions_refused: IntCounterVec,
+    handshakes: IntCounterVec,
     active: IntGaugeVec,
     cert_expiry: Gauge,
     cert_rotations: IntCounter,
@@ -250,6 +251,12 @@ impl Metrics {
                 "Outbound connections from the app closed before reaching a destination, by listener and reason.",
                 &["bind", "reason"],
             ),
+            handshakes: counter_vec(
+                r,
+                "outrider_tls_handshakes_total",
+                "Completed TLS handshakes, by direction and kind (full, or resumed from a session ticket).",
+                &["direction", "kind"],
+            ),
             resumptions_refused: counter_vec(
                 r,
                 "outrider_tls_resumptions_refused_total",
@@ -319,6 +326,12 @@ impl Metrics {
         self.outbound_rejected
             .with_label_values(&[&bind.to_string(), reason])
             .inc();
+    }
+
+    /// A completed handshake; `resumed` when it used a session ticket.
+    pub fn handshake_completed(&self, direction: &str, resumed: bool) {
+        let kind = if resumed { "resumed" } else { "full" };
+        self.handshakes.with_label_values(&[direction, kind]).inc();
     }
 
     pub fn resumption_refused(&self, direction: &str, reason: &str) {

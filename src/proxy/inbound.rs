@@ -13,6 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -269,6 +270,8 @@ async fn serve(
         }
         Ok(Ok(s)) => s,
     };
+    let resumed = tls_stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    shared.metrics.handshake_completed("inbound", resumed);
     let peer_id = tls_stream
         .get_ref()
         .1

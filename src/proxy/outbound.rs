@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rand::Rng;
 use rustls::pki_types::{ServerName, UnixTime};
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -266,13 +267,18 @@ async fn connect(
             }
             Ok(Ok(s)) => s,
         };
+        let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         let Some(store) = mesh else {
+            shared.metrics.handshake_completed("outbound", resumed);
             return Ok(Upstream::Tls(Box::new(stream)));
         };
-        let resumed =
+        let checked =
             crate::tls::check_resumed(stream.get_ref().1, PeerRole::Server, store, UnixTime::now());
-        match resumed {
-            Ok(()) => return Ok(Upstream::Tls(Box::new(stream))),
+        match checked {
+            Ok(()) => {
+                shared.metrics.handshake_completed("outbound", resumed);
+                return Ok(Upstream::Tls(Box::new(stream)));
+            }
             Err(e) => {
                 let reason = crate::tls::failure_reason(&e);
                 // close_notify, then the socket closes with the stream.
