@@ -22,6 +22,7 @@ use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
 use crate::metrics::Metrics;
 use crate::proxy::listeners::{Bound, ListenerAddrs, ListenerSettings, Listeners};
+use crate::proxy::runtime::MeshConnectors;
 use crate::proxy::{plaintext::PlaintextLog, CopyConfig, ProxySettings, Runtime, Shared};
 use crate::shutdown::Shutdown;
 
@@ -109,6 +110,7 @@ pub struct BoundAddrs {
 pub struct Sidecar {
     args: SidecarConfig,
     store: CertStore,
+    connectors: Arc<MeshConnectors>,
     metrics: Metrics,
     shared: Shared,
     runtime_tx: watch::Sender<Arc<Runtime>>,
@@ -169,11 +171,8 @@ impl Sidecar {
             Shutdown::new(),
             settings,
         );
-        let runtime = Arc::new(crate::proxy::runtime::build(
-            plan.clone(),
-            &store,
-            args.resumption,
-        )?);
+        let connectors = Arc::new(MeshConnectors::new(store.clone(), args.resumption));
+        let runtime = Arc::new(crate::proxy::runtime::build(plan.clone(), &connectors)?);
         let (runtime_tx, _) = watch::channel(runtime);
         let listeners = Bound::bind(
             &plan,
@@ -197,6 +196,7 @@ impl Sidecar {
             warnings: mesh.warnings().to_vec(),
             args,
             store,
+            connectors,
             metrics,
             shared,
             runtime_tx,
@@ -226,6 +226,7 @@ impl Sidecar {
         let Sidecar {
             args,
             store,
+            connectors,
             metrics,
             shared,
             runtime_tx,
@@ -255,8 +256,7 @@ impl Sidecar {
         let (addrs_tx, addrs_rx) = watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
         let reloads = tokio::spawn(follow_reloads(Reloads {
             plan_rx,
-            store: store.clone(),
-            resumption: args.resumption,
+            connectors,
             runtime_tx: runtime_tx.clone(),
             listeners,
             addrs,
@@ -298,8 +298,7 @@ const ORIGINATION_POLL: Duration = Duration::from_secs(1);
 /// What the reload follower owns.
 struct Reloads {
     plan_rx: watch::Receiver<Arc<Plan>>,
-    store: CertStore,
-    resumption: bool,
+    connectors: Arc<MeshConnectors>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
     listeners: Listeners,
     addrs: BoundAddrs,
@@ -310,7 +309,7 @@ impl Reloads {
     /// Builds the runtime of `plan` and hands it to the data path; `false` (logged) when it
     /// cannot be built, and the old runtime stays.
     fn publish(&self, plan: &Arc<Plan>) -> bool {
-        match crate::proxy::runtime::build(plan.clone(), &self.store, self.resumption) {
+        match crate::proxy::runtime::build(plan.clone(), &self.connectors) {
             Ok(rt) => {
                 self.runtime_tx.send_replace(Arc::new(rt));
                 true

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use rustls::pki_types::ServerName;
@@ -81,12 +81,9 @@ impl PeerDirectory {
 
 /// Builds the runtime of `plan`: TLS client configurations per endpoint (mesh ones resume
 /// sessions unless `resumption` is false), the peer directory for metrics.
-pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Result<Runtime> {
-    let mut mesh_connectors = MeshConnectors {
-        store,
-        resumption,
-        by_ids: HashMap::new(),
-    };
+pub fn build(plan: Arc<Plan>, connectors: &MeshConnectors) -> anyhow::Result<Runtime> {
+    let store = &connectors.store;
+    let mut used = Vec::new();
     let mut outbound = HashMap::new();
     for o in &plan.outbound {
         let mut routes = Vec::new();
@@ -100,7 +97,7 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
                             format!("SNI {sni:?} for {} is not a valid name", o.to)
                         })?;
                         UpstreamTls::Tls {
-                            connector: mesh_connectors.get(allowed_ids),
+                            connector: connectors.get(allowed_ids, &e.host, e.port, &mut used),
                             server_name,
                             mesh: Some(store.clone()),
                         }
@@ -162,6 +159,7 @@ pub fn build(plan: Arc<Plan>, store: &CertStore, resumption: bool) -> anyhow::Re
             anyhow::bail!("two outbound entries bind {}", o.bind);
         }
     }
+    connectors.keep_only(&used);
     let mut peers = PeerDirectory::default();
     for w in &plan.peers {
         peers.insert(w.spiffe_id.clone(), peer_of(w));
@@ -215,28 +213,64 @@ pub fn origination_material(plan: &Plan) -> u64 {
     hasher.finish()
 }
 
-/// One mesh client configuration per set of allowed server identities, shared by every
-/// endpoint that expects the same set (so they share a ticket cache too).
-struct MeshConnectors<'a> {
-    store: &'a CertStore,
+/// The mesh client configurations of one sidecar, one per endpoint and set of allowed server
+/// identities, kept across reloads.
+///
+/// Per endpoint, because each client configuration holds its own ticket cache keyed by SNI,
+/// and the SNI (`outbound_.<port>_.<subset>_.<fqdn>`) is the same for every endpoint of a
+/// service: with one shared cache, round-robin would offer one endpoint the ticket another
+/// issued (under another ticket key), and almost every connection would fall back to a full
+/// handshake. Across reloads, so tickets outlive a configuration change that keeps the
+/// endpoint (a bundle change still empties the caches, see [`crate::tls::resumption`]).
+pub struct MeshConnectors {
+    store: CertStore,
     resumption: bool,
-    by_ids: HashMap<Vec<SpiffeId>, TlsConnector>,
+    by_endpoint: Mutex<HashMap<ConnectorKey, TlsConnector>>,
 }
 
-impl MeshConnectors<'_> {
-    fn get(&mut self, allowed_ids: &[SpiffeId]) -> TlsConnector {
-        let (store, resumption) = (self.store, self.resumption);
-        self.by_ids
-            .entry(allowed_ids.to_vec())
+/// (allowed server identities, endpoint host, endpoint port).
+type ConnectorKey = (Vec<SpiffeId>, String, u16);
+
+impl MeshConnectors {
+    /// Connectors presenting `store`'s SVID; `resumption` false turns session tickets off.
+    pub fn new(store: CertStore, resumption: bool) -> MeshConnectors {
+        MeshConnectors {
+            store,
+            resumption,
+            by_endpoint: Mutex::default(),
+        }
+    }
+
+    fn get(
+        &self,
+        allowed_ids: &[SpiffeId],
+        host: &str,
+        port: u16,
+        used: &mut Vec<ConnectorKey>,
+    ) -> TlsConnector {
+        let key = (allowed_ids.to_vec(), host.to_string(), port);
+        let mut by_endpoint = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        let connector = by_endpoint
+            .entry(key.clone())
             .or_insert_with(|| {
-                let config = crate::tls::client_config(store, allowed_ids.to_vec());
-                TlsConnector::from(if resumption {
+                let config = crate::tls::client_config(&self.store, allowed_ids.to_vec());
+                TlsConnector::from(if self.resumption {
                     config
                 } else {
                     crate::tls::without_resumption(&config)
                 })
             })
-            .clone()
+            .clone();
+        used.push(key);
+        connector
+    }
+
+    /// Forgets the connectors of endpoints the current plan no longer has.
+    fn keep_only(&self, used: &[ConnectorKey]) {
+        self.by_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| used.contains(key));
     }
 }
 

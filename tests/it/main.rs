@@ -21,6 +21,7 @@ mod config_check;
 mod config_errors;
 mod config_hardening;
 mod demo;
+mod endpoints;
 mod hardening;
 mod identity_rotation;
 mod kubernetes_manifests;

@@ -173,12 +173,13 @@ impl Sidecar {
                 "--metrics-addr",
                 &metrics.to_string(),
             ])
-            .args([
-                "--ready-addr",
-                &ready.to_string(),
-                "--inbound-ip",
-                "127.0.0.1",
-            ])
+            .args(["--ready-addr", &ready.to_string()])
+            // Inbound on loopback unless the test picks another loopback address.
+            .args(if extra.contains(&"--inbound-ip") {
+                &[][..]
+            } else {
+                &["--inbound-ip", "127.0.0.1"][..]
+            })
             .args(extra)
             .env("OUTRIDER_LOG", "info")
             // One malloc arena: freed memory is reused by the next connection whichever
