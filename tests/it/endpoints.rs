@@ -89,12 +89,5 @@ spec:
             &[("direction", "inbound")],
         );
         assert!(served >= 15.0, "an endpoint got only {served} connections");
-        eprintln!(
-            "SERVER {}",
-            m.lines()
-                .filter(|l| l.starts_with("outrider_tls_handshakes_total"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
     }
 }
