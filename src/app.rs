@@ -22,6 +22,7 @@ use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
 use crate::metrics::Metrics;
 use crate::proxy::listeners::{Bound, ListenerAddrs, ListenerSettings, Listeners};
+use crate::proxy::resolve::{system_lookup, Resolver};
 use crate::proxy::runtime::MeshConnectors;
 use crate::proxy::{plaintext::PlaintextLog, CopyConfig, ProxySettings, Runtime, Shared};
 use crate::shutdown::Shutdown;
@@ -51,6 +52,8 @@ pub struct SidecarConfig {
     pub idle_timeout: Duration,
     /// How long a shutdown waits for open connections.
     pub drain_timeout: Duration,
+    /// How often endpoint host names are resolved again (connections never wait for DNS).
+    pub dns_refresh: Duration,
     /// Most connections open at once (inbound + outbound).
     pub max_connections: usize,
     /// Most inbound connections open at once (within `max_connections`).
@@ -165,14 +168,20 @@ impl Sidecar {
             },
             ..ProxySettings::default()
         };
+        let resolver = Arc::new(Resolver::new(system_lookup()));
         let shared = Shared::new(
             metrics.clone(),
             Arc::new(PlaintextLog::default()),
             Shutdown::new(),
             settings,
+            resolver.clone(),
         );
         let connectors = Arc::new(MeshConnectors::new(store.clone(), args.resumption));
-        let runtime = Arc::new(crate::proxy::runtime::build(plan.clone(), &connectors)?);
+        let runtime = Arc::new(crate::proxy::runtime::build(
+            plan.clone(),
+            &connectors,
+            &resolver,
+        )?);
         let (runtime_tx, _) = watch::channel(runtime);
         let listeners = Bound::bind(
             &plan,
@@ -251,12 +260,14 @@ impl Sidecar {
                 tokio::spawn(crate::identity::ca_client::run(store.clone(), source))
             }
         };
+        let dns = tokio::spawn(shared.resolver.clone().refresh_every(args.dns_refresh));
         let tls = TlsAcceptor::from(crate::tls::server_config(&store));
         let listeners = listeners.start(shared.clone(), runtime_tx.subscribe(), tls);
         let (addrs_tx, addrs_rx) = watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
         let reloads = tokio::spawn(follow_reloads(Reloads {
             plan_rx,
             connectors,
+            resolver: shared.resolver.clone(),
             runtime_tx: runtime_tx.clone(),
             listeners,
             addrs,
@@ -284,6 +295,7 @@ impl Sidecar {
             tracing::warn!(left, "drain deadline passed; closing remaining connections");
         }
         identity_source.abort();
+        dns.abort();
         reloads.abort();
         for t in tasks {
             t.abort();
@@ -299,6 +311,7 @@ const ORIGINATION_POLL: Duration = Duration::from_secs(1);
 struct Reloads {
     plan_rx: watch::Receiver<Arc<Plan>>,
     connectors: Arc<MeshConnectors>,
+    resolver: Arc<Resolver>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
     listeners: Listeners,
     addrs: BoundAddrs,
@@ -309,7 +322,7 @@ impl Reloads {
     /// Builds the runtime of `plan` and hands it to the data path; `false` (logged) when it
     /// cannot be built, and the old runtime stays.
     fn publish(&self, plan: &Arc<Plan>) -> bool {
-        match crate::proxy::runtime::build(plan.clone(), &self.connectors) {
+        match crate::proxy::runtime::build(plan.clone(), &self.connectors, &self.resolver) {
             Ok(rt) => {
                 self.runtime_tx.send_replace(Arc::new(rt));
                 true

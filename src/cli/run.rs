@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// How long a shutdown waits for open connections.
     #[arg(long, env = "OUTRIDER_DRAIN_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
+    /// How often endpoint host names are resolved again in the background (connections use
+    /// the last answer; a failed lookup keeps it).
+    #[arg(long, env = "OUTRIDER_DNS_REFRESH", default_value = "5s", value_parser = duration)]
+    pub dns_refresh: Duration,
     /// Most connections open at once (inbound + outbound).
     #[arg(long, env = "OUTRIDER_MAX_CONNECTIONS", default_value_t = 16_384)]
     pub max_connections: usize,
@@ -129,6 +133,7 @@ impl RunArgs {
             detect_timeout: self.detect_timeout,
             idle_timeout: self.idle_timeout,
             drain_timeout: self.drain_timeout,
+            dns_refresh: self.dns_refresh,
             max_connections: self.max_connections,
             max_inbound_connections: self
                 .max_inbound_connections

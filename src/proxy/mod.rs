@@ -11,6 +11,7 @@ pub mod listeners;
 pub mod live;
 pub mod outbound;
 pub mod plaintext;
+pub mod resolve;
 pub mod runtime;
 pub mod sniff;
 
@@ -68,6 +69,8 @@ pub struct Shared {
     pub plaintext: Arc<plaintext::PlaintextLog>,
     pub shutdown: Shutdown,
     pub settings: ProxySettings,
+    /// Endpoint names, resolved off the connection path.
+    pub resolver: Arc<resolve::Resolver>,
     limits: Arc<Limits>,
 }
 
@@ -99,6 +102,7 @@ impl Shared {
         plaintext: Arc<plaintext::PlaintextLog>,
         shutdown: Shutdown,
         settings: ProxySettings,
+        resolver: Arc<resolve::Resolver>,
     ) -> Shared {
         let limits = Limits {
             total: Arc::new(Semaphore::new(settings.max_connections)),
@@ -110,6 +114,7 @@ impl Shared {
             plaintext,
             shutdown,
             settings,
+            resolver,
             limits: Arc::new(limits),
         }
     }

@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use super::copy::copy_bidirectional;
 use super::live::{Carried, LiveConnections};
+use super::resolve::{socket_addrs, Target};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::Destination;
 use crate::identity::{CertStore, PeerRole};
@@ -40,6 +41,8 @@ pub enum UpstreamTls {
 pub struct UpstreamEndpoint {
     pub host: String,
     pub port: u16,
+    /// Where `host` points, resolved off the connection path.
+    pub target: Target,
     pub tls: UpstreamTls,
     /// The workload behind the endpoint, as metrics name it.
     pub peer: Peer,
@@ -303,15 +306,22 @@ async fn tcp_connect(
     ep: &UpstreamEndpoint,
     shared: &Shared,
 ) -> Result<TcpStream, (&'static str, String)> {
-    let tcp = tokio::time::timeout(
-        shared.settings.connect_timeout,
-        TcpStream::connect((ep.host.as_str(), ep.port)),
-    )
-    .await
-    .map_err(|_| ("connect_timeout", "connect timed out".to_string()))?
-    .map_err(|e| ("connect_failed", e.to_string()))?;
-    tune(&tcp);
-    Ok(tcp)
+    let addrs = socket_addrs(&shared.resolver, &ep.target, ep.port)
+        .await
+        .map_err(|e| ("resolve_failed", format!("cannot resolve {}: {e}", ep.host)))?;
+    let mut last = ("connect_failed", format!("{} has no address", ep.host));
+    for addr in addrs {
+        match tokio::time::timeout(shared.settings.connect_timeout, TcpStream::connect(addr)).await
+        {
+            Ok(Ok(tcp)) => {
+                tune(&tcp);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => last = ("connect_failed", format!("{addr}: {e}")),
+            Err(_) => last = ("connect_timeout", format!("{addr}: connect timed out")),
+        }
+    }
+    Err(last)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -17,6 +17,7 @@ use crate::config::{Endpoint, Plan, TlsOrigination, WorkloadInfo};
 use crate::identity::{CertStore, SpiffeId};
 use crate::metrics::{Peer, UNKNOWN};
 use crate::proxy::outbound::{OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
+use crate::proxy::resolve::Resolver;
 use crate::tls::origination::{client_config, FileTls};
 
 /// Everything the listeners need for one version of the plan.
@@ -81,7 +82,11 @@ impl PeerDirectory {
 
 /// Builds the runtime of `plan`: TLS client configurations per endpoint (mesh ones resume
 /// sessions unless `resumption` is false), the peer directory for metrics.
-pub fn build(plan: Arc<Plan>, connectors: &MeshConnectors) -> anyhow::Result<Runtime> {
+pub fn build(
+    plan: Arc<Plan>,
+    connectors: &MeshConnectors,
+    resolver: &Resolver,
+) -> anyhow::Result<Runtime> {
     let store = &connectors.store;
     let mut used = Vec::new();
     let mut outbound = HashMap::new();
@@ -144,6 +149,7 @@ pub fn build(plan: Arc<Plan>, connectors: &MeshConnectors) -> anyhow::Result<Run
                 endpoints.push(UpstreamEndpoint {
                     host: e.host.clone(),
                     port: e.port,
+                    target: resolver.target(&e.host),
                     tls,
                     peer,
                 });

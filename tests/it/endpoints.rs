@@ -91,3 +91,57 @@ spec:
         assert!(served >= 15.0, "an endpoint got only {served} connections");
     }
 }
+
+/// An endpoint whose address is a host name (docker-compose's `age`): resolved in the
+/// background (`--dns-refresh`), every connection reaches it.
+#[test]
+fn an_endpoint_addressed_by_name_is_reached() {
+    let app = App::echo();
+    let (port, bind) = (free_port(), free_port());
+    let pki = Pki::new();
+    let dir = crate::common::temp_dir("endpoint-name");
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        format!(
+            r#"apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: sentences, namespace: default }}
+spec:
+  serviceAccount: sentences
+  address: localhost
+  ports: []
+  outbound:
+    - {{ bind: "127.0.0.1:{bind}", to: "age.default:tcp" }}
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: age, namespace: default }}
+spec:
+  serviceAccount: age
+  address: localhost
+  ports:
+    - {{ name: tcp, port: {port}, targetPort: {}, protocol: TCP }}
+"#,
+            app.port
+        ),
+    )
+    .unwrap();
+    let _age = Sidecar::start(dir.path(), "age", &pki.issue("age", "default", "age"), &[]);
+    let client = Sidecar::start(
+        dir.path(),
+        "sentences",
+        &pki.issue("sentences", "default", "sentences"),
+        &["--dns-refresh", "200ms"],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], bind));
+    for i in 0..20 {
+        let msg = format!("by name {i}");
+        assert_eq!(round_trip(addr, msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    let metrics = client.metrics_text();
+    assert_eq!(
+        metric_sum(&metrics, "outrider_upstream_failures_total", &[]),
+        0.0,
+        "{metrics}"
+    );
+}
