@@ -218,3 +218,46 @@ fn replaced_destination_rule_certificate_files_take_effect_without_a_restart() {
     assert!(eventually(Duration::from_secs(10), answers));
     assert!(sidecar.logs().contains("origination certificates reloaded"));
 }
+
+/// The outbound access log line counts what came from the app as `received` and what went
+/// back to it as `sent` (the review found them swapped).
+#[test]
+fn the_outbound_access_log_counts_received_from_the_app_and_sent_to_it() {
+    // An app that answers every request with exactly 3 bytes.
+    let app = crate::common::App::spawn(|mut s| {
+        let mut buf = [0u8; 4096];
+        let mut seen = 0;
+        while seen < 100 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen += n,
+            }
+        }
+        let _ = s.write_all(b"ok\n");
+    });
+    let bind = free_port();
+    let pki = Pki::new();
+    let certs = pki.issue("sentences", "default", "sentences");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        format!(
+            "{MESH}  outbound:\n    - {{ bind: \"127.0.0.1:{bind}\", to: \"127.0.0.1:{}\" }}\n",
+            app.port
+        ),
+    )
+    .unwrap();
+    let sidecar = Sidecar::start(dir.path(), "sentences", &certs, &[]);
+    let back = round_trip(SocketAddr::from(([127, 0, 0, 1], bind)), &[b'x'; 100]).unwrap();
+    assert_eq!(back, b"ok\n");
+    assert!(
+        eventually(Duration::from_secs(5), || sidecar
+            .logs()
+            .lines()
+            .any(|l| l.contains("direction=\"outbound\"")
+                && l.contains("received=100")
+                && l.contains("sent=3"))),
+        "{}",
+        sidecar.logs()
+    );
+}
