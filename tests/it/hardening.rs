@@ -33,19 +33,29 @@ fn a_certificate_for_another_workload_is_refused_at_start_naming_both_ids() {
     let age = pki.issue("age", "default", "age");
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.yaml"), MESH).unwrap();
-    let out = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(["run", "--config", dir.path().to_str().unwrap()])
-        .args([
-            "--workload",
-            "sentences",
-            "--cert-dir",
-            age.to_str().unwrap(),
-        ])
+        .args(["--workload", "sentences"])
+        .args(["--cert-dir", age.to_str().unwrap()])
         .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
         .args(["--ready-addr", &format!("127.0.0.1:{}", free_port())])
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A sidecar that accepted the certificate would keep running: a bounded wait, then fail.
+    let exited = eventually(Duration::from_secs(10), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        exited,
+        "the sidecar started with another workload's certificate"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
