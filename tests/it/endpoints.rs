@@ -45,7 +45,7 @@ spec:
             app.port
         ));
     }
-    std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+    std::fs::write(dir.path().join("mesh.yaml"), &yaml).unwrap();
     let servers: Vec<Sidecar> = (0..3)
         .map(|i| {
             Sidecar::start(
@@ -81,6 +81,35 @@ spec:
         full <= 6.0 && resumed >= 54.0,
         "full {full}, resumed {resumed}: {metrics}"
     );
+    // A reload that keeps the endpoints keeps their tickets: the next connections resume.
+    let reloads =
+        |m: &str| metric_sum(m, "outrider_config_reloads_total", &[("result", "success")]);
+    let before = reloads(&metrics);
+    let extra_bind = free_port();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        yaml.replace(
+            "  outbound:\n",
+            &format!("  outbound:\n    - {{ bind: \"127.0.0.1:{extra_bind}\", to: \"age.default:tcp\" }}\n"),
+        ),
+    )
+    .unwrap();
+    assert!(crate::common::eventually(
+        std::time::Duration::from_secs(10),
+        || reloads(&client.metrics_text()) > before
+    ));
+    for i in 0..9 {
+        let msg = format!("after reload {i}");
+        assert_eq!(round_trip(addr, msg.as_bytes()).unwrap(), msg.as_bytes());
+    }
+    let after = client.metrics_text();
+    let full_after = metric_sum(
+        &after,
+        "outrider_tls_handshakes_total",
+        &[("direction", "outbound"), ("kind", "full")],
+    );
+    assert_eq!(full_after, full, "a reload threw the tickets away: {after}");
+
     for server in &servers {
         let m = server.metrics_text();
         let served = metric_sum(
