@@ -17,8 +17,8 @@ const SHELL: &str = include_str!("index.html");
 
 const NODE_W: f64 = 190.0;
 const NODE_H: f64 = 50.0;
-const COL_GAP: f64 = 150.0;
-const ROW_GAP: f64 = 40.0;
+const COL_GAP: f64 = 230.0;
+const ROW_GAP: f64 = 60.0;
 const MARGIN: f64 = 30.0;
 
 /// Where each node goes: (column, row), by node index.
@@ -126,7 +126,7 @@ pub fn svg(graph: &Graph) -> String {
         graph.edges.len()
     );
     out.push_str(
-        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#555"/></marker><marker id="arrow-red" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#c62828"/></marker></defs>"##,
+        r##"<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#555"/></marker><marker id="arrow-green" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#2e7d32"/></marker><marker id="arrow-red" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#c62828"/></marker></defs>"##,
     );
     if graph.nodes.is_empty() {
         out.push_str(r#"<text x="30" y="40" class="empty">No workloads seen yet: is any source reachable?</text>"#);
@@ -156,7 +156,7 @@ pub fn svg(graph: &Graph) -> String {
             if dx > sx { x2 - bend } else { x2 + bend }
         );
         let (class, marker, arrow) = match e.security {
-            EdgeSecurity::Mtls => ("mtls", "padlock", "arrow"),
+            EdgeSecurity::Mtls => ("mtls", "padlock", "arrow-green"),
             EdgeSecurity::Mixed => ("mixed", "padlock", "arrow-red"),
             EdgeSecurity::Plaintext => ("plaintext", "open", "arrow-red"),
             EdgeSecurity::Blocked => ("blocked", "blocked", "arrow"),
@@ -173,8 +173,9 @@ pub fn svg(graph: &Graph) -> String {
         } else if e.security != EdgeSecurity::Blocked {
             let _ = write!(label, " · {} conn/s", per_second(e.connections_per_second));
         }
-        // The label sits on the curve's midpoint, nudged up so it does not cover the line.
-        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0 - 8.0);
+        // The curve is symmetric, so (mx, my) is on it: the marker sits on the line (on a
+        // disc of the background colour), the label just below it.
+        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
         let _ = write!(
             out,
             r#"<g class="edge edge-{class}" data-source="{}" data-destination="{}" data-security="{class}" data-mtls-percent="{}"><title>{} → {}: {}</title><path d="{path}" marker-end="url(#{arrow})"/>"#,
@@ -187,15 +188,15 @@ pub fn svg(graph: &Graph) -> String {
         );
         let _ = write!(
             out,
-            r#"<g class="marker marker-{marker}" data-marker="{marker}" transform="translate({:.1},{:.1})">{}</g>"#,
+            r#"<g class="marker marker-{marker}" data-marker="{marker}" transform="translate({:.1},{:.1})"><circle class="disc" cx="7" cy="9" r="11"/>{}</g>"#,
             mx - 7.0,
-            my - 16.0,
+            my - 9.0,
             icon(marker)
         );
         let _ = write!(
             out,
             r#"<text class="edge-label" x="{mx:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
-            my + 8.0,
+            my + 26.0,
             esc(&label)
         );
     }
@@ -246,10 +247,10 @@ fn icon(marker: &str) -> &'static str {
             r#"<path class="shackle" d="M3.5,8 V5 a3.5,3.5 0 0 1 7,0 V8" fill="none" stroke-width="2"/><rect class="body" x="1" y="7.5" width="12" height="8.5" rx="1.5"/>"#
         }
         "open" => {
-            r#"<path class="shackle" d="M3.5,8 V5 a3.5,3.5 0 0 1 7,0 V3" fill="none" stroke-width="2" transform="translate(-5,-2)"/><rect class="body" x="1" y="7.5" width="12" height="8.5" rx="1.5"/>"#
+            r#"<path class="shackle" d="M10.5,8 V3.5 a3.5,3.5 0 0 0 -7,0 V5" fill="none" stroke-width="2"/><rect class="body" x="1" y="7.5" width="12" height="8.5" rx="1.5"/>"#
         }
         _ => {
-            r##"<circle class="body" cx="7" cy="9" r="6.5"/><path d="M3,9 H11" stroke="#fff" stroke-width="2.5"/>"##
+            r##"<circle class="body" cx="7" cy="9" r="6.5"/><path class="dash" d="M3,9 H11" stroke="#fff" stroke-width="2.5"/>"##
         }
     }
 }
