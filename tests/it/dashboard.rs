@@ -538,3 +538,105 @@ fn cost_of_a_refresh_for_a_50_workload_mesh() {
     );
     assert!(svg_bytes > 0 && svg_bytes < 200_000, "{svg_bytes}");
 }
+
+/// A real Prometheus server scraping the given targets every second; killed on drop.
+struct PrometheusServer {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusServer {
+    fn start(targets: &[SocketAddr]) -> PrometheusServer {
+        let dir = temp_dir("dashboard-prometheus");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nscrape_configs:\n  - job_name: sidecars\n    metrics_path: /stats/prometheus\n    static_configs: [{{ targets: [{}] }}]\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let p = PrometheusServer {
+            child,
+            addr,
+            _dir: dir,
+        };
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                matches!(http_get(p.addr, "/-/ready"), Ok((200, _)))
+            }),
+            "prometheus never became ready"
+        );
+        p
+    }
+}
+
+impl Drop for PrometheusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_same_graph_from_a_real_prometheus() {
+    if !tool_available("prometheus") {
+        return;
+    }
+    let app = App::echo();
+    let mesh = Mesh::new(app.port, "TCP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let sentences = mesh.sidecar("sentences");
+    let prometheus = PrometheusServer::start(&[age.metrics, sentences.metrics]);
+    let dashboard = Dashboard::start(&[
+        "--prometheus",
+        &format!("http://{}", prometheus.addr),
+        "--admin",
+        &age.admin.to_string(),
+        "--admin",
+        &sentences.admin.to_string(),
+        "--interval",
+        "1s",
+        "--window",
+        "1m",
+    ]);
+    let both = eventually(Duration::from_secs(40), || {
+        assert_eq!(
+            round_trip(mesh.sentences_out_addr(), b"mesh").unwrap(),
+            b"mesh"
+        );
+        assert_eq!(round_trip(mesh.age_addr(), b"plain").unwrap(), b"plain");
+        let g = dashboard.graph("1m");
+        edge(&g, "default/sentences", "default/age").is_some()
+            && edge(&g, "unknown/127.0.0.1", "default/age").is_some()
+    });
+    let g = dashboard.graph("1m");
+    assert!(both, "{g:#}\n{}", dashboard.logs());
+    assert_eq!(g["errors"], serde_json::json!([]), "{g:#}");
+    let mtls = edge(&g, "default/sentences", "default/age").unwrap();
+    assert_eq!(mtls["security"], "mtls");
+    assert_eq!(mtls["mtls_percent"], 100.0);
+    assert!(
+        mtls["connections_per_second"].as_f64().unwrap() > 0.0,
+        "{mtls}"
+    );
+    let open = edge(&g, "unknown/127.0.0.1", "default/age").unwrap();
+    assert_eq!(open["security"], "plaintext");
+    assert_eq!(open["mtls_percent"], 0.0);
+    assert_eq!(node(&g, "default/age").unwrap()["mode"], "PERMISSIVE");
+}
