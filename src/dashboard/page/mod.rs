@@ -17,7 +17,7 @@ const SHELL: &str = include_str!("index.html");
 
 const NODE_W: f64 = 190.0;
 const NODE_H: f64 = 50.0;
-const COL_GAP: f64 = 230.0;
+const COL_GAP: f64 = 260.0;
 const ROW_GAP: f64 = 60.0;
 const MARGIN: f64 = 30.0;
 
@@ -132,6 +132,14 @@ pub fn svg(graph: &Graph) -> String {
         out.push_str(r#"<text x="30" y="40" class="empty">No workloads seen yet: is any source reachable?</text>"#);
     }
 
+    // Edges into one node arrive spread along its side, not all at one point.
+    let mut incoming: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for e in &graph.edges {
+        incoming.entry(e.destination_id.as_str()).or_default().1 += 1;
+    }
+    // Label boxes placed so far: a label moves along its curve until it overlaps none.
+    let mut placed: Vec<Box> = Vec::new();
+
     // Edges first, so nodes are drawn over their ends.
     for e in &graph.edges {
         let (Some(&s), Some(&d)) = (
@@ -142,18 +150,26 @@ pub fn svg(graph: &Graph) -> String {
         };
         let (sx, sy) = pos(s);
         let (dx, dy) = pos(d);
+        let slot = incoming.entry(e.destination_id.as_str()).or_default();
+        let spread = (slot.0 as f64 - (slot.1 as f64 - 1.0) / 2.0) * 12.0;
+        slot.0 += 1;
         let (x1, y1) = (sx + NODE_W, sy + NODE_H / 2.0);
         let (x2, y2) = if dx > sx {
-            (dx, dy + NODE_H / 2.0)
+            (dx, dy + NODE_H / 2.0 + spread)
         } else {
             // Backwards or within a column: enter from the right-hand side.
-            (dx + NODE_W, dy + NODE_H / 2.0 + 8.0)
+            (dx + NODE_W, dy + NODE_H / 2.0 + 8.0 + spread)
         };
         let bend = ((x2 - x1).abs() / 2.0).max(60.0);
+        let curve = [
+            (x1, y1),
+            (x1 + bend, y1),
+            (if dx > sx { x2 - bend } else { x2 + bend }, y2),
+            (x2, y2),
+        ];
         let path = format!(
-            "M{x1:.1},{y1:.1} C{:.1},{y1:.1} {:.1},{y2:.1} {x2:.1},{y2:.1}",
-            x1 + bend,
-            if dx > sx { x2 - bend } else { x2 + bend }
+            "M{x1:.1},{y1:.1} C{:.1},{:.1} {:.1},{:.1} {x2:.1},{y2:.1}",
+            curve[1].0, curve[1].1, curve[2].0, curve[2].1
         );
         let (class, marker, arrow) = match e.security {
             EdgeSecurity::Mtls => ("mtls", "padlock", "arrow-green"),
@@ -161,21 +177,41 @@ pub fn svg(graph: &Graph) -> String {
             EdgeSecurity::Plaintext => ("plaintext", "open", "arrow-red"),
             EdgeSecurity::Blocked => ("blocked", "blocked", "arrow"),
         };
-        let mut label = match e.security {
-            EdgeSecurity::Blocked => format!("blocked {}/s", per_second(e.blocked_per_second)),
+        // Two short lines under the marker: the mTLS share, then the rates.
+        let first = match e.security {
+            EdgeSecurity::Blocked => "reset (STRICT)".to_string(),
             _ => format!("mTLS {}%", e.mtls_percent),
         };
-        if let Some(rps) = e.requests_per_second {
-            let _ = write!(label, " · {} req/s", per_second(rps));
-            if let Some(err) = e.error_percent.filter(|p| *p > 0.0) {
-                let _ = write!(label, " · {err}% 4xx/5xx");
+        let second = match (e.security, e.requests_per_second) {
+            (EdgeSecurity::Blocked, _) => {
+                format!("{} attempts/s", per_second(e.blocked_per_second))
             }
-        } else if e.security != EdgeSecurity::Blocked {
-            let _ = write!(label, " · {} conn/s", per_second(e.connections_per_second));
-        }
-        // The curve is symmetric, so (mx, my) is on it: the marker sits on the line (on a
-        // disc of the background colour), the label just below it.
-        let (mx, my) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+            (_, Some(rps)) => match e.error_percent.filter(|p| *p > 0.0) {
+                Some(err) => format!("{} req/s · {err}% 4xx/5xx", per_second(rps)),
+                None => format!("{} req/s", per_second(rps)),
+            },
+            (_, None) => format!("{} conn/s", per_second(e.connections_per_second)),
+        };
+        let label = format!("{first} · {second}");
+        // The marker sits on the line (on a disc of the background colour), the label under
+        // it: at the middle of the curve, else the point along it that overlaps the labels
+        // placed before it least.
+        let label_w = 6.3 * first.chars().count().max(second.chars().count()) as f64;
+        let boxed = |(x, y): (f64, f64)| (x - label_w / 2.0, y - 12.0, label_w, 54.0);
+        let (mx, my) = [0.5, 0.4, 0.6, 0.3, 0.7, 0.2, 0.8, 0.15, 0.85]
+            .iter()
+            .map(|t| bezier(&curve, *t))
+            .map(|p| (p, placed.iter().map(|q| overlap(q, &boxed(p))).sum::<f64>()))
+            .fold(
+                None,
+                |best: Option<((f64, f64), f64)>, (p, cost)| match best {
+                    Some((_, c)) if c <= cost => best,
+                    _ => Some((p, cost)),
+                },
+            )
+            .map(|(p, _)| p)
+            .unwrap_or_else(|| bezier(&curve, 0.5));
+        placed.push(boxed((mx, my)));
         let _ = write!(
             out,
             r#"<g class="edge edge-{class}" data-source="{}" data-destination="{}" data-security="{class}" data-mtls-percent="{}"><title>{} → {}: {}</title><path d="{path}" marker-end="url(#{arrow})"/>"#,
@@ -195,9 +231,10 @@ pub fn svg(graph: &Graph) -> String {
         );
         let _ = write!(
             out,
-            r#"<text class="edge-label" x="{mx:.1}" y="{:.1}" text-anchor="middle">{}</text></g>"#,
-            my + 26.0,
-            esc(&label)
+            r#"<text class="edge-label" x="{mx:.1}" y="{:.1}" text-anchor="middle">{}<tspan x="{mx:.1}" dy="14">{}</tspan></text></g>"#,
+            my + 24.0,
+            esc(&first),
+            esc(&second)
         );
     }
 
@@ -238,6 +275,26 @@ pub fn svg(graph: &Graph) -> String {
     }
     out.push_str("</svg>");
     out
+}
+
+/// A label's box: x, y, width, height.
+type Box = (f64, f64, f64, f64);
+
+/// The area two boxes share.
+fn overlap(a: &Box, b: &Box) -> f64 {
+    let w = (a.0 + a.2).min(b.0 + b.2) - a.0.max(b.0);
+    let h = (a.1 + a.3).min(b.1 + b.3) - a.1.max(b.1);
+    w.max(0.0) * h.max(0.0)
+}
+
+/// The point at `t` (0..1) of a cubic Bézier curve.
+fn bezier(c: &[(f64, f64); 4], t: f64) -> (f64, f64) {
+    let u = 1.0 - t;
+    let w = [u * u * u, 3.0 * u * u * t, 3.0 * u * t * t, t * t * t];
+    (
+        c.iter().zip(w).map(|(p, w)| p.0 * w).sum(),
+        c.iter().zip(w).map(|(p, w)| p.1 * w).sum(),
+    )
 }
 
 /// A 14×16 padlock drawn with shapes (no icon font: the page loads nothing).
@@ -354,7 +411,8 @@ mod tests {
         assert!(s.contains(r#"data-marker="open""#));
         assert!(!s.contains("<script>"));
         assert!(s.contains("&lt;script&gt;"));
-        assert!(s.contains("mTLS 100% · 1.0 conn/s"));
+        assert!(s.contains(r#"mTLS 100%<tspan x="#), "{s}");
+        assert!(s.contains(">1.0 conn/s</tspan>"), "{s}");
         let page = html(&s, 120, 5000, "scrape");
         assert!(page.contains(r#"<option value="120s" selected>last 2 min</option>"#));
         assert!(!page.contains("{{"));
@@ -367,5 +425,43 @@ mod tests {
         assert_eq!(per_second(1.25), "1.2");
         assert_eq!(per_second(0.25), "0.25");
         assert_eq!(per_second(0.0033), "0.0033");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+    use crate::dashboard::graph::{build, Rate, Security, Traffic, Workload};
+
+    #[test]
+    fn labels_of_crossing_edges_do_not_overlap() {
+        let w = |n: &str| Workload::new(n, "default", n);
+        let r = |s: Workload, d: &str, sec| Rate {
+            source: s,
+            destination: w(d),
+            security: sec,
+            traffic: Traffic::Connections,
+            per_second: 1.0,
+        };
+        let unknown = Workload::new("unknown", "unknown", "unknown");
+        let g = build(
+            &[
+                r(w("sentences"), "age", Security::MutualTls),
+                r(w("sentences"), "name-v2", Security::MutualTls),
+                r(unknown.clone(), "age", Security::None),
+                r(unknown, "name-v1", Security::None),
+            ],
+            &[],
+        );
+        let s = svg(&g);
+        let mut at: Vec<&str> = s
+            .split(r#"class="edge-label" "#)
+            .skip(1)
+            .map(|l| l.split(" text-anchor").next().unwrap())
+            .collect();
+        at.sort();
+        let n = at.len();
+        at.dedup();
+        assert_eq!(at.len(), n, "{at:?}");
     }
 }
