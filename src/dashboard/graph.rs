@@ -246,7 +246,8 @@ pub fn build(rates: &[Rate], sidecars: &[SidecarInfo]) -> Graph {
     for r in rates {
         add_node(&r.source, None, &mut nodes);
         add_node(&r.destination, None, &mut nodes);
-        if r.destination.is_unknown() || !(r.per_second > 0.0) {
+        // NaN counts as no traffic.
+        if r.destination.is_unknown() || r.per_second.is_nan() || r.per_second <= 0.0 {
             continue;
         }
         let dest = r.destination.id();
@@ -286,7 +287,7 @@ pub fn build(rates: &[Rate], sidecars: &[SidecarInfo]) -> Graph {
         // An identity-less source: one edge per address the destination saw, if it says.
         let by_address = admitted.get(dest_id).cloned().unwrap_or_default();
         let sum: f64 = by_address.values().sum();
-        if by_address.is_empty() || !(sum > 0.0) {
+        if by_address.is_empty() || sum.is_nan() || sum <= 0.0 {
             if total.has_traffic() {
                 edges.push(edge(source, None, destination, total));
             }

@@ -362,7 +362,11 @@ mod tests {
     fn callers_left_callees_right() {
         use Security::MutualTls as M;
         // (edges, expected (id, column, row)).
-        let cases: Vec<(Vec<(&str, &str, Security)>, Vec<(&str, usize, usize)>)> = vec![
+        type Case<'a> = (
+            Vec<(&'a str, &'a str, Security)>,
+            Vec<(&'a str, usize, usize)>,
+        );
+        let cases: Vec<Case> = vec![
             (
                 vec![("sentences", "age", M), ("sentences", "name", M)],
                 vec![
