@@ -352,6 +352,20 @@ pub async fn poll(target: &str, metrics: bool) -> Result<Snapshot, SourceError> 
         })?;
         snapshot.add_samples(&samples);
     }
+    match admin(target, &mut snapshot).await {
+        Ok(()) => Ok(snapshot),
+        // The metrics are what the graph needs; a metrics target whose admin documents cannot
+        // be read still draws its edges (no mode badge, no addresses).
+        Err(e) if metrics => {
+            tracing::debug!(%target, error = %e, "admin documents unreadable");
+            Ok(snapshot)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Adds what `/config_dump` and `/plaintext` say, where the target serves them.
+async fn admin(target: &str, snapshot: &mut Snapshot) -> Result<(), SourceError> {
     let json = |what, e| SourceError::Json {
         target: target.to_string(),
         what,
@@ -394,7 +408,7 @@ pub async fn poll(target: &str, metrics: bool) -> Result<Snapshot, SourceError> 
         }
         snapshot.plaintext = Some(value);
     }
-    Ok(snapshot)
+    Ok(())
 }
 
 async fn get_ok(target: &str, path: &str) -> Result<String, SourceError> {
