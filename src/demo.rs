@@ -262,6 +262,7 @@ async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
             Member::addr(m.metrics)
         );
     }
+    println!("  the mesh as a graph (padlocks on mTLS edges): in another shell run  outrider dashboard --scrape {}  and open http://127.0.0.1:20001/", d.members.iter().map(|m| Member::addr(m.admin)).collect::<Vec<_>>().join(","));
     let front = Member::addr(d.members[0].app);
     let age = &d.members[1];
 

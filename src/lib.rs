@@ -21,7 +21,8 @@
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
 //! - Around them: [`shutdown`] (drain), [`logging`], [`duration`] (the one duration syntax),
 //!   and the tools the FROM-scratch image needs besides the sidecar: [`demo`], [`samples`]
-//!   (the labs' sample app), [`fetch`] (a plaintext GET). The data path never imports these.
+//!   (the labs' sample app), [`fetch`] (a plaintext GET), [`dashboard`] (the live mesh
+//!   graph, drawn from the sidecars' metrics). The data path never imports these.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod app;
 pub mod ca;
 pub mod ca_protocol;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod duration;
 pub mod fetch;

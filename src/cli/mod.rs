@@ -4,6 +4,7 @@
 //! library sees clap.
 
 mod ca;
+mod dashboard;
 mod run;
 mod sample;
 mod tools;
@@ -39,6 +40,8 @@ pub enum Command {
     SampleApp(sample::SampleArgs),
     /// A plaintext HTTP GET (health checks and the intruder in a FROM-scratch image).
     Fetch(tools::FetchArgs),
+    /// A live service graph of the mesh: padlocks on mTLS edges, plaintext clients, rates.
+    Dashboard(dashboard::DashboardArgs),
 }
 
 impl Command {
@@ -52,6 +55,7 @@ impl Command {
             Command::Demo(args) => done(args.into_options().run()),
             Command::SampleApp(args) => done(args.into_config().run()),
             Command::Fetch(args) => done(args.into_options().run()),
+            Command::Dashboard(args) => done(args.into_options().run().map_err(Into::into)),
         }
     }
 }

@@ -20,6 +20,7 @@ mod ca_token_out;
 mod config_check;
 mod config_errors;
 mod config_hardening;
+mod dashboard;
 mod demo;
 mod endpoints;
 mod hardening;
