@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _};
 use tokio::process::{Child, Command};
 
 use crate::ca::Authority;
+use crate::dashboard::{Dashboard, DashboardOptions, Source as DashboardSource};
 use crate::identity::SpiffeId;
 use crate::samples::fetch_path;
 
@@ -262,7 +263,12 @@ async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
             Member::addr(m.metrics)
         );
     }
-    println!("  the mesh as a graph (padlocks on mTLS edges): in another shell run  outrider dashboard --scrape {}  and open http://127.0.0.1:20001/", d.members.iter().map(|m| Member::addr(m.admin)).collect::<Vec<_>>().join(","));
+    // The mesh as a graph, served from this process for as long as the demo runs.
+    let dashboard = start_dashboard(d).await?;
+    println!(
+        "  the mesh as a graph (padlocks on mTLS edges): http://{}/",
+        dashboard.0
+    );
     let front = Member::addr(d.members[0].app);
     let age = &d.members[1];
 
@@ -457,4 +463,33 @@ async fn edges(d: &Demo) {
         "   edges (cumulative, reported by the destination): {}",
         lines.join("; ")
     );
+}
+
+/// Starts `outrider dashboard` in this process over the demo's sidecars, on 127.0.0.1:20001
+/// when that is free, else on any free port; returns its address and the serving task (aborted
+/// when dropped, with the demo).
+async fn start_dashboard(d: &Demo) -> anyhow::Result<(std::net::SocketAddr, AbortOnDrop)> {
+    let admins: Vec<String> = d.members.iter().map(|m| Member::addr(m.admin)).collect();
+    let options = |port| DashboardOptions {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        source: DashboardSource::Scrape(admins.clone()),
+        admin: Vec::new(),
+        interval: Duration::from_secs(1),
+        window: Duration::from_secs(300),
+    };
+    let dashboard = match Dashboard::bind(options(20001)).await {
+        Ok(d) => d,
+        Err(_) => Dashboard::bind(options(0)).await?,
+    };
+    let addr = dashboard.local_addr();
+    Ok((addr, AbortOnDrop(tokio::spawn(dashboard.serve()))))
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
