@@ -2,7 +2,8 @@
 # End-to-end test of docker-compose.yml across real containers: builds the images, brings the
 # lab up, and checks the storyline:
 #   1. the mesh works (curl sentences) and the CA service issued every sidecar's identity;
-#   2. Prometheus shows mutual_tls edges reported by the destination side;
+#   2. Prometheus shows mutual_tls edges reported by the destination side, and the dashboard
+#      (outrider dashboard --prometheus) draws them with padlocks;
 #   3. under PERMISSIVE the intruder's plaintext request gets through;
 #   4. after copying strict.yaml into the mounted folder the intruder is reset, the mesh still works.
 # Every wait has a deadline; the project is always brought down (with its volumes), and the
@@ -36,7 +37,7 @@ mesh_dir="$(mktemp -d)"
 chmod 0755 "$mesh_dir"
 cp deploy/compose/mesh/*.yaml "$mesh_dir/"
 chmod 0644 "$mesh_dir"/*.yaml
-export OUTRIDER_MESH_DIR="$mesh_dir" SENTENCES_PORT="" PROMETHEUS_PORT=""
+export OUTRIDER_MESH_DIR="$mesh_dir" SENTENCES_PORT="" PROMETHEUS_PORT="" DASHBOARD_PORT=""
 compose() { timeout 180 docker-compose --ansi never "$@"; }
 
 cleanup() {
@@ -62,6 +63,7 @@ compose up -d 2>&1 | sed 's/^/  /'
 host_port() { compose port "$1" "$2" | tail -n1 | sed 's/.*://'; }
 sentences="http://127.0.0.1:$(host_port sentences 9080)/"
 prometheus="http://127.0.0.1:$(host_port prometheus 9090)"
+dashboard="http://127.0.0.1:$(host_port dashboard 20001)"
 
 # wait_for <seconds> <description> <command...>: retries the command until it succeeds.
 wait_for() {
@@ -108,6 +110,21 @@ mesh_edges_seen() {
 }
 wait_for 90 "mutual_tls edges sentences -> age, name-v1, name-v2 in Prometheus" mesh_edges_seen
 edges | sed 's/^/  mutual_tls: /'
+
+step "2. the dashboard draws padlocks on those edges (outrider dashboard --prometheus)"
+dashboard_edges() {
+    curl -fsS --max-time 5 "$dashboard/api/graph" |
+        python3 -c 'import json,sys; g=json.load(sys.stdin); print("\n".join(sorted(e["source"]+" -> "+e["destination"]+" "+e["security"] for e in g["edges"])))'
+}
+dashboard_padlocks() {
+    local e
+    e="$(dashboard_edges)"
+    grep -qx "sentences -> age mtls" <<<"$e" && grep -qx "sentences -> name-v1 mtls" <<<"$e" &&
+        grep -qx "sentences -> name-v2 mtls" <<<"$e"
+}
+wait_for 60 "the dashboard's mtls edges sentences -> age, name-v1, name-v2" dashboard_padlocks
+dashboard_edges | sed 's/^/  dashboard: /'
+curl -fsS --max-time 5 "$dashboard/" | grep -q "<svg\|api/graph" || fail "the dashboard page did not load"
 
 intruder_fetch() { compose exec -T intruder /outrider fetch --timeout 3s http://age:8080/ 2>&1; }
 
