@@ -728,13 +728,28 @@ fn the_demo_mesh_in_a_browser_before_and_after_strict() {
         return;
     }
     let demo = Demo::start();
-    let scrape = demo
-        .line("outrider dashboard --scrape ")
-        .split("--scrape ")
+    // The demo serves its own graph; a separate `outrider dashboard` scrapes the same sidecars.
+    let own: SocketAddr = demo
+        .line("the mesh as a graph")
+        .split("http://")
         .nth(1)
-        .and_then(|r| r.split_whitespace().next())
+        .and_then(|r| r.split('/').next())
         .unwrap()
-        .to_string();
+        .parse()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || matches!(
+        http_get(own, "/api/graph"),
+        Ok((200, _))
+    )));
+    let scrape = ["sentences", "age", "name-v1", "name-v2"]
+        .iter()
+        .map(|w| {
+            let line = demo.line(&format!("    {w} "));
+            let url = line.split("admin http://").nth(1).unwrap();
+            url.split('/').next().unwrap().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     let workdir = PathBuf::from(
         demo.lines[0]
             .split("(work dir ")
