@@ -778,7 +778,11 @@ fn stale_client(ca_dir: &Path, dir: &Path) -> CertStore {
     let store = CertStore::new("cluster.local");
     let read = |f: &str| std::fs::read(out.join(f)).unwrap();
     store
-        .publish_pem(&read("cert-chain.pem"), &read("key.pem"), &read("root-cert.pem"))
+        .publish_pem(
+            &read("cert-chain.pem"),
+            &read("key.pem"),
+            &read("root-cert.pem"),
+        )
         .unwrap();
     store
 }
@@ -789,7 +793,10 @@ async fn stale_handshake(client: &CertStore, addr: SocketAddr) -> Result<(), &'s
     let config = tls::without_resumption(&tls::client_config(client, vec![id("name")]));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("name.default").unwrap();
-    match tokio_rustls::TlsConnector::from(config).connect(name, tcp).await {
+    match tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    {
         Ok(mut tls) => {
             tls.write_all(b"ping").await.unwrap();
             let mut back = [0u8; 4];

@@ -27,6 +27,7 @@ mod kubernetes_manifests;
 mod reload;
 mod resumption;
 mod resumption_identity;
+mod secure_naming;
 mod sidecar_ca;
 mod sidecar_e2e;
 mod sidecar_peers;

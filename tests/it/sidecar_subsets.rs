@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use crate::common::*;
 
-struct NameMesh {
-    pki: Pki,
-    dir: tempfile::TempDir,
-    v1_in: u16,
-    v2_in: u16,
-    out: u16,
+pub struct NameMesh {
+    pub pki: Pki,
+    pub dir: tempfile::TempDir,
+    pub v1_in: u16,
+    pub v2_in: u16,
+    pub out: u16,
 }
 
 impl NameMesh {
-    fn new(v1_app: u16, v2_app: u16, weights: Option<(u32, u32)>, v1_strict: bool) -> NameMesh {
+    pub fn new(v1_app: u16, v2_app: u16, weights: Option<(u32, u32)>, v1_strict: bool) -> NameMesh {
         let pki = Pki::new();
         let dir = tempfile::tempdir().unwrap();
         let (v1_in, v2_in, out) = (free_port(), free_port(), free_port());
@@ -105,7 +105,7 @@ spec:
         }
     }
 
-    fn sidecar(&self, workload: &str, identity: &str) -> Sidecar {
+    pub fn sidecar(&self, workload: &str, identity: &str) -> Sidecar {
         Sidecar::start(
             self.dir.path(),
             workload,

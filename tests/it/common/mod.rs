@@ -508,3 +508,40 @@ spec:
         SocketAddr::from(([127, 0, 0, 1], self.sentences_out))
     }
 }
+
+/// An app port the test holds itself, to prove that no connection ever reached it: nothing
+/// serves it, connections just queue in the listener's backlog.
+pub struct Untouched {
+    listener: TcpListener,
+}
+
+impl Default for Untouched {
+    fn default() -> Self {
+        Untouched::new()
+    }
+}
+
+impl Untouched {
+    pub fn new() -> Untouched {
+        Untouched {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// Fails unless no connection arrived so far. No sleep proves the absence: a marker
+    /// connection is queued now, and the backlog is first in, first out, so the first
+    /// connection accepted must be the marker; any earlier one would come before it.
+    pub fn assert_no_connection(&self) {
+        let marker = TcpStream::connect(self.listener.local_addr().unwrap()).unwrap();
+        let (_, first) = self.listener.accept().unwrap();
+        assert_eq!(
+            first,
+            marker.local_addr().unwrap(),
+            "a connection from {first} reached the app before the marker"
+        );
+    }
+}
