@@ -226,24 +226,6 @@ impl Sidecar {
     pub fn admin(&self, path: &str) -> String {
         http_get(self.admin, path).expect("admin").1
     }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 impl Drop for Sidecar {
@@ -544,4 +526,63 @@ impl Untouched {
             "a connection from {first} reached the app before the marker"
         );
     }
+}
+
+/// Holds a live echo transfer open through `through` while `sidecar` gets SIGTERM, and
+/// checks the drain: the sidecar stops accepting on `listener` (a refused connection, seen
+/// while the process is still running), the transfer in flight carries on to the end, and the
+/// process then exits zero on its own. A sidecar that ignores SIGTERM never refuses and fails
+/// here; one that exits at once breaks the transfer.
+pub fn assert_drains(sidecar: &mut Sidecar, through: SocketAddr, listener: SocketAddr) {
+    let mut s = TcpStream::connect_timeout(&through, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = |i: u8| vec![i; 16 * 1024];
+    let exchange = |s: &mut TcpStream, i: u8| {
+        s.write_all(&chunk(i)).unwrap();
+        let mut back = vec![0u8; 16 * 1024];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("exchange {i} of the live transfer: {e}"));
+        assert!(back == chunk(i), "exchange {i} came back changed");
+    };
+    for i in 0..3 {
+        exchange(&mut s, i);
+    }
+    let pid = sidecar.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    // New connections are refused while the live one keeps the process draining.
+    let refused = eventually(Duration::from_secs(5), || {
+        matches!(
+            TcpStream::connect_timeout(&listener, Duration::from_secs(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    });
+    assert!(refused, "{listener} still accepts after SIGTERM");
+    assert!(
+        sidecar.child.try_wait().unwrap().is_none(),
+        "the sidecar exited with a transfer in flight: {}",
+        sidecar.logs()
+    );
+    for i in 3..8 {
+        exchange(&mut s, i);
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(
+        matches!(end, Ok(0)),
+        "the drained transfer should end with a clean EOF: {end:?}"
+    );
+    // Exits on its own once the transfer ended (no second signal).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not exit after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}: {}", sidecar.logs());
 }
