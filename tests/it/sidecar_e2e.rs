@@ -324,6 +324,17 @@ fn sigterm_drains_and_exits_cleanly() {
     assert_drains(&mut age, mesh.sentences_out_addr(), mesh.age_addr());
 }
 
+/// The names of a process's threads (`/proc/<pid>/task/*/comm`).
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn single_threaded_sidecars_without_resumption_carry_mtls() {
     // `--threads 1` runs tokio's current-thread scheduler; `--no-resumption` forces a full
@@ -331,8 +342,8 @@ fn single_threaded_sidecars_without_resumption_carry_mtls() {
     let app = App::echo();
     let mesh = Mesh::new(app.port, "TCP", "STRICT");
     let certs = |w: &str| mesh.pki.dir.path().join(w);
-    let _age = Sidecar::start(mesh.config(), "age", &certs("age"), &["--threads", "1"]);
-    let _sentences = Sidecar::start(
+    let age = Sidecar::start(mesh.config(), "age", &certs("age"), &["--threads", "1"]);
+    let sentences = Sidecar::start(
         mesh.config(),
         "sentences",
         &certs("sentences"),
@@ -341,5 +352,26 @@ fn single_threaded_sidecars_without_resumption_carry_mtls() {
     for _ in 0..3 {
         let big = vec![7u8; 300_000];
         assert_eq!(round_trip(mesh.sentences_out_addr(), &big).unwrap(), big);
+    }
+    // Every outbound connection was a full handshake, and age saw the same.
+    let handshakes = |s: &Sidecar, direction: &str, kind: &str| {
+        metric_sum(
+            &s.metrics_text(),
+            "outrider_tls_handshakes_total",
+            &[("direction", direction), ("kind", kind)],
+        )
+    };
+    assert_eq!(handshakes(&sentences, "outbound", "full"), 3.0);
+    assert_eq!(handshakes(&sentences, "outbound", "resumed"), 0.0);
+    assert_eq!(handshakes(&age, "inbound", "full"), 3.0);
+    assert_eq!(handshakes(&age, "inbound", "resumed"), 0.0);
+    // One runtime thread: the current-thread scheduler runs on the main thread (`outrider`),
+    // and tokio's only other threads are the blocking pool's (`tokio-rt-worker`, here one
+    // that read the certificate files). A multi-thread runtime, even with one worker, has a
+    // worker thread beside that one.
+    for s in [&age, &sentences] {
+        let names = thread_names(s.child.id());
+        let tokio = names.iter().filter(|n| n.starts_with("tokio")).count();
+        assert!(tokio <= 1, "more than the blocking pool's thread: {names:?}");
     }
 }
