@@ -372,6 +372,9 @@ fn single_threaded_sidecars_without_resumption_carry_mtls() {
     for s in [&age, &sentences] {
         let names = thread_names(s.child.id());
         let tokio = names.iter().filter(|n| n.starts_with("tokio")).count();
-        assert!(tokio <= 1, "more than the blocking pool's thread: {names:?}");
+        assert!(
+            tokio <= 1,
+            "more than the blocking pool's thread: {names:?}"
+        );
     }
 }
