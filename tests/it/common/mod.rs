@@ -586,3 +586,58 @@ pub fn assert_drains(sidecar: &mut Sidecar, through: SocketAddr, listener: Socke
     };
     assert!(status.success(), "{status}: {}", sidecar.logs());
 }
+
+/// Waits for a spawned external process (stdout and stderr piped) and collects its output,
+/// killing it if it has not exited within `deadline`: a client that would hang (an
+/// `openssl s_client` a broken server never closes) fails the test instead of hanging it.
+pub fn bounded_output(mut child: Child, what: &str, deadline: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} was still running after {deadline:?} and was killed: {}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// How a read on a connection the peer should close ended: `"eof"`, `"reset"`, `"timeout"`
+/// (the peer kept it open), `"data"` (it answered), or another error kind.
+pub fn close_kind(r: std::io::Result<usize>) -> String {
+    match r {
+        Ok(0) => "eof".into(),
+        Ok(_) => "data".into(),
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::ConnectionReset => "reset".into(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".into(),
+            other => format!("{other:?}"),
+        },
+    }
+}
