@@ -24,6 +24,7 @@ mod demo;
 mod hardening;
 mod identity_rotation;
 mod kubernetes_manifests;
+mod policy_enforced;
 mod reload;
 mod resumption;
 mod resumption_identity;
