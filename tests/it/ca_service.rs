@@ -170,6 +170,31 @@ async fn refusals_carry_the_right_status() {
         .unwrap();
     let (c, m) = code(call(&ca, &root, Some(&wrong_aud), request(csr_naming("age"), 0)).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
+    // Signed with this CA's key, but issued by someone else, or issued in the future (beyond
+    // the clock-skew leeway).
+    let wrong_issuer = key
+        .mint_claims(&Claims {
+            iss: "https://kubernetes.default.svc".into(),
+            ..claims(AUDIENCE, now, now + 600)
+        })
+        .unwrap();
+    let (c, m) = code(
+        call(
+            &ca,
+            &root,
+            Some(&wrong_issuer),
+            request(csr_naming("age"), 0),
+        )
+        .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    assert!(m.contains("issuer"), "{m}");
+    let future = key
+        .mint_claims(&claims(AUDIENCE, now + 600, now + 1200))
+        .unwrap();
+    let (c, m) = code(call(&ca, &root, Some(&future), request(csr_naming("age"), 0)).await);
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    assert!(m.contains("not valid yet"), "{m}");
     let (c, m) = code(call(&ca, &root, None, request(csr_naming("age"), 0)).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
 
@@ -236,6 +261,8 @@ async fn refusals_carry_the_right_status() {
         "outrider_ca_certificates_issued_total 6",
         "outrider_ca_requests_denied_total{reason=\"token_expired\"} 1",
         "outrider_ca_requests_denied_total{reason=\"token_bad_signature\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"token_wrong_issuer\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"token_not_yet_valid\"} 1",
         "outrider_ca_requests_denied_total{reason=\"invalid_csr\"} 2",
         "outrider_ca_requests_denied_total{reason=\"too_large\"} 2",
         "outrider_ca_requests_denied_total{reason=\"rate_limited\"} 1",
