@@ -9,11 +9,9 @@ use std::time::Duration;
 
 use crate::common::*;
 
+/// Whether the sidecar reset the connection (a clean close or a read timeout is not a reset).
 fn is_reset(r: std::io::Result<Vec<u8>>) -> bool {
-    match r {
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-        Ok(bytes) => bytes.is_empty(),
-    }
+    matches!(r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
 }
 
 #[test]
