@@ -389,7 +389,6 @@ struct Trickle {
 
 /// What [`Traffic::finish`] saw: handshakes by trickle and kind, long-stream exchanges, and
 /// every failure.
-#[derive(Debug)]
 struct Seen {
     resuming_full: u64,
     resuming_resumed: u64,
@@ -397,6 +396,22 @@ struct Seen {
     full_only_resumed: u64,
     exchanges: u64,
     failures: Vec<String>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resuming connector: {} full, {} resumed; connector without resumption: {} full, \
+             {} resumed; {} long-stream exchanges; {} failures",
+            self.resuming_full,
+            self.resuming_resumed,
+            self.full_only_full,
+            self.full_only_resumed,
+            self.exchanges,
+            self.failures.len()
+        )
+    }
 }
 
 impl Seen {
