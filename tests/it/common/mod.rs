@@ -641,3 +641,24 @@ pub fn close_kind(r: std::io::Result<usize>) -> String {
         },
     }
 }
+
+/// Sends `msg` on a new connection to `addr`, half-closes, and reports how the peer ended it,
+/// as [`close_kind`] names it. A reset can surface at any step: the write or the half-close
+/// fails if the RST arrived first (the socket reports the error once, and a read after it
+/// would only see the end of the stream), so those errors count as `"reset"` too.
+pub fn send_and_close_kind(addr: SocketAddr, msg: &[u8]) -> String {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = s
+        .write_all(msg)
+        .and_then(|()| s.shutdown(std::net::Shutdown::Write));
+    if let Err(e) = sent {
+        return match e.kind() {
+            ConnectionReset | BrokenPipe | NotConnected => "reset".into(),
+            other => format!("{other:?} while sending"),
+        };
+    }
+    let mut back = Vec::new();
+    close_kind(s.read_to_end(&mut back).map(|_| back.len()))
+}
