@@ -95,7 +95,7 @@ fn sidecars_bootstrap_from_the_ca_and_rotate_under_traffic() {
     // Twice: first with session resumption (a resumed handshake skips certificate checks, so
     // it alone would not show that rotated leaves are accepted), then with a client sidecar
     // that resumes nothing, so every new connection verifies age's current leaf in full.
-    let (mut total_new, mut last_phase) = (0, 0);
+    let (mut total_new, mut last_phase, mut retried) = (0, 0, 0.0);
     for resumption in [true, false] {
         let extra: &[&str] = if resumption {
             &[]
@@ -127,6 +127,13 @@ fn sidecars_bootstrap_from_the_ca_and_rotate_under_traffic() {
              outbound handshakes full={full} resumed={resumed}"
         );
         assert_eq!(full + resumed, (new_connections + 1) as f64);
+        // A resumed session the client then refuses (the server's leaf from the first
+        // handshake rotated out) is retried in full: age completed both handshakes.
+        retried += metric_sum(
+            &sentences.metrics_text(),
+            "outrider_tls_resumptions_refused_total",
+            &[("direction", "outbound")],
+        );
         if resumption {
             assert!(resumed >= 1.0, "resumption was never used");
         } else {
@@ -143,12 +150,13 @@ fn sidecars_bootstrap_from_the_ca_and_rotate_under_traffic() {
             "{m}"
         );
     }
-    // age saw every one of those connections inbound, at least the second phase's in full.
+    // age saw every one of those connections inbound (and the refused resumptions' first
+    // attempts), at least the second phase's in full.
     let (full, resumed) = (
         handshakes(&age, "inbound", "full"),
         handshakes(&age, "inbound", "resumed"),
     );
-    assert_eq!(full + resumed, (total_new + 2) as f64);
+    assert_eq!(full + resumed, (total_new + 2) as f64 + retried);
     assert!(
         full > last_phase as f64,
         "full={full} resumed={resumed}, {last_phase} connections without resumption"
