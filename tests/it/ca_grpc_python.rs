@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 use crate::common::ca::{init_ca, python_grpc_available, python_stubs, s, token, CaProcess};
-use crate::common::temp_dir;
+use crate::common::{bounded_output, temp_dir};
 
 /// A CSR made by openssl when it is installed (a CSR outrider did not write), else by rcgen.
 fn make_csr(dir: &Path) -> std::path::PathBuf {
@@ -81,8 +81,15 @@ fn a_grpcio_client_from_istios_proto_obtains_a_certificate() {
         .arg(&age_token)
         .arg(&csr)
         .arg(&leaf_path)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = bounded_output(
+        out,
+        "the Python gRPC client",
+        std::time::Duration::from_secs(60),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(

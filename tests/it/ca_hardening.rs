@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::ca::{python_grpc_available, python_stubs, s, CaProcess};
-use crate::common::outrider;
+use crate::common::{bounded_output, outrider};
 
 /// `outrider ca init` into `<tmp>/ca` (cluster.local).
 fn init_ca(tmp: &Path) -> PathBuf {
@@ -60,7 +60,7 @@ fn s_client(addr: &str, certs: &Path, version: &str, sess: (&str, &Path)) -> Str
     let stdin = child.stdin.take();
     std::thread::sleep(Duration::from_millis(1500));
     drop(stdin);
-    let out = child.wait_with_output().expect("openssl finishes");
+    let out = bounded_output(child, "openssl s_client", Duration::from_secs(20));
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -520,8 +520,11 @@ fn run_python(
         .arg(server_name)
         .arg(root)
         .arg(&cases_file)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    let out = bounded_output(out, "the Python gRPC client", Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -170,6 +170,31 @@ async fn refusals_carry_the_right_status() {
         .unwrap();
     let (c, m) = code(call(&ca, &root, Some(&wrong_aud), request(csr_naming("age"), 0)).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
+    // Signed with this CA's key, but issued by someone else, or issued in the future (beyond
+    // the clock-skew leeway).
+    let wrong_issuer = key
+        .mint_claims(&Claims {
+            iss: "https://kubernetes.default.svc".into(),
+            ..claims(AUDIENCE, now, now + 600)
+        })
+        .unwrap();
+    let (c, m) = code(
+        call(
+            &ca,
+            &root,
+            Some(&wrong_issuer),
+            request(csr_naming("age"), 0),
+        )
+        .await,
+    );
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    assert!(m.contains("issuer"), "{m}");
+    let future = key
+        .mint_claims(&claims(AUDIENCE, now + 600, now + 1200))
+        .unwrap();
+    let (c, m) = code(call(&ca, &root, Some(&future), request(csr_naming("age"), 0)).await);
+    assert_eq!(c, Code::Unauthenticated, "{m}");
+    assert!(m.contains("not valid yet"), "{m}");
     let (c, m) = code(call(&ca, &root, None, request(csr_naming("age"), 0)).await);
     assert_eq!(c, Code::Unauthenticated, "{m}");
 
@@ -236,6 +261,8 @@ async fn refusals_carry_the_right_status() {
         "outrider_ca_certificates_issued_total 6",
         "outrider_ca_requests_denied_total{reason=\"token_expired\"} 1",
         "outrider_ca_requests_denied_total{reason=\"token_bad_signature\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"token_wrong_issuer\"} 1",
+        "outrider_ca_requests_denied_total{reason=\"token_not_yet_valid\"} 1",
         "outrider_ca_requests_denied_total{reason=\"invalid_csr\"} 2",
         "outrider_ca_requests_denied_total{reason=\"too_large\"} 2",
         "outrider_ca_requests_denied_total{reason=\"rate_limited\"} 1",
@@ -338,21 +365,82 @@ async fn echo_server(store: &CertStore) -> SocketAddr {
     addr
 }
 
-/// One long-lived stream plus a steady trickle of new connections, counting outcomes.
+/// One long-lived stream plus two steady trickles of new connections, counting outcomes:
+/// one trickle shares a resuming connector (as a sidecar does per destination), the other
+/// uses a connector without resumption, so every one of its connections is a full handshake
+/// that verifies the server's current leaf against the current bundle. A resumed session
+/// skips certificate checks, so only the second trickle shows that rotated leaves and new
+/// roots are accepted.
 struct Traffic {
-    handshakes_ok: Arc<AtomicU64>,
+    resuming: Trickle,
+    full_only: Trickle,
     failures: Arc<Mutex<Vec<String>>>,
     stream_exchanges: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Completed handshakes of one trickle, by kind.
+#[derive(Clone, Default)]
+struct Trickle {
+    full: Arc<AtomicU64>,
+    resumed: Arc<AtomicU64>,
+}
+
+/// What [`Traffic::finish`] saw: handshakes by trickle and kind, long-stream exchanges, and
+/// every failure.
+struct Seen {
+    resuming_full: u64,
+    resuming_resumed: u64,
+    full_only_full: u64,
+    full_only_resumed: u64,
+    exchanges: u64,
+    failures: Vec<String>,
+}
+
+impl std::fmt::Debug for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "resuming connector: {} full, {} resumed; connector without resumption: {} full, \
+             {} resumed; {} long-stream exchanges; {} failures",
+            self.resuming_full,
+            self.resuming_resumed,
+            self.full_only_full,
+            self.full_only_resumed,
+            self.exchanges,
+            self.failures.len()
+        )
+    }
+}
+
+impl Seen {
+    /// No failure anywhere, at least `n` exchanges on the long stream, at least `n` full
+    /// handshakes from the connector without resumption (and none resumed there), and at
+    /// least one resumed handshake from the sharing connector (so resumption was exercised).
+    fn assert_clean(&self, n: u64) {
+        assert!(
+            self.failures.is_empty(),
+            "{} failures, the first: {:?}",
+            self.failures.len(),
+            &self.failures[..self.failures.len().min(3)]
+        );
+        assert!(self.exchanges >= n, "{self:?}");
+        assert!(self.full_only_full >= n, "{self:?}");
+        assert_eq!(self.full_only_resumed, 0, "{self:?}");
+        assert!(self.resuming_resumed >= 1, "{self:?}");
+        assert!(self.resuming_full + self.resuming_resumed >= n, "{self:?}");
+    }
+}
+
 impl Traffic {
     async fn start(client: &CertStore, server: SocketAddr, server_id: SpiffeId) -> Traffic {
         let config = tls::client_config(client, vec![server_id]);
+        let fresh = tls::without_resumption(&config);
         let connector = tokio_rustls::TlsConnector::from(config);
         let traffic = Traffic {
-            handshakes_ok: Arc::default(),
+            resuming: Trickle::default(),
+            full_only: Trickle::default(),
             failures: Arc::default(),
             stream_exchanges: Arc::default(),
             stop: Arc::default(),
@@ -398,52 +486,71 @@ impl Traffic {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        let (stop, ok, failures) = (
-            traffic.stop.clone(),
-            traffic.handshakes_ok.clone(),
-            traffic.failures.clone(),
-        );
-        let trickle = tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let result = async {
-                    let tcp = tokio::net::TcpStream::connect(server).await?;
-                    let mut tls = connector.connect(name.clone(), tcp).await?;
-                    tls.write_all(b"ping").await?;
-                    let mut back = [0u8; 4];
-                    tls.read_exact(&mut back).await?;
-                    Ok::<_, std::io::Error>(())
-                }
-                .await;
-                match result {
-                    Ok(()) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
+        let fresh = tokio_rustls::TlsConnector::from(fresh);
+        let mut tasks = vec![long];
+        for (what, connector, counts) in [
+            ("resuming", connector, traffic.resuming.clone()),
+            ("full-handshake", fresh, traffic.full_only.clone()),
+        ] {
+            let (stop, failures, name) =
+                (traffic.stop.clone(), traffic.failures.clone(), name.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match ping(&connector, &name, server).await {
+                        Ok(rustls::HandshakeKind::Resumed) => {
+                            counts.resumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => {
+                            counts.full.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("new {what} connection failed: {e}")),
                     }
-                    Err(e) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("new connection failed: {e}")),
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        Traffic {
-            tasks: vec![long, trickle],
-            ..traffic
+            }));
         }
+        Traffic { tasks, ..traffic }
     }
 
-    async fn finish(self) -> (u64, u64, Vec<String>) {
+    async fn finish(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         for task in self.tasks {
             let _ = task.await;
         }
         let failures = self.failures.lock().unwrap().clone();
-        (
-            self.handshakes_ok.load(Ordering::Relaxed),
-            self.stream_exchanges.load(Ordering::Relaxed),
+        let n = |a: &Arc<AtomicU64>| a.load(Ordering::Relaxed);
+        Seen {
+            resuming_full: n(&self.resuming.full),
+            resuming_resumed: n(&self.resuming.resumed),
+            full_only_full: n(&self.full_only.full),
+            full_only_resumed: n(&self.full_only.resumed),
+            exchanges: n(&self.stream_exchanges),
             failures,
-        )
+        }
     }
+}
+
+/// One new connection: handshake, one echo; the kind of handshake it took.
+async fn ping(
+    connector: &tokio_rustls::TlsConnector,
+    name: &ServerName<'static>,
+    server: SocketAddr,
+) -> std::io::Result<rustls::HandshakeKind> {
+    let tcp = tokio::net::TcpStream::connect(server).await?;
+    let mut tls = connector.connect(name.clone(), tcp).await?;
+    tls.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    tls.read_exact(&mut back).await?;
+    if &back != b"ping" {
+        return Err(std::io::Error::other("echo mismatch"));
+    }
+    tls.get_ref()
+        .1
+        .handshake_kind()
+        .ok_or_else(|| std::io::Error::other("handshake kind unknown after the handshake"))
 }
 
 fn serial(store: &CertStore) -> Option<String> {
@@ -480,17 +587,16 @@ async fn five_rotations_under_traffic_without_a_failed_handshake() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     serials.insert(serial(&server).unwrap());
-    let (ok, exchanges, failures) = traffic.finish().await;
+    let seen = traffic.finish().await;
     eprintln!(
-        "rotations server={:?} client={:?}, {} serials, {ok} new connections, {exchanges} stream exchanges in {:?}",
+        "rotations server={:?} client={:?}, {} serials, {seen:?} in {:?}",
         server.stats(),
         client.stats(),
         serials.len(),
         started.elapsed()
     );
-    assert!(failures.is_empty(), "failures: {failures:?}");
     assert!(serials.len() >= 6, "serials seen: {serials:?}");
-    assert!(ok >= 20 && exchanges >= 20);
+    seen.assert_clean(20);
     assert_eq!(server.stats().rotation_failures, 0);
     assert_eq!(client.stats().rotation_failures, 0);
 }
@@ -539,13 +645,9 @@ async fn ca_outage_keeps_the_current_certificate_then_renews() {
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, exchanges, failures) = traffic.finish().await;
-    eprintln!(
-        "outage: {:?}, {ok} new connections, {exchanges} stream exchanges",
-        store.stats()
-    );
-    assert!(failures.is_empty(), "failures: {failures:?}");
-    assert!(ok >= 20 && exchanges >= 20);
+    let seen = traffic.finish().await;
+    eprintln!("outage: {:?}, {seen:?}", store.stats());
+    seen.assert_clean(20);
     drop(ca);
 }
 
@@ -604,6 +706,13 @@ async fn root_rotation_under_traffic_without_a_failed_handshake() {
     let addr = echo_server(&server).await;
     let traffic = Traffic::start(&client, addr, id("name")).await;
     let old_ski = key_id(&root_pem(&ca_dir), false);
+    let stale = stale_client(&ca_dir, dir);
+    // Before the rotation the stale client is an ordinary member of the mesh.
+    assert_eq!(
+        stale_handshake(&stale, addr).await,
+        Ok(()),
+        "the old root's client before the rotation"
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 1. prepare: both roots in every response; every sidecar trusts both.
@@ -628,6 +737,14 @@ async fn root_rotation_under_traffic_without_a_failed_handshake() {
         || signed_by(&server, &new_ski) && signed_by(&client, &new_ski),
     )
     .await;
+    // A client that never received the new root (it trusts only the old one) meets the
+    // server's leaf that chains to the new root: a full handshake must refuse it, and the
+    // reason a sidecar would count is `unknown_issuer`.
+    assert_eq!(
+        stale_handshake(&stale, addr).await,
+        Err("unknown_issuer"),
+        "a client trusting only the old root must refuse a leaf of the new one"
+    );
 
     // 3. retire: refused while an old leaf is valid, then the bundle drops the old root.
     let started = Instant::now();
@@ -664,18 +781,79 @@ async fn root_rotation_under_traffic_without_a_failed_handshake() {
     assert_eq!(key_id_der(only.as_ref(), false), new_ski);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let (ok, exchanges, failures) = traffic.finish().await;
+    let seen = traffic.finish().await;
     eprintln!(
-        "root rotation: server {:?} client {:?}, {ok} new connections, {exchanges} stream exchanges",
+        "root rotation: server {:?} client {:?}, {seen:?}",
         server.stats(),
         client.stats()
     );
-    assert!(failures.is_empty(), "failures: {failures:?}");
-    assert!(ok >= 30 && exchanges >= 30);
+    seen.assert_clean(30);
     assert_eq!(
         server.stats().rotation_failures + client.stats().rotation_failures,
         0
     );
+}
+
+/// A client identity (`default/stale`) issued by the CA's current root from a copy of its
+/// directory (so the CA's record of issued leaves, which gates `retire`, is untouched), in a
+/// store that trusts only that root and never hears of a rotation.
+fn stale_client(ca_dir: &Path, dir: &Path) -> CertStore {
+    let copy = dir.join("stale-ca");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in ["root-cert.pem", "root-key.pem"] {
+        std::fs::copy(ca_dir.join(f), copy.join(f)).unwrap();
+    }
+    let out = dir.join("stale");
+    let o = outrider(&[
+        "ca",
+        "issue",
+        "--ca-dir",
+        s(&copy),
+        "--namespace",
+        "default",
+        "--service-account",
+        "stale",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let store = CertStore::new("cluster.local");
+    let read = |f: &str| std::fs::read(out.join(f)).unwrap();
+    store
+        .publish_pem(
+            &read("cert-chain.pem"),
+            &read("key.pem"),
+            &read("root-cert.pem"),
+        )
+        .unwrap();
+    store
+}
+
+/// One full handshake (no resumption) from `client` to the `name` server at `addr`: Ok, or
+/// the failure reason a sidecar would count for the client's error.
+async fn stale_handshake(client: &CertStore, addr: SocketAddr) -> Result<(), &'static str> {
+    let config = tls::without_resumption(&tls::client_config(client, vec![id("name")]));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("name.default").unwrap();
+    match tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+    {
+        Ok(mut tls) => {
+            tls.write_all(b"ping").await.unwrap();
+            let mut back = [0u8; 4];
+            tls.read_exact(&mut back).await.unwrap();
+            assert_eq!(&back, b"ping");
+            Ok(())
+        }
+        Err(e) => {
+            let reason = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .map(tls::failure_reason);
+            Err(reason.unwrap_or_else(|| panic!("not a TLS error: {e:?}")))
+        }
+    }
 }
 
 /// What a fake CA answers to a request's CSR.

@@ -8,16 +8,16 @@ use std::time::Duration;
 
 use crate::common::*;
 
-struct NameMesh {
-    pki: Pki,
-    dir: tempfile::TempDir,
-    v1_in: u16,
-    v2_in: u16,
-    out: u16,
+pub struct NameMesh {
+    pub pki: Pki,
+    pub dir: tempfile::TempDir,
+    pub v1_in: u16,
+    pub v2_in: u16,
+    pub out: u16,
 }
 
 impl NameMesh {
-    fn new(v1_app: u16, v2_app: u16, weights: Option<(u32, u32)>, v1_strict: bool) -> NameMesh {
+    pub fn new(v1_app: u16, v2_app: u16, weights: Option<(u32, u32)>, v1_strict: bool) -> NameMesh {
         let pki = Pki::new();
         let dir = tempfile::tempdir().unwrap();
         let (v1_in, v2_in, out) = (free_port(), free_port(), free_port());
@@ -105,7 +105,7 @@ spec:
         }
     }
 
-    fn sidecar(&self, workload: &str, identity: &str) -> Sidecar {
+    pub fn sidecar(&self, workload: &str, identity: &str) -> Sidecar {
         Sidecar::start(
             self.dir.path(),
             workload,
@@ -179,21 +179,84 @@ fn subset_v1_is_plaintext_and_v2_is_mutual_tls() {
 #[test]
 fn disable_towards_a_strict_workload_fails_while_mtls_to_the_other_subset_works() {
     let (a1, a2) = (App::echo(), App::echo());
-    let mesh = NameMesh::new(a1.port, a2.port, Some((100, 0)), true);
+    let mesh = NameMesh::new(a1.port, a2.port, Some((50, 50)), true);
     let v1 = mesh.sidecar("name-v1", "name");
-    let _v2 = mesh.sidecar("name-v2", "name");
-    let _s = mesh.sidecar("sentences", "sentences");
+    let v2 = mesh.sidecar("name-v2", "name");
+    let s = mesh.sidecar("sentences", "sentences");
     let out = SocketAddr::from(([127, 0, 0, 1], mesh.out));
-    // Every route goes to v1 in plaintext; v1 is STRICT: the app's connection is closed.
-    let r = round_trip(out, b"to v1");
+    // Half the routes go to v1 in plaintext (DISABLE), and v1 is STRICT: those connections are
+    // closed; the other half go to v2 over mTLS and are echoed.
+    let (mut echoed, mut closed) = (0.0, 0.0);
+    for i in 0..30 {
+        let msg = format!("request {i}");
+        // v2's app echoes; v1's STRICT closes (the client sidecar then closes the app's
+        // connection).
+        match send_and_close_kind(out, msg.as_bytes()).as_str() {
+            "data" => echoed += 1.0,
+            "reset" | "eof" => closed += 1.0,
+            other => panic!("neither an echo nor a close: {other}"),
+        }
+    }
     assert!(
-        !matches!(&r, Ok(b) if b == b"to v1"),
-        "plaintext reached a STRICT workload: {r:?}"
+        echoed >= 1.0 && closed >= 1.0,
+        "echoed {echoed}, closed {closed}"
     );
-    assert!(metric_sum(&v1.metrics_text(), "outrider_plaintext_rejected_total", &[]) >= 1.0);
+    // Every close is v1's STRICT refusing plaintext; every echo went to v2 over mTLS.
+    let dest = |policy| {
+        [
+            ("reporter", "destination"),
+            ("connection_security_policy", policy),
+        ]
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || metric_sum(
+            &v1.metrics_text(),
+            "outrider_plaintext_rejected_total",
+            &[]
+        ) == closed),
+        "{}",
+        v1.metrics_text()
+    );
+    let m1 = v1.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m1,
+            "istio_tcp_connections_opened_total",
+            &dest("mutual_tls")
+        ),
+        0.0,
+        "{m1}"
+    );
+    assert!(
+        eventually(Duration::from_secs(3), || metric_sum(
+            &v2.metrics_text(),
+            "istio_tcp_connections_opened_total",
+            &dest("mutual_tls")
+        ) == echoed),
+        "{}",
+        v2.metrics_text()
+    );
+    let m2 = v2.metrics_text();
+    assert_eq!(
+        metric_sum(&m2, "istio_tcp_connections_opened_total", &dest("none")),
+        0.0,
+        "{m2}"
+    );
+    assert!(
+        m2.contains(r#"source_principal="spiffe://cluster.local/ns/default/sa/sentences""#),
+        "{m2}"
+    );
+    assert_eq!(
+        metric_sum(
+            &s.metrics_text(),
+            "outrider_tls_handshakes_total",
+            &[("direction", "outbound")]
+        ),
+        echoed
+    );
     // A plaintext client straight to v1 is reset too; v2 (PERMISSIVE) still takes it.
-    let direct_v1 = round_trip(SocketAddr::from(([127, 0, 0, 1], mesh.v1_in)), b"v1");
-    assert!(!matches!(&direct_v1, Ok(b) if b == b"v1"), "{direct_v1:?}");
+    let direct_v1 = send_and_close_kind(SocketAddr::from(([127, 0, 0, 1], mesh.v1_in)), b"v1");
+    assert_eq!(direct_v1, "reset");
     assert_eq!(
         round_trip(SocketAddr::from(([127, 0, 0, 1], mesh.v2_in)), b"v2").unwrap(),
         b"v2"
@@ -204,29 +267,42 @@ fn disable_towards_a_strict_workload_fails_while_mtls_to_the_other_subset_works(
 fn without_routes_connections_spread_over_endpoints_and_skip_one_that_refuses() {
     let (a1, a2) = (App::echo(), App::echo());
     let mesh = NameMesh::new(a1.port, a2.port, None, false);
-    // name-v1's sidecar is not running: its endpoint refuses connections.
+    let v1 = mesh.sidecar("name-v1", "name");
     let v2 = mesh.sidecar("name-v2", "name");
     let s = mesh.sidecar("sentences", "sentences");
     let out = SocketAddr::from(([127, 0, 0, 1], mesh.out));
-    for i in 0..10 {
-        let msg = format!("request {i}");
-        assert_eq!(
-            round_trip(out, msg.as_bytes()).unwrap(),
-            msg.as_bytes(),
-            "{}",
-            s.logs()
-        );
-    }
-    let m2 = v2.metrics_text();
+    let send = |n: usize| {
+        for i in 0..n {
+            let msg = format!("request {i}");
+            assert_eq!(
+                round_trip(out, msg.as_bytes()).unwrap(),
+                msg.as_bytes(),
+                "{}",
+                s.logs()
+            );
+        }
+    };
     let mtls = [
         ("reporter", "destination"),
         ("connection_security_policy", "mutual_tls"),
     ];
-    assert_eq!(
-        metric_sum(&m2, "istio_tcp_connections_opened_total", &mtls),
-        10.0,
-        "{m2}"
-    );
+    let opened = |sidecar: &Sidecar| {
+        metric_sum(
+            &sidecar.metrics_text(),
+            "istio_tcp_connections_opened_total",
+            &mtls,
+        )
+    };
+    // Both healthy endpoints get connections.
+    send(20);
+    let (n1, n2) = (opened(&v1), opened(&v2));
+    assert!(n1 >= 1.0 && n2 >= 1.0, "v1 got {n1}, v2 got {n2}");
+    assert_eq!(n1 + n2, 20.0);
+    // name-v1's sidecar stops: its endpoint refuses connections, and every new one still
+    // reaches v2.
+    drop(v1);
+    send(20);
+    assert_eq!(opened(&v2), n2 + 20.0);
     let sm = s.metrics_text();
     assert!(
         metric_sum(

@@ -227,24 +227,6 @@ impl Sidecar {
     pub fn admin(&self, path: &str) -> String {
         http_get(self.admin, path).expect("admin").1
     }
-
-    /// Sends SIGTERM and waits for the process to exit.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sidecar did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 impl Drop for Sidecar {
@@ -508,4 +490,176 @@ spec:
     pub fn sentences_out_addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.sentences_out))
     }
+}
+
+/// An app port the test holds itself, to prove that no connection ever reached it: nothing
+/// serves it, connections just queue in the listener's backlog.
+pub struct Untouched {
+    listener: TcpListener,
+}
+
+impl Default for Untouched {
+    fn default() -> Self {
+        Untouched::new()
+    }
+}
+
+impl Untouched {
+    pub fn new() -> Untouched {
+        Untouched {
+            listener: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// Fails unless no connection arrived so far. No sleep proves the absence: a marker
+    /// connection is queued now, and the backlog is first in, first out, so the first
+    /// connection accepted must be the marker; any earlier one would come before it.
+    pub fn assert_no_connection(&self) {
+        let marker = TcpStream::connect(self.listener.local_addr().unwrap()).unwrap();
+        let (_, first) = self.listener.accept().unwrap();
+        assert_eq!(
+            first,
+            marker.local_addr().unwrap(),
+            "a connection from {first} reached the app before the marker"
+        );
+    }
+}
+
+/// Holds a live echo transfer open through `through` while `sidecar` gets SIGTERM, and
+/// checks the drain: the sidecar stops accepting on `listener` (a refused connection, seen
+/// while the process is still running), the transfer in flight carries on to the end, and the
+/// process then exits zero on its own. A sidecar that ignores SIGTERM never refuses and fails
+/// here; one that exits at once breaks the transfer.
+pub fn assert_drains(sidecar: &mut Sidecar, through: SocketAddr, listener: SocketAddr) {
+    let mut s = TcpStream::connect_timeout(&through, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = |i: u8| vec![i; 16 * 1024];
+    let exchange = |s: &mut TcpStream, i: u8| {
+        s.write_all(&chunk(i)).unwrap();
+        let mut back = vec![0u8; 16 * 1024];
+        s.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("exchange {i} of the live transfer: {e}"));
+        assert!(back == chunk(i), "exchange {i} came back changed");
+    };
+    for i in 0..3 {
+        exchange(&mut s, i);
+    }
+    let pid = sidecar.child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    // New connections are refused while the live one keeps the process draining.
+    let refused = eventually(Duration::from_secs(5), || {
+        matches!(
+            TcpStream::connect_timeout(&listener, Duration::from_secs(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    });
+    assert!(refused, "{listener} still accepts after SIGTERM");
+    assert!(
+        sidecar.child.try_wait().unwrap().is_none(),
+        "the sidecar exited with a transfer in flight: {}",
+        sidecar.logs()
+    );
+    for i in 3..8 {
+        exchange(&mut s, i);
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(
+        matches!(end, Ok(0)),
+        "the drained transfer should end with a clean EOF: {end:?}"
+    );
+    // Exits on its own once the transfer ended (no second signal).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = sidecar.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar did not exit after the drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}: {}", sidecar.logs());
+}
+
+/// Waits for a spawned external process (stdout and stderr piped) and collects its output,
+/// killing it if it has not exited within `deadline`: a client that would hang (an
+/// `openssl s_client` a broken server never closes) fails the test instead of hanging it.
+pub fn bounded_output(mut child: Child, what: &str, deadline: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (out, err) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} was still running after {deadline:?} and was killed: {}{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
+
+/// How a read on a connection the peer should close ended: `"eof"`, `"reset"`, `"timeout"`
+/// (the peer kept it open), `"data"` (it answered), or another error kind.
+pub fn close_kind(r: std::io::Result<usize>) -> String {
+    match r {
+        Ok(0) => "eof".into(),
+        Ok(_) => "data".into(),
+        Err(e) => match e.kind() {
+            std::io::ErrorKind::ConnectionReset => "reset".into(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timeout".into(),
+            other => format!("{other:?}"),
+        },
+    }
+}
+
+/// Sends `msg` on a new connection to `addr`, half-closes, and reports how the peer ended it,
+/// as [`close_kind`] names it. A reset can surface at any step: the write or the half-close
+/// fails if the RST arrived first (the socket reports the error once, and a read after it
+/// would only see the end of the stream), so those errors count as `"reset"` too.
+pub fn send_and_close_kind(addr: SocketAddr, msg: &[u8]) -> String {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let sent = s
+        .write_all(msg)
+        .and_then(|()| s.shutdown(std::net::Shutdown::Write));
+    if let Err(e) = sent {
+        return match e.kind() {
+            ConnectionReset | BrokenPipe | NotConnected => "reset".into(),
+            other => format!("{other:?} while sending"),
+        };
+    }
+    let mut back = Vec::new();
+    close_kind(s.read_to_end(&mut back).map(|_| back.len()))
 }
