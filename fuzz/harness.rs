@@ -40,12 +40,24 @@ const MAX_CSR_BYTES: usize = 16 * 1024;
 
 /// Feeds `data[1..]` to the ClientHello sniffer as a stream, split into reads of
 /// `data[0]` bytes each (0: one read of everything), and checks that the bytes the sniffer
-/// returns are the stream's own prefix and that [`Rewind`] replays the whole stream.
-/// Returns the decision.
+/// returns are the stream's own prefix, that [`Rewind`] replays the whole stream, and that the
+/// decision does not depend on how the stream was split into reads. Returns the decision.
 pub fn sniff(data: &[u8]) -> Detected {
     let Some((&split, stream)) = data.split_first() else {
         return Detected::Closed;
     };
+    let detected = sniff_split(stream, split as usize);
+    if split != 0 {
+        let whole = sniff_split(stream, 0);
+        assert_eq!(
+            detected, whole,
+            "the decision must not depend on the read sizes"
+        );
+    }
+    detected
+}
+
+fn sniff_split(stream: &[u8], split: usize) -> Detected {
     thread_local! {
         // The sniffer's deadline needs a timer; one runtime per thread, not per input.
         static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
@@ -55,7 +67,7 @@ pub fn sniff(data: &[u8]) -> Detected {
     }
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
-            let mut reader = Chunks::new(stream, split as usize);
+            let mut reader = Chunks::new(stream, split);
             let (detected, read) = detect(&mut reader, Duration::from_secs(60))
                 .await
                 .expect("an in-memory reader never fails");
@@ -223,8 +235,8 @@ pub fn der_tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 // config
 
 /// Loads `data` as one mesh.yaml and plans every workload it declares. Errors must render
-/// (they name file, line and field); planning a loaded configuration must not fail for any
-/// workload the configuration itself lists.
+/// (they name file, line and field). Loading plans every sidecar workload already, so `plan`
+/// must then succeed for each of them, and refuse each sidecar-less one.
 pub fn config(data: &[u8]) -> Result<(), ConfigError> {
     let text = String::from_utf8_lossy(data);
     let mesh = match outrider::config::load_str("fuzz.yaml", &text) {
@@ -236,11 +248,17 @@ pub fn config(data: &[u8]) -> Result<(), ConfigError> {
     };
     let _ = (mesh.trust_domain(), mesh.root_namespace(), mesh.warnings());
     for name in mesh.workload_names() {
-        let plan = mesh.plan(&name)?;
-        let _ = format!("{plan:?}");
+        match mesh.plan(&name) {
+            Ok(plan) => drop(format!("{plan:?}")),
+            Err(e) => {
+                panic!("the configuration loaded, yet workload {name:?} cannot be planned: {e}")
+            }
+        }
     }
     for name in mesh.sidecarless_workload_names() {
-        let _ = mesh.plan(&name);
+        if let Ok(plan) = mesh.plan(&name) {
+            panic!("sidecar-less workload {name:?} has a plan: {plan:?}");
+        }
     }
     Ok(())
 }

@@ -147,8 +147,9 @@ fn mutate_der(data: &mut [u8], size: usize, max_size: usize, seed: u32) -> Optio
             match &mut list[i].body {
                 Body::Bytes(bytes) => {
                     let old = bytes.len();
-                    bytes.resize((old * 2).max(old + 16), 0);
-                    let new = fuzzer_mutate(bytes, old, bytes.len());
+                    let room = (old * 2).max(old + 16);
+                    bytes.resize(room, 0);
+                    let new = fuzzer_mutate(bytes, old, room);
                     bytes.truncate(new);
                 }
                 Body::Children(children) => {
