@@ -15,7 +15,7 @@ for target in $targets; do
     corpus=fuzz/corpus/$target
     mkdir -p "$corpus"
     for dir in fuzz/seeds/$target fuzz/regressions/$target; do
-        [ -d "$dir" ] && cp "$dir"/* "$corpus"/
+        if [ -n "$(ls -A "$dir" 2>/dev/null)" ]; then cp "$dir"/* "$corpus"/; fi
     done
     # The sniffer buffers up to 16 KiB + 5: longer inputs reach its cap.
     case $target in
