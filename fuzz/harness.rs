@@ -17,6 +17,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
+use outrider::ca::server::MAX_CSR_BYTES;
 use outrider::ca::token::TokenKey;
 use outrider::ca::{workload_id, Authority};
 use outrider::config::ConfigError;
@@ -31,9 +32,6 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The instant SVIDs are verified at: inside the validity of the seed SVIDs in
 /// `fuzz/seeds/svid_*` (issued 2026-12-02 for ten years), so a seed stays valid forever.
 pub const VERIFY_AT_UNIX: u64 = 1_796_200_000;
-
-/// The largest CSR the CA service reads (`ca::server::MAX_CSR_BYTES`).
-const MAX_CSR_BYTES: usize = 16 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // sniff
