@@ -138,7 +138,8 @@ fn sidecar_csr() -> anyhow::Result<String> {
 /// Accepts one connection and saves what the sniffer read from it.
 async fn capture(listener: &TcpListener, path: &Path) -> anyhow::Result<SocketAddr> {
     let (mut tcp, peer) = listener.accept().await?;
-    let (detected, bytes) = detect(&mut tcp, Duration::from_secs(5)).await?;
+    let (detected, bytes) =
+        detect(&mut tcp, Duration::from_secs(5), Duration::from_secs(10)).await?;
     let mut seed = vec![0u8];
     seed.extend(&bytes);
     std::fs::write(path, seed)?;

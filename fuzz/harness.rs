@@ -66,9 +66,13 @@ fn sniff_split(stream: &[u8], split: usize) -> Detected {
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
             let mut reader = Chunks::new(stream, split);
-            let (detected, read) = detect(&mut reader, Duration::from_secs(60))
-                .await
-                .expect("an in-memory reader never fails");
+            let (detected, read) = detect(
+                &mut reader,
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            )
+            .await
+            .expect("an in-memory reader never fails");
             assert!(read.len() <= stream.len());
             assert_eq!(
                 read,

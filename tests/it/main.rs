@@ -23,6 +23,7 @@ mod config_hardening;
 mod dashboard;
 mod demo;
 mod endpoints;
+mod fuzz_regressions;
 mod hardening;
 mod identity_rotation;
 mod kubernetes_manifests;

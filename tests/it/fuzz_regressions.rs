@@ -4,7 +4,7 @@
 //! panics again on an old crash fails `cargo test`, without nightly or cargo-fuzz.
 
 #[allow(dead_code)]
-#[path = "../fuzz/harness.rs"]
+#[path = "../../fuzz/harness.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};
