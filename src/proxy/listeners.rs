@@ -259,12 +259,10 @@ impl Listeners {
             self.settings.drain_timeout,
         );
         tokio::spawn(async move {
-            let wait_empty = async {
-                while !live.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            if tokio::time::timeout(deadline, wait_empty).await.is_err() {
+            if tokio::time::timeout(deadline, live.until_empty())
+                .await
+                .is_err()
+            {
                 let closed = live.close_all();
                 metrics.closed_on_reload(direction, &key, "listener_removed", closed);
                 tracing::info!(direction, listener = %key, closed, "drain deadline passed; closed");

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::config::{MtlsMode, Protocol};
@@ -51,6 +52,8 @@ pub fn allowed_under(carried: Carried, mode: MtlsMode, protocol: Protocol) -> bo
 #[derive(Default)]
 pub struct LiveConnections {
     inner: Mutex<Inner>,
+    /// Woken when the last connection deregisters (a drain waits on it).
+    emptied: Notify,
 }
 
 #[derive(Default)]
@@ -127,6 +130,17 @@ impl LiveConnections {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Resolves once no connection is registered.
+    pub async fn until_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
 }
 
 impl Registration {
@@ -145,7 +159,11 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.live.lock().by_id.remove(&self.id);
+        let mut inner = self.live.lock();
+        inner.by_id.remove(&self.id);
+        if inner.by_id.is_empty() {
+            self.live.emptied.notify_waiters();
+        }
     }
 }
 
@@ -210,7 +228,9 @@ mod tests {
         assert_eq!(live.len(), 1);
         assert_eq!(live.close_all(), 1);
         assert!(mtls_rx.await.is_err());
-        tokio::task::yield_now().await;
+        tokio::time::timeout(std::time::Duration::from_secs(5), live.until_empty())
+            .await
+            .expect("the registry empties once every task is gone");
         assert!(live.is_empty());
     }
 }

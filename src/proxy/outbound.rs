@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 use super::copy::copy_bidirectional;
 use super::live::{Carried, LiveConnections};
-use super::resolve::{socket_addrs, Target};
+use super::resolve::Target;
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::Destination;
 use crate::identity::{CertStore, PeerRole};
@@ -306,7 +306,9 @@ async fn tcp_connect(
     ep: &UpstreamEndpoint,
     shared: &Shared,
 ) -> Result<TcpStream, (&'static str, String)> {
-    let addrs = socket_addrs(&shared.resolver, &ep.target, ep.port)
+    let addrs = shared
+        .resolver
+        .addrs(&ep.target, ep.port)
         .await
         .map_err(|e| ("resolve_failed", format!("cannot resolve {}: {e}", ep.host)))?;
     let mut last = ("connect_failed", format!("{} has no address", ep.host));

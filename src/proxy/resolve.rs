@@ -102,11 +102,12 @@ impl Resolver {
         }
     }
 
-    /// The addresses to try for `target`, starting with the next one in turn. A name never
-    /// resolved yet is resolved now (once; later connections read the refreshed answer).
-    pub async fn addrs(&self, target: &Target) -> io::Result<Vec<IpAddr>> {
+    /// The socket addresses to try for `target` on `port`, starting with the next one in
+    /// turn. A name never resolved yet is resolved now (once; later connections read the
+    /// refreshed answer).
+    pub async fn addrs(&self, target: &Target, port: u16) -> io::Result<Vec<SocketAddr>> {
         match target {
-            Target::Ip(ip) => Ok(vec![*ip]),
+            Target::Ip(ip) => Ok(vec![SocketAddr::new(*ip, port)]),
             Target::Name(name) => {
                 let mut addrs = name.current();
                 if addrs.is_empty() {
@@ -116,7 +117,7 @@ impl Resolver {
                 Ok(addrs[start..]
                     .iter()
                     .chain(&addrs[..start])
-                    .copied()
+                    .map(|ip| SocketAddr::new(*ip, port))
                     .collect())
             }
         }
@@ -155,20 +156,6 @@ impl Name {
     }
 }
 
-/// The socket addresses to try for `target` on `port`.
-pub async fn socket_addrs(
-    resolver: &Resolver,
-    target: &Target,
-    port: u16,
-) -> io::Result<Vec<SocketAddr>> {
-    Ok(resolver
-        .addrs(target)
-        .await?
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +179,11 @@ mod tests {
         s.parse().unwrap()
     }
 
+    async fn ips(resolver: &Resolver, target: &Target) -> Vec<IpAddr> {
+        let addrs = resolver.addrs(target, 0).await.unwrap();
+        addrs.iter().map(SocketAddr::ip).collect()
+    }
+
     #[tokio::test]
     async fn a_name_is_resolved_once_then_read_and_spread_over_its_addresses() {
         let (lookup, calls) = scripted(vec![Ok(vec![ip("10.0.0.1"), ip("10.0.0.2")])]);
@@ -199,7 +191,7 @@ mod tests {
         let target = resolver.target("age");
         let mut first = Vec::new();
         for _ in 0..4 {
-            first.push(resolver.addrs(&target).await.unwrap()[0]);
+            first.push(resolver.addrs(&target, 0).await.unwrap()[0].ip());
         }
         assert_eq!(
             calls.load(Ordering::Relaxed),
@@ -227,13 +219,13 @@ mod tests {
         ]);
         let resolver = Resolver::new(lookup);
         let target = resolver.target("age");
-        assert_eq!(resolver.addrs(&target).await.unwrap(), [ip("10.0.0.1")]);
+        assert_eq!(ips(&resolver, &target).await, [ip("10.0.0.1")]);
         resolver.refresh().await; // fails
-        assert_eq!(resolver.addrs(&target).await.unwrap(), [ip("10.0.0.1")]);
+        assert_eq!(ips(&resolver, &target).await, [ip("10.0.0.1")]);
         resolver.refresh().await; // empty answer
-        assert_eq!(resolver.addrs(&target).await.unwrap(), [ip("10.0.0.1")]);
+        assert_eq!(ips(&resolver, &target).await, [ip("10.0.0.1")]);
         resolver.refresh().await; // a new address
-        assert_eq!(resolver.addrs(&target).await.unwrap(), [ip("10.0.0.9")]);
+        assert_eq!(ips(&resolver, &target).await, [ip("10.0.0.9")]);
         assert_eq!(calls.load(Ordering::Relaxed), 4);
     }
 
@@ -242,7 +234,7 @@ mod tests {
         let (lookup, calls) = scripted(vec![Ok(vec![ip("10.0.0.1")])]);
         let resolver = Resolver::new(lookup);
         let target = resolver.target("127.0.0.1");
-        assert_eq!(resolver.addrs(&target).await.unwrap(), [ip("127.0.0.1")]);
+        assert_eq!(ips(&resolver, &target).await, [ip("127.0.0.1")]);
         let a = resolver.target("age");
         let b = resolver.target("age");
         assert!(matches!((&a, &b), (Target::Name(x), Target::Name(y)) if Arc::ptr_eq(x, y)));
@@ -257,6 +249,6 @@ mod tests {
         let (lookup, _) = scripted(vec![Err(io::Error::other("no such host"))]);
         let resolver = Resolver::new(lookup);
         let target = resolver.target("nowhere");
-        assert!(resolver.addrs(&target).await.is_err());
+        assert!(resolver.addrs(&target, 0).await.is_err());
     }
 }
