@@ -421,37 +421,32 @@ fn boolean_environment_variables_accept_1_and_yes() {
         client_config(&[], &[(bind, app.port)]),
     )
     .unwrap();
-    for value in ["1", "yes"] {
-        let out = std::process::Command::new(crate::common::BIN)
-            .args(["run", "--help"])
+    // Each value on a real start: the sidecar comes up (a refused value would stop it), and
+    // OUTRIDER_LOG_JSON's value decides whether the log lines are JSON.
+    for (value, json) in [("1", true), ("yes", true), ("0", false), ("no", false)] {
+        let mut child = std::process::Command::new(crate::common::BIN)
+            .args(["run", "--config", dir.path().to_str().unwrap()])
+            .args(["--workload", "client"])
+            .args(["--cert-dir", certs.to_str().unwrap()])
+            .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--ready-addr", &format!("127.0.0.1:{}", free_port())])
             .env("OUTRIDER_NO_RESUMPTION", value)
             .env("OUTRIDER_LOG_JSON", value)
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert!(out.status.success(), "{value}: {out:?}");
+        let up = eventually(Duration::from_secs(10), || {
+            round_trip(loopback(bind), b"env").is_ok_and(|b| b == b"env")
+        });
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(up, "{value}: {stderr}");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert_eq!(first.starts_with('{'), json, "{value}: {first}");
     }
-    // And a real start with them set.
-    let mut child = std::process::Command::new(crate::common::BIN)
-        .args(["run", "--config", dir.path().to_str().unwrap()])
-        .args([
-            "--workload",
-            "client",
-            "--cert-dir",
-            certs.to_str().unwrap(),
-        ])
-        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--ready-addr", &format!("127.0.0.1:{}", free_port())])
-        .env("OUTRIDER_NO_RESUMPTION", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(10), || {
-        round_trip(loopback(bind), b"env").is_ok_and(|b| b == b"env")
-    });
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(up, "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Whether nothing listens at `addr` any more (the connection is refused, not merely failed).
