@@ -18,6 +18,8 @@
 //!   resumption that never outlives the peer's identity.
 //! - [`proxy`] is the data path: the listener set that follows the plan, sniffing, inbound,
 //!   outbound, the copy loop, the live connections a reload may close.
+//! - [`policy`] holds pure decisions over small fact structs (authorization), compiled by
+//!   [`config`] and asked by [`proxy`].
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
 //! - Around them: [`shutdown`] (drain), [`logging`], [`duration`] (the one duration syntax),
 //!   and the tools the FROM-scratch image needs besides the sidecar: [`demo`], [`samples`]
@@ -37,6 +39,7 @@ pub mod fetch;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod samples;
 pub mod shutdown;

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::identity::SpiffeId;
+use crate::policy::authz::Authorizer;
 
 pub mod check;
 pub mod destination_rule;
@@ -186,6 +187,7 @@ impl MeshConfig {
                     protocol: p.protocol,
                     mode: decision.mode,
                     decided_by: decision.decided_by,
+                    authorization: Authorizer::allow_all(),
                 }
             })
             .collect();

@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::identity::SpiffeId;
+use crate::policy::authz::Authorizer;
 
 /// One sidecar's view of the mesh.
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +83,9 @@ pub struct InboundPlan {
     /// The resource that decided `mode`, e.g. `PeerAuthentication istio-system/default (mesh)`,
     /// `PeerAuthentication default/age portLevelMtls[9080]`, or `default (no policy)`.
     pub decided_by: String,
+    /// The AuthorizationPolicies that apply to this port, compiled.
+    #[serde(skip)]
+    pub authorization: Arc<Authorizer>,
 }
 
 /// One outbound listener: the app connects to `bind` in plaintext; the sidecar carries the
