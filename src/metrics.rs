@@ -1,16 +1,21 @@
 //! Prometheus metrics with Istio's standard names and labels (istio.io/latest/docs/reference/config/metrics/), plus outrider's
 //! own `outrider_*` families.
 //!
-//! Built on an explicitly passed [`Registry`], never the global one. The data path resolves a
-//! connection's label set once, when the connection opens ([`Metrics::tcp_connection`]), and
-//! then only adds byte deltas in batches from the copy loop.
+//! Built on an explicitly passed [`Registry`], never the global one. The data path resolves
+//! a label set's handles once ([`Metrics::tcp_series`]) and keeps them in the runtime per peer
+//! identity ([`SeriesByPeer`]); a connection then only counts itself opened and closed and
+//! adds byte deltas in batches from the copy loop — no label strings per connection.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::identity::SpiffeId;
 
 /// Value used for labels that are not known (Istio's convention).
 pub const UNKNOWN: &str = "unknown";
@@ -283,19 +288,22 @@ impl Metrics {
         }
     }
 
-    /// Starts accounting for one proxied TCP connection: counts it opened now and closed when
-    /// the returned guard drops.
-    pub fn tcp_connection(&self, labels: &TcpLabels, direction: &'static str) -> ConnectionMetrics {
+    /// The handles of one TCP label set, for every connection that carries it.
+    pub fn tcp_series(&self, labels: &TcpLabels, direction: &'static str) -> Arc<TcpSeries> {
         let values = labels.values();
-        self.tcp_opened.with_label_values(&values).inc();
-        let active = self.active.with_label_values(&[direction]);
-        active.inc();
-        ConnectionMetrics {
+        Arc::new(TcpSeries {
+            opened: self.tcp_opened.with_label_values(&values),
+            closed: self.tcp_closed.with_label_values(&values),
             sent: self.tcp_sent.with_label_values(&values),
             received: self.tcp_received.with_label_values(&values),
-            closed: self.tcp_closed.with_label_values(&values),
-            active,
-        }
+            active: self.active.with_label_values(&[direction]),
+        })
+    }
+
+    /// Starts accounting for one proxied TCP connection under a label set resolved now (the
+    /// data path keeps resolved series instead, see [`SeriesByPeer`]).
+    pub fn tcp_connection(&self, labels: &TcpLabels, direction: &'static str) -> ConnectionMetrics {
+        self.tcp_series(labels, direction).open()
     }
 
     pub fn handshake_failed(&self, direction: &str, reason: &str) {
@@ -387,30 +395,79 @@ fn raise_to(counter: &IntCounter, total: u64) {
     }
 }
 
-/// Per-connection metric handles, resolved once. Dropping it counts the connection closed.
-pub struct ConnectionMetrics {
+/// The metric handles of one TCP label set (the four `istio_tcp_*` series and the
+/// direction's active gauge).
+pub struct TcpSeries {
+    opened: IntCounter,
+    closed: IntCounter,
     sent: IntCounter,
     received: IntCounter,
-    closed: IntCounter,
-    active: prometheus::IntGauge,
+    active: IntGauge,
+}
+
+impl TcpSeries {
+    /// Counts a connection opened; the returned guard counts it closed when dropped.
+    pub fn open(self: Arc<Self>) -> ConnectionMetrics {
+        self.opened.inc();
+        self.active.inc();
+        ConnectionMetrics { series: self }
+    }
+}
+
+/// Resolved series per peer identity, filled on first use: a known peer costs one map lookup
+/// per connection. Bounded, since peers choose their identities: past [`SeriesByPeer::CAP`]
+/// identities, new ones are resolved per connection instead of remembered.
+#[derive(Default)]
+pub struct SeriesByPeer {
+    known: RwLock<HashMap<SpiffeId, Arc<TcpSeries>>>,
+    anonymous: OnceLock<Arc<TcpSeries>>,
+}
+
+impl SeriesByPeer {
+    pub const CAP: usize = 4096;
+
+    /// The series of `peer` (`None`: no identity), made by `make` the first time.
+    pub fn get(
+        &self,
+        peer: Option<&SpiffeId>,
+        make: impl FnOnce() -> Arc<TcpSeries>,
+    ) -> Arc<TcpSeries> {
+        let Some(id) = peer else {
+            return self.anonymous.get_or_init(make).clone();
+        };
+        if let Some(series) = self.known.read().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return series.clone();
+        }
+        let series = make();
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() < Self::CAP {
+            known.entry(id.clone()).or_insert_with(|| series.clone());
+        }
+        series
+    }
+}
+
+/// One open connection's metrics. Dropping it counts the connection closed.
+pub struct ConnectionMetrics {
+    series: Arc<TcpSeries>,
 }
 
 impl ConnectionMetrics {
     /// Adds bytes received from and sent to the reporting proxy's downstream.
     pub fn add(&self, received: u64, sent: u64) {
         if received > 0 {
-            self.received.inc_by(received);
+            self.series.received.inc_by(received);
         }
         if sent > 0 {
-            self.sent.inc_by(sent);
+            self.series.sent.inc_by(sent);
         }
     }
 }
 
 impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
-        self.closed.inc();
-        self.active.dec();
+        self.series.closed.inc();
+        self.series.active.dec();
     }
 }
 
@@ -452,5 +509,63 @@ mod tests {
         );
         assert!(line.ends_with(" 10"), "{line}");
         assert!(text.contains("istio_tcp_connections_closed_total{"));
+    }
+
+    #[test]
+    fn series_are_resolved_once_per_peer_and_shared_by_its_connections() {
+        let m = Metrics::new(Registry::new());
+        let cache = SeriesByPeer::default();
+        let made = std::cell::Cell::new(0);
+        let labels_of = |principal: &str| TcpLabels {
+            reporter: Reporter::Destination,
+            source: Peer {
+                principal: principal.into(),
+                ..Peer::unknown()
+            },
+            destination: Peer::unknown(),
+            destination_service: "age.default.svc.cluster.local".into(),
+            destination_service_name: "age".into(),
+            destination_service_namespace: "default".into(),
+            security_policy: "mutual_tls",
+        };
+        let sentences = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/sentences").unwrap();
+        let name = SpiffeId::parse("spiffe://cluster.local/ns/default/sa/name").unwrap();
+        for id in [&sentences, &sentences, &name, &sentences] {
+            let series = cache.get(Some(id), || {
+                made.set(made.get() + 1);
+                m.tcp_series(&labels_of(&id.to_string()), "inbound")
+            });
+            series.open().add(1, 2);
+        }
+        let anonymous = || {
+            made.set(made.get() + 1);
+            m.tcp_series(&labels_of(UNKNOWN), "inbound")
+        };
+        cache.get(None, anonymous).open();
+        cache.get(None, anonymous).open();
+        assert_eq!(made.get(), 3, "one resolution per distinct peer");
+        let text = m.encode();
+        let opened = |who: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("istio_tcp_connections_opened_total{")
+                        && l.contains(&format!("source_principal=\"{who}\""))
+                })
+                .unwrap_or_else(|| panic!("no series for {who}: {text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            opened("spiffe://cluster.local/ns/default/sa/sentences"),
+            "3"
+        );
+        assert_eq!(opened("spiffe://cluster.local/ns/default/sa/name"), "1");
+        assert_eq!(opened(UNKNOWN), "2");
+        assert!(
+            text.contains("outrider_active_connections{direction=\"inbound\"} 0"),
+            "{text}"
+        );
     }
 }

@@ -24,7 +24,7 @@ use super::live::{Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
-use crate::metrics::{Peer, Reporter, TcpLabels};
+use crate::identity::SpiffeId;
 
 /// One bound inbound listener.
 pub struct Inbound {
@@ -250,8 +250,7 @@ async fn serve(
     }
     let downstream = Rewind::new(prefix, stream);
     if decision != Decision::Mtls {
-        let source = Peer::unknown();
-        return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
+        return forward(downstream, peer, None, "none", plan, app, &rt, shared).await;
     }
     let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
     let tls_stream = match handshake {
@@ -277,14 +276,10 @@ async fn serve(
         .1
         .peer_certificates()
         .and_then(crate::tls::peer_spiffe_id);
-    let source = match &peer_id {
-        Some(id) => rt.peers.lookup(id),
-        None => Peer::unknown(),
-    };
     forward(
         tls_stream,
         peer,
-        source,
+        peer_id,
         "mutual_tls",
         plan,
         app,
@@ -298,7 +293,7 @@ async fn serve(
 async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     mut downstream: S,
     peer: SocketAddr,
-    source: Peer,
+    peer_id: Option<SpiffeId>,
     security: &'static str,
     plan: &InboundPlan,
     app: SocketAddr,
@@ -329,17 +324,9 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     tune(&upstream);
-    let w = &rt.plan.workload;
-    let labels = TcpLabels {
-        reporter: Reporter::Destination,
-        source: source.clone(),
-        destination: rt.me.clone(),
-        destination_service: format!("{}.{}.svc.cluster.local", w.service, w.namespace),
-        destination_service_name: w.service.clone(),
-        destination_service_namespace: w.namespace.clone(),
-        security_policy: security,
-    };
-    let conn = shared.metrics.tcp_connection(&labels, "inbound");
+    let conn = rt
+        .inbound_series(&shared.metrics, peer_id.as_ref(), security)
+        .open();
     let (end, received, sent) = copy_bidirectional(
         &mut downstream,
         &mut upstream,
@@ -353,7 +340,9 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
         direction = "inbound",
         %peer,
         port = plan.port,
-        source_principal = %source.principal,
+        source_principal = %peer_id
+            .as_ref()
+            .map_or_else(|| crate::metrics::UNKNOWN.to_string(), |id| id.to_string()),
         security,
         mode = ?plan.mode,
         received,

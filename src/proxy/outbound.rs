@@ -21,8 +21,8 @@ use super::live::{Carried, LiveConnections};
 use super::resolve::Target;
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::Destination;
-use crate::identity::{CertStore, PeerRole};
-use crate::metrics::{Peer, Reporter, TcpLabels};
+use crate::identity::{CertStore, PeerRole, SpiffeId};
+use crate::metrics::{Metrics, Peer, Reporter, SeriesByPeer, TcpLabels, TcpSeries};
 
 /// TLS to originate towards one endpoint, ready to use.
 #[derive(Clone)]
@@ -46,6 +46,40 @@ pub struct UpstreamEndpoint {
     pub tls: UpstreamTls,
     /// The workload behind the endpoint, as metrics name it.
     pub peer: Peer,
+    /// Connection metrics by the server identity the handshake verified (`None`: plaintext).
+    pub series: SeriesByPeer,
+}
+
+impl UpstreamEndpoint {
+    /// The metric series of a connection of `out` through this endpoint to `server`.
+    fn series(
+        &self,
+        metrics: &Metrics,
+        out: &OutboundRuntime,
+        me: &Peer,
+        server: Option<&SpiffeId>,
+    ) -> Arc<TcpSeries> {
+        self.series.get(server, || {
+            let mut destination = self.peer.clone();
+            if let Some(id) = server {
+                destination.principal = id.to_string();
+            }
+            let d = &out.destination;
+            let labels = TcpLabels {
+                reporter: Reporter::Source,
+                source: me.clone(),
+                destination,
+                destination_service: d.host.clone(),
+                destination_service_name: d.service.clone().unwrap_or_else(|| d.host.clone()),
+                destination_service_namespace: d
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| crate::metrics::UNKNOWN.into()),
+                security_policy: "unknown",
+            };
+            metrics.tcp_series(&labels, "outbound")
+        })
+    }
 }
 
 /// One weighted route.
@@ -332,30 +366,16 @@ async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
     upstream: &mut U,
     peer: SocketAddr,
     ep: &UpstreamEndpoint,
-    server_id: Option<crate::identity::SpiffeId>,
+    server_id: Option<SpiffeId>,
     out: &OutboundRuntime,
     rt: &Runtime,
     shared: &Shared,
 ) {
     let started = Instant::now();
-    let mut destination = ep.peer.clone();
-    if let Some(id) = &server_id {
-        destination.principal = id.to_string();
-    }
     let d = &out.destination;
-    let labels = TcpLabels {
-        reporter: Reporter::Source,
-        source: rt.me.clone(),
-        destination,
-        destination_service: d.host.clone(),
-        destination_service_name: d.service.clone().unwrap_or_else(|| d.host.clone()),
-        destination_service_namespace: d
-            .namespace
-            .clone()
-            .unwrap_or_else(|| crate::metrics::UNKNOWN.into()),
-        security_policy: "unknown",
-    };
-    let conn = shared.metrics.tcp_connection(&labels, "outbound");
+    let conn = ep
+        .series(&shared.metrics, out, &rt.me, server_id.as_ref())
+        .open();
     let (end, received, sent) =
         copy_bidirectional(app, upstream, shared.settings.copy, |rx, tx| {
             conn.add(rx, tx)

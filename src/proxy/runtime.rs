@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{Endpoint, Plan, TlsOrigination, WorkloadInfo};
 use crate::identity::{CertStore, SpiffeId};
-use crate::metrics::{Peer, UNKNOWN};
+use crate::metrics::{Metrics, Peer, Reporter, SeriesByPeer, TcpLabels, TcpSeries, UNKNOWN};
 use crate::proxy::outbound::{OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
 use crate::proxy::resolve::Resolver;
 use crate::tls::origination::{client_config, FileTls};
@@ -29,9 +29,42 @@ pub struct Runtime {
     pub peers: PeerDirectory,
     /// This workload as the metrics name it.
     pub me: Peer,
+    /// Inbound connection metrics per peer identity: mTLS connections by the client's ID,
+    /// plaintext (and passed-through TLS) under no identity.
+    inbound_mtls: SeriesByPeer,
+    inbound_plain: SeriesByPeer,
 }
 
 impl Runtime {
+    /// The metric series of an inbound connection from `peer` (a verified client identity,
+    /// or `None`) with `security` (`mutual_tls` or `none`), resolved on this runtime's first
+    /// such connection.
+    pub fn inbound_series(
+        &self,
+        metrics: &Metrics,
+        peer: Option<&SpiffeId>,
+        security: &'static str,
+    ) -> Arc<TcpSeries> {
+        let cache = if security == "mutual_tls" {
+            &self.inbound_mtls
+        } else {
+            &self.inbound_plain
+        };
+        cache.get(peer, || {
+            let w = &self.plan.workload;
+            let labels = TcpLabels {
+                reporter: Reporter::Destination,
+                source: peer.map_or_else(Peer::unknown, |id| self.peers.lookup(id)),
+                destination: self.me.clone(),
+                destination_service: format!("{}.{}.svc.cluster.local", w.service, w.namespace),
+                destination_service_name: w.service.clone(),
+                destination_service_namespace: w.namespace.clone(),
+                security_policy: security,
+            };
+            metrics.tcp_series(&labels, "inbound")
+        })
+    }
+
     /// The outbound entry whose `bind` is `bind`.
     pub fn outbound(&self, bind: SocketAddr) -> Option<Arc<OutboundRuntime>> {
         self.outbound.get(&bind).cloned()
@@ -152,6 +185,7 @@ pub fn build(
                     target: resolver.target(&e.host),
                     tls,
                     peer,
+                    series: SeriesByPeer::default(),
                 });
             }
             routes.push(UpstreamRoute::new(r.weight, endpoints));
@@ -175,6 +209,8 @@ pub fn build(
         plan,
         outbound,
         peers,
+        inbound_mtls: SeriesByPeer::default(),
+        inbound_plain: SeriesByPeer::default(),
     })
 }
 
