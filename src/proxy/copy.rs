@@ -6,8 +6,14 @@
 //! memory) and doubles, up to a cap, each time a read fills it (a bulk stream soon moves
 //! several TLS records per read and per write); nothing is allocated per read, no lock or
 //! shared atomic is touched per chunk, nothing is logged per packet. Metrics see the byte
-//! counts only at each `report_every` tick and at close. Idle detection rides on the
-//! same tick: a connection with no bytes moved for `idle_timeout` is closed.
+//! counts at most every `report_every` while bytes move, and at close.
+//!
+//! One timer per connection serves both reporting and idle detection, and an idle connection
+//! does not wake up: while bytes move, the timer fires every `report_every` to report them;
+//! the first tick that finds nothing new moves the timer to the idle deadline, and the next
+//! byte brings it back. A connection idle for hours costs one wake-up, not one per tick.
+//! The idle deadline counts from the last tick that saw bytes move, so a connection closes
+//! between `idle_timeout` and `idle_timeout + report_every` after its last byte.
 
 use std::future::Future;
 use std::io;
@@ -16,7 +22,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 
 /// Tunables of the copy loop.
 #[derive(Debug, Clone, Copy)]
@@ -106,29 +112,39 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
     R: ByteReport + Unpin,
 {
-    let mut ticker =
-        tokio::time::interval_at(Instant::now() + config.report_every, config.report_every);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let now = Instant::now();
     let mut copy = Bidirectional {
         a,
         b,
         a_to_b: Pump::new(config, Side::Downstream, Side::Upstream),
         b_to_a: Pump::new(config, Side::Upstream, Side::Downstream),
-        ticker,
-        idle_ticks: 0,
-        idle_limit: idle_ticks(config),
+        timer: Box::pin(tokio::time::sleep_until(now + config.first_tick())),
+        watch: Watch::Active { last_moved: now },
+        config,
         reported: (0, 0),
         report,
     };
     let end = (&mut copy).await;
     let (ab, ba) = (copy.a_to_b.total, copy.b_to_a.total);
-    copy.flush_report();
+    let _ = copy.flush_report();
     (end, ab, ba)
 }
 
-fn idle_ticks(config: CopyConfig) -> u32 {
-    let every = config.report_every.as_millis().max(1);
-    (config.idle_timeout.as_millis().div_ceil(every)).clamp(1, u32::MAX as u128) as u32
+impl CopyConfig {
+    /// The first report tick; never later than the idle deadline.
+    fn first_tick(&self) -> Duration {
+        self.report_every.min(self.idle_timeout)
+    }
+}
+
+/// What the connection's one timer is waiting for.
+#[derive(Debug, Clone, Copy)]
+enum Watch {
+    /// Bytes moved recently: the timer is the next report tick. `last_moved` is the last tick
+    /// (or the start) at which bytes were seen moving.
+    Active { last_moved: Instant },
+    /// A tick found nothing new: the timer is the idle deadline.
+    Quiet,
 }
 
 struct Bidirectional<'s, A, B, R: ByteReport> {
@@ -136,23 +152,54 @@ struct Bidirectional<'s, A, B, R: ByteReport> {
     b: &'s mut B,
     a_to_b: Pump,
     b_to_a: Pump,
-    ticker: Interval,
-    /// Consecutive ticks with no byte moved.
-    idle_ticks: u32,
-    idle_limit: u32,
+    timer: Pin<Box<Sleep>>,
+    watch: Watch,
+    config: CopyConfig,
     reported: (u64, u64),
     report: R,
 }
 
 impl<A, B, R: ByteReport> Bidirectional<'_, A, B, R> {
-    fn flush_report(&mut self) {
+    /// Reports the bytes moved since the last report; false if there were none.
+    fn flush_report(&mut self) -> bool {
         let delta = (
             self.a_to_b.total - self.reported.0,
             self.b_to_a.total - self.reported.1,
         );
-        if delta != (0, 0) {
-            self.report.report(delta.0, delta.1);
-            self.reported = (self.a_to_b.total, self.b_to_a.total);
+        if delta == (0, 0) {
+            return false;
+        }
+        self.report.report(delta.0, delta.1);
+        self.reported = (self.a_to_b.total, self.b_to_a.total);
+        true
+    }
+
+    fn moved_since_report(&self) -> bool {
+        (self.a_to_b.total, self.b_to_a.total) != self.reported
+    }
+
+    /// The timer fired: report, and decide what it waits for next. `Err` = idle too long.
+    fn tick(&mut self, now: Instant) -> Result<(), ()> {
+        let moved = self.flush_report();
+        match self.watch {
+            Watch::Active { .. } if moved => {
+                self.watch = Watch::Active { last_moved: now };
+                let next = now + self.config.first_tick();
+                self.timer.as_mut().reset(next);
+                Ok(())
+            }
+            Watch::Active { last_moved } => {
+                let deadline = last_moved + self.config.idle_timeout;
+                if deadline <= now {
+                    return Err(());
+                }
+                self.watch = Watch::Quiet;
+                self.timer.as_mut().reset(deadline);
+                Ok(())
+            }
+            // Bytes moving while quiet re-arm the report tick at once (see `poll`), so the
+            // idle deadline passing means nothing moved since.
+            Watch::Quiet => Err(()),
         }
     }
 }
@@ -161,7 +208,7 @@ impl<A, B, R: ByteReport> Bidirectional<'_, A, B, R> {
 /// or the port's new mode refuses the connection) still reports its last bytes.
 impl<A, B, R: ByteReport> Drop for Bidirectional<'_, A, B, R> {
     fn drop(&mut self) {
-        self.flush_report();
+        let _ = self.flush_report();
     }
 }
 
@@ -184,16 +231,15 @@ where
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => return Poll::Ready(CopyEnd::Done),
             _ => {}
         }
-        while this.ticker.poll_tick(cx).is_ready() {
-            let before = this.reported;
-            this.flush_report();
-            if this.reported == before {
-                this.idle_ticks += 1;
-                if this.idle_ticks >= this.idle_limit {
-                    return Poll::Ready(CopyEnd::Idle);
-                }
-            } else {
-                this.idle_ticks = 0;
+        if matches!(this.watch, Watch::Quiet) && this.moved_since_report() {
+            // Awake again after a quiet spell: back to reporting every `report_every`.
+            let now = Instant::now();
+            this.watch = Watch::Active { last_moved: now };
+            this.timer.as_mut().reset(now + this.config.first_tick());
+        }
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if this.tick(Instant::now()).is_err() {
+                return Poll::Ready(CopyEnd::Idle);
             }
         }
         Poll::Pending
@@ -362,5 +408,112 @@ mod tests {
         };
         let (end, _, _) = copy_bidirectional(&mut a, &mut b, config, |_, _| {}).await;
         assert!(matches!(end, CopyEnd::Idle));
+    }
+
+    /// Counts how often the copy loop polls it for bytes: each poll is a wake-up.
+    struct CountingReads<S> {
+        inner: S,
+        reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for CountingReads<S> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for CountingReads<S> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// An idle connection is not woken once per report tick: over 1,000 ticks of silence it
+    /// is polled a handful of times (before: once per tick).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_does_not_wake_per_tick() {
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (mut client, a) = tokio::io::duplex(64);
+        let mut a = CountingReads {
+            inner: a,
+            reads: reads.clone(),
+        };
+        let (mut b, _server) = tokio::io::duplex(64);
+        let config = CopyConfig {
+            idle_timeout: Duration::from_secs(1000),
+            report_every: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let copy = tokio::spawn(async move {
+            let mut reports = 0;
+            let (end, _, _) = copy_bidirectional(&mut a, &mut b, config, |_, _| reports += 1).await;
+            (end, reports)
+        });
+        client.write_all(b"x").await.unwrap();
+        let (end, reports) = copy.await.unwrap();
+        assert!(matches!(end, CopyEnd::Idle), "{end:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1000) && waited <= Duration::from_secs(1001),
+            "closed after {waited:?}"
+        );
+        assert_eq!(reports, 1);
+        let polled = reads.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(polled <= 6, "polled {polled} times in 1000 s of silence");
+        drop(client);
+    }
+
+    /// The idle timeout counts from the last bytes (to within one report tick), and bytes
+    /// after a quiet spell start the count again.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_counts_from_the_last_bytes() {
+        let (mut client, mut a) = tokio::io::duplex(64);
+        let (mut b, mut server) = tokio::io::duplex(64);
+        let config = CopyConfig {
+            idle_timeout: Duration::from_secs(10),
+            report_every: Duration::from_secs(1),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let copy = tokio::spawn(async move {
+            let mut total = (0, 0);
+            let (end, _, _) = copy_bidirectional(&mut a, &mut b, config, |x, y| {
+                total = (total.0 + x, total.1 + y)
+            })
+            .await;
+            (end, total)
+        });
+        let mut byte = [0u8; 1];
+        // Bytes at 0 s, 3 s (after the loop went quiet at 2 s) and 12.5 s.
+        for at in [0.0, 3.0, 12.5] {
+            tokio::time::sleep_until(started + Duration::from_secs_f64(at)).await;
+            client.write_all(b"x").await.unwrap();
+            server.read_exact(&mut byte).await.unwrap();
+        }
+        let (end, total) = copy.await.unwrap();
+        assert!(matches!(end, CopyEnd::Idle), "{end:?}");
+        assert_eq!(total, (3, 0));
+        let closed = started.elapsed();
+        assert!(
+            closed >= Duration::from_secs_f64(22.5) && closed <= Duration::from_secs_f64(23.5),
+            "closed after {closed:?}"
+        );
     }
 }
