@@ -6,6 +6,9 @@
 //! - `verify_svid`: the SPIFFE verification of a peer's certificate alone;
 //! - `copy/tls/<size>`: a message through the copy loop into TLS and decrypted on the other
 //!   side (what an outbound sidecar does per message);
+//! - `cipher/<suite>/65536`: 64 KiB sealed by a client and opened by the server over an
+//!   established mesh connection, with AES-128-GCM (the mesh's choice) and AES-256-GCM (the
+//!   library's default order), to back the choice with a figure from the same run;
 //! - `policy/plan`: resolving a workload's plan (PeerAuthentication per port, routes, TLS per
 //!   endpoint) from a parsed mesh.
 //!
@@ -180,6 +183,49 @@ fn copy_loop(cr: &mut Criterion) {
     g.finish();
 }
 
+/// Sealing and opening records alone, per cipher suite: the client's provider order decides.
+fn ciphers(cr: &mut Criterion) {
+    use std::io::{Read, Write};
+    let pki = pki();
+    let server = outrider::tls::server_config(&pki.server);
+    let library_order = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let clients = [
+        (
+            "aes_128_gcm",
+            outrider::tls::client_config(&pki.client, vec![pki.server_id.clone()]),
+        ),
+        (
+            "aes_256_gcm",
+            outrider::tls::client_config_with_provider(
+                &pki.client,
+                vec![pki.server_id.clone()],
+                Arc::new(rustls::time_provider::DefaultTimeProvider),
+                library_order,
+            ),
+        ),
+    ];
+    let size = 64 * 1024;
+    let msg = vec![0x5a; size];
+    let mut got = vec![0; size];
+    let mut g = cr.benchmark_group("cipher");
+    g.throughput(Throughput::Bytes(size as u64));
+    for (name, client) in clients {
+        let mut c = ClientConnection::new(client, server_name()).expect("client");
+        let mut s = ServerConnection::new(server.clone()).expect("server");
+        let mut wire = Vec::with_capacity(size + 4096);
+        while transfer(&mut c, &mut s, &mut wire) | transfer(&mut s, &mut c, &mut wire) {}
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        g.bench_with_input(BenchmarkId::new(name, size), &size, |b, _| {
+            b.iter(|| {
+                c.writer().write_all(&msg).expect("seal");
+                transfer(&mut c, &mut s, &mut wire);
+                s.reader().read_exact(&mut got).expect("open");
+            })
+        });
+    }
+    g.finish();
+}
+
 const MESH: &str = r#"apiVersion: outrider.dev/v1alpha1
 kind: Mesh
 metadata: { name: mesh }
@@ -248,6 +294,6 @@ criterion_group! {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
         .sample_size(30);
-    targets = handshakes, verification, copy_loop, policy
+    targets = handshakes, verification, copy_loop, ciphers, policy
 }
 criterion_main!(benches);
