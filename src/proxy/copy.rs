@@ -1,12 +1,16 @@
 //! The copy loop: the hot path. Moves bytes both ways between two streams, propagates
 //! half-close, counts bytes per connection, and reports the counts in batches.
 //!
-//! Both directions are polled by one future (no task per direction, no split lock). Each
-//! direction owns one buffer that starts small (an idle or chatty connection costs little
-//! memory) and doubles, up to a cap, each time a read fills it (a bulk stream soon moves
-//! several TLS records per read and per write); nothing is allocated per read, no lock or
-//! shared atomic is touched per chunk, nothing is logged per packet. Metrics see the byte
-//! counts at most every `report_every` while bytes move, and at close.
+//! Both directions are polled by one future (no task per direction, no split lock). A
+//! direction that reads a plain socket owns one buffer that starts small (an idle or chatty
+//! connection costs little memory) and doubles, up to a cap, each time a read fills it (a
+//! bulk stream soon moves several TLS records per read and per write). A direction that
+//! reads TLS has no buffer of its own: it writes the decrypted record straight from rustls'
+//! buffer (one copy less per byte, and no buffer per connection; a TLS read never yields more
+//! than one record anyway). Which one a stream gets is its [`CopyStream`] type. Nothing is
+//! allocated per read, no lock or shared atomic is touched per chunk, nothing is logged per
+//! packet. Metrics see the byte counts at most every `report_every` while bytes move, and at
+//! close.
 //!
 //! One timer per connection serves both reporting and idle detection, and an idle connection
 //! does not wake up: while bytes move, the timer fires every `report_every` to report them;
@@ -21,16 +25,17 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// Tunables of the copy loop.
 #[derive(Debug, Clone, Copy)]
 pub struct CopyConfig {
-    /// Bytes per direction when a connection starts.
+    /// Bytes of a plain-reading direction's buffer when a connection starts.
     pub initial_buffer_size: usize,
-    /// The most bytes per direction a buffer grows to. 64 KiB: four full TLS records, so a
-    /// bulk stream encrypts four records per read and sends them in one write.
+    /// The most bytes a plain-reading direction's buffer grows to. 64 KiB: four full TLS
+    /// records, so a bulk stream encrypts four records per read and sends them in one write.
     pub buffer_size: usize,
     /// Close after this long without a byte in either direction.
     pub idle_timeout: Duration,
@@ -108,16 +113,16 @@ pub async fn copy_bidirectional<A, B, R>(
     report: R,
 ) -> (CopyEnd, u64, u64)
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: CopyStream,
+    B: CopyStream,
     R: ByteReport + Unpin,
 {
     let now = Instant::now();
     let mut copy = Bidirectional {
         a,
         b,
-        a_to_b: Pump::new(config, Side::Downstream, Side::Upstream),
-        b_to_a: Pump::new(config, Side::Upstream, Side::Downstream),
+        a_to_b: Pump::new(A::filler(&config), Side::Downstream, Side::Upstream),
+        b_to_a: Pump::new(B::filler(&config), Side::Upstream, Side::Downstream),
         timer: Box::pin(tokio::time::sleep_until(now + config.first_tick())),
         watch: Watch::Active { last_moved: now },
         config,
@@ -147,11 +152,11 @@ enum Watch {
     Quiet,
 }
 
-struct Bidirectional<'s, A, B, R: ByteReport> {
+struct Bidirectional<'s, A: CopyStream, B: CopyStream, R: ByteReport> {
     a: &'s mut A,
     b: &'s mut B,
-    a_to_b: Pump,
-    b_to_a: Pump,
+    a_to_b: Pump<A::Fill>,
+    b_to_a: Pump<B::Fill>,
     timer: Pin<Box<Sleep>>,
     watch: Watch,
     config: CopyConfig,
@@ -159,7 +164,7 @@ struct Bidirectional<'s, A, B, R: ByteReport> {
     report: R,
 }
 
-impl<A, B, R: ByteReport> Bidirectional<'_, A, B, R> {
+impl<A: CopyStream, B: CopyStream, R: ByteReport> Bidirectional<'_, A, B, R> {
     /// Reports the bytes moved since the last report; false if there were none.
     fn flush_report(&mut self) -> bool {
         let delta = (
@@ -206,7 +211,7 @@ impl<A, B, R: ByteReport> Bidirectional<'_, A, B, R> {
 
 /// A copy dropped before it ended (its connection task was aborted: the listener was removed,
 /// or the port's new mode refuses the connection) still reports its last bytes.
-impl<A, B, R: ByteReport> Drop for Bidirectional<'_, A, B, R> {
+impl<A: CopyStream, B: CopyStream, R: ByteReport> Drop for Bidirectional<'_, A, B, R> {
     fn drop(&mut self) {
         let _ = self.flush_report();
     }
@@ -214,8 +219,8 @@ impl<A, B, R: ByteReport> Drop for Bidirectional<'_, A, B, R> {
 
 impl<A, B, R> Future for Bidirectional<'_, A, B, R>
 where
-    A: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    A: CopyStream,
+    B: CopyStream,
     R: ByteReport + Unpin,
 {
     type Output = CopyEnd;
@@ -246,14 +251,139 @@ where
     }
 }
 
-/// One direction: read into the buffer, write it all out, repeat; on end of stream, shut
-/// down the writer's sending half (half-close).
-struct Pump {
+/// A stream the copy loop can carry: it reads the stream either into a buffer of its own
+/// ([`OwnBuffer`], for plain sockets) or in place from the buffer the stream already keeps
+/// ([`InPlace`], for TLS streams, whose reads yield one decrypted record).
+pub trait CopyStream: AsyncWrite + Unpin + Sized {
+    type Fill: Fill<Self> + Unpin;
+    fn filler(config: &CopyConfig) -> Self::Fill;
+}
+
+/// Where one direction's bytes wait between the read and the write.
+pub trait Fill<R> {
+    /// The bytes read and not yet written, reading more when there are none; empty at end
+    /// of stream.
+    fn poll_fill<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        reader: &'a mut R,
+    ) -> Poll<io::Result<&'a [u8]>>;
+    /// `n` of those bytes were written.
+    fn consume(&mut self, reader: &mut R, n: usize);
+}
+
+/// The copy loop's own buffer for a direction: starts at `initial_buffer_size` and doubles
+/// on full reads up to `buffer_size`.
+pub struct OwnBuffer {
     buf: Box<[u8]>,
-    /// The size `buf` may grow to.
     max: usize,
     pos: usize,
     filled: usize,
+}
+
+impl OwnBuffer {
+    pub fn new(config: &CopyConfig) -> OwnBuffer {
+        let max = config.buffer_size.max(1);
+        OwnBuffer {
+            buf: vec![0; config.initial_buffer_size.clamp(1, max)].into_boxed_slice(),
+            max,
+            pos: 0,
+            filled: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Fill<R> for OwnBuffer {
+    fn poll_fill<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        reader: &'a mut R,
+    ) -> Poll<io::Result<&'a [u8]>> {
+        if self.pos == self.filled {
+            let mut rb = ReadBuf::new(&mut self.buf);
+            ready!(Pin::new(reader).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            self.pos = 0;
+            self.filled = n;
+            if n == self.buf.len() && n < self.max {
+                // A full read: more is probably waiting. Grow now, keeping the bytes just
+                // read; this happens a few times per connection at most.
+                let mut bigger = vec![0; (n * 2).min(self.max)].into_boxed_slice();
+                bigger[..n].copy_from_slice(&self.buf[..n]);
+                self.buf = bigger;
+            }
+        }
+        Poll::Ready(Ok(&self.buf[self.pos..self.filled]))
+    }
+
+    fn consume(&mut self, _reader: &mut R, n: usize) {
+        self.pos += n;
+    }
+}
+
+/// Reads a buffered stream in place: no buffer of the copy loop's.
+pub struct InPlace;
+
+impl<R: AsyncBufRead + Unpin> Fill<R> for InPlace {
+    fn poll_fill<'a>(
+        &'a mut self,
+        cx: &mut Context<'_>,
+        reader: &'a mut R,
+    ) -> Poll<io::Result<&'a [u8]>> {
+        Pin::new(reader).poll_fill_buf(cx)
+    }
+
+    fn consume(&mut self, reader: &mut R, n: usize) {
+        Pin::new(reader).consume(n);
+    }
+}
+
+impl CopyStream for TcpStream {
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
+    }
+}
+
+impl CopyStream for tokio::io::DuplexStream {
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CopyStream for super::sniff::Rewind<S> {
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for tokio_rustls::server::TlsStream<IO> {
+    type Fill = InPlace;
+    fn filler(_: &CopyConfig) -> InPlace {
+        InPlace
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for tokio_rustls::client::TlsStream<IO> {
+    type Fill = InPlace;
+    fn filler(_: &CopyConfig) -> InPlace {
+        InPlace
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for Box<tokio_rustls::client::TlsStream<IO>> {
+    type Fill = InPlace;
+    fn filler(_: &CopyConfig) -> InPlace {
+        InPlace
+    }
+}
+
+/// One direction: take what the reader has, write it all out, repeat; on end of stream, shut
+/// down the writer's sending half (half-close).
+struct Pump<F> {
+    fill: F,
     total: u64,
     read_done: bool,
     done: bool,
@@ -262,14 +392,10 @@ struct Pump {
     writer_side: Side,
 }
 
-impl Pump {
-    fn new(config: CopyConfig, reader_side: Side, writer_side: Side) -> Self {
-        let max = config.buffer_size.max(1);
+impl<F> Pump<F> {
+    fn new(fill: F, reader_side: Side, writer_side: Side) -> Self {
         Pump {
-            buf: vec![0; config.initial_buffer_size.clamp(1, max)].into_boxed_slice(),
-            max,
-            pos: 0,
-            filled: 0,
+            fill,
             total: 0,
             read_done: false,
             done: false,
@@ -286,66 +412,43 @@ impl Pump {
         writer: &mut WR,
     ) -> Poll<Result<(), (Side, io::Error)>>
     where
-        RD: AsyncRead + Unpin,
+        F: Fill<RD>,
         WR: AsyncWrite + Unpin,
     {
         if self.done {
             return Poll::Ready(Ok(()));
         }
-        loop {
-            // Refill when the buffer is drained.
-            if self.pos == self.filled && !self.read_done {
-                let mut rb = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.read_done = true;
-                        } else {
-                            self.pos = 0;
-                            self.filled = n;
-                        }
-                        if n == self.buf.len() && n < self.max {
-                            // A full read: more is probably waiting. Grow now, keeping the
-                            // bytes just read; this happens a few times per connection at most.
-                            let mut bigger = vec![0; (n * 2).min(self.max)].into_boxed_slice();
-                            bigger[..n].copy_from_slice(&self.buf[..n]);
-                            self.buf = bigger;
-                        }
+        while !self.read_done {
+            let data = match self.fill.poll_fill(cx, reader) {
+                Poll::Ready(Ok(data)) => data,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader_side, e))),
+                Poll::Pending => {
+                    // Nothing more to read right now: push out what was written.
+                    if self.needs_flush {
+                        ready!(Pin::new(&mut *writer).poll_flush(cx))
+                            .map_err(|e| (self.writer_side, e))?;
+                        self.needs_flush = false;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader_side, e))),
-                    Poll::Pending => {
-                        // Nothing more to read right now: push out what was written.
-                        if self.needs_flush {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))
-                                .map_err(|e| (self.writer_side, e))?;
-                            self.needs_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
+                    return Poll::Pending;
                 }
+            };
+            if data.is_empty() {
+                self.read_done = true;
+                break;
             }
-            // Drain the buffer.
-            while self.pos < self.filled {
-                let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.filled]))
-                        .map_err(|e| (self.writer_side, e))?;
-                if n == 0 {
-                    let e =
-                        io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting bytes");
-                    return Poll::Ready(Err((self.writer_side, e)));
-                }
-                self.pos += n;
-                self.total += n as u64;
-                self.needs_flush = true;
+            let n = ready!(Pin::new(&mut *writer).poll_write(cx, data))
+                .map_err(|e| (self.writer_side, e))?;
+            if n == 0 {
+                let e = io::Error::new(io::ErrorKind::WriteZero, "peer stopped accepting bytes");
+                return Poll::Ready(Err((self.writer_side, e)));
             }
-            if self.read_done {
-                ready!(Pin::new(&mut *writer).poll_shutdown(cx))
-                    .map_err(|e| (self.writer_side, e))?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
-            }
+            self.fill.consume(reader, n);
+            self.total += n as u64;
+            self.needs_flush = true;
         }
+        ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(|e| (self.writer_side, e))?;
+        self.done = true;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -425,6 +528,13 @@ mod tests {
             self.reads
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<S: AsyncRead + AsyncWrite + Unpin> CopyStream for CountingReads<S> {
+        type Fill = OwnBuffer;
+        fn filler(config: &CopyConfig) -> OwnBuffer {
+            OwnBuffer::new(config)
         }
     }
 
@@ -515,5 +625,43 @@ mod tests {
             closed >= Duration::from_secs_f64(22.5) && closed <= Duration::from_secs_f64(23.5),
             "closed after {closed:?}"
         );
+    }
+
+    /// A buffered reader stands in for a TLS stream: read in place, no buffer of the loop's.
+    impl CopyStream for tokio::io::BufReader<tokio::io::DuplexStream> {
+        type Fill = InPlace;
+        fn filler(_: &CopyConfig) -> InPlace {
+            InPlace
+        }
+    }
+
+    /// In-place reading keeps every byte, in order, through partial writes (a 7-byte pipe)
+    /// and reads larger than the writer takes at once, and propagates half-close.
+    #[tokio::test]
+    async fn in_place_reads_copy_everything_through_partial_writes() {
+        let (mut client, a) = tokio::io::duplex(4096);
+        let mut a = tokio::io::BufReader::with_capacity(1000, a);
+        let (mut b, mut server) = tokio::io::duplex(7);
+        let proxy = tokio::spawn(async move {
+            copy_bidirectional(&mut a, &mut b, CopyConfig::default(), |_, _| {}).await
+        });
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == payload, "bytes changed or reordered");
+        server.write_all(b"bye").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(writer.await.unwrap(), b"bye");
+        let (end, ab, ba) = proxy.await.unwrap();
+        assert!(matches!(end, CopyEnd::Done), "{end:?}");
+        assert_eq!((ab, ba), (100_000, 3));
     }
 }

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rustls::HandshakeKind;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::copy::copy_bidirectional;
+use super::copy::{copy_bidirectional, CopyStream};
 use super::live::{Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
@@ -290,7 +289,7 @@ async fn serve(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+async fn forward<S: CopyStream>(
     mut downstream: S,
     peer: SocketAddr,
     peer_id: Option<SpiffeId>,

@@ -11,12 +11,11 @@ use std::time::Instant;
 use rand::Rng;
 use rustls::pki_types::{ServerName, UnixTime};
 use rustls::HandshakeKind;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-use super::copy::copy_bidirectional;
+use super::copy::{copy_bidirectional, CopyStream};
 use super::live::{Carried, LiveConnections};
 use super::resolve::Target;
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
@@ -361,7 +360,7 @@ async fn tcp_connect(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn copy_to<U: AsyncRead + AsyncWrite + Unpin>(
+async fn copy_to<U: CopyStream>(
     app: &mut TcpStream,
     upstream: &mut U,
     peer: SocketAddr,
