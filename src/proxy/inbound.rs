@@ -247,12 +247,18 @@ async fn serve(
         }
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
-    let downstream = Rewind::new(prefix, stream);
+    let mut downstream = Rewind::new(prefix, stream);
     if decision != Decision::Mtls {
-        return forward(downstream, peer, None, "none", plan, app, &rt, shared).await;
+        return forward(&mut downstream, peer, None, "none", plan, app, &rt, shared).await;
     }
-    let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
-    let tls_stream = match handshake {
+    // The handshake's state (~1.4 KiB) lives on the heap while it runs, and the stream after
+    // it in one box: the connection's future keeps neither inline, so an open connection
+    // costs ~2.5 KiB less.
+    let handshake = Box::pin(tokio::time::timeout(
+        settings.handshake_timeout,
+        tls.accept(downstream),
+    ));
+    let mut tls_stream = match handshake.await {
         Err(_) => {
             shared.metrics.handshake_failed("inbound", "timeout");
             tracing::info!(%peer, port, "downstream TLS handshake timed out");
@@ -266,7 +272,7 @@ async fn serve(
             tracing::info!(%peer, port, reason, error = %e, "downstream TLS handshake failed");
             return;
         }
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => Box::new(s),
     };
     let resumed = tls_stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     shared.metrics.handshake_completed("inbound", resumed);
@@ -276,7 +282,7 @@ async fn serve(
         .peer_certificates()
         .and_then(crate::tls::peer_spiffe_id);
     forward(
-        tls_stream,
+        &mut *tls_stream,
         peer,
         peer_id,
         "mutual_tls",
@@ -290,7 +296,7 @@ async fn serve(
 
 #[allow(clippy::too_many_arguments)]
 async fn forward<S: CopyStream>(
-    mut downstream: S,
+    downstream: &mut S,
     peer: SocketAddr,
     peer_id: Option<SpiffeId>,
     security: &'static str,
@@ -326,13 +332,11 @@ async fn forward<S: CopyStream>(
     let conn = rt
         .inbound_series(&shared.metrics, peer_id.as_ref(), security)
         .open();
-    let (end, received, sent) = copy_bidirectional(
-        &mut downstream,
-        &mut upstream,
-        shared.settings.copy,
-        |rx, tx| conn.add(rx, tx),
-    )
-    .await;
+    let (end, received, sent) =
+        copy_bidirectional(downstream, &mut upstream, shared.settings.copy, |rx, tx| {
+            conn.add(rx, tx)
+        })
+        .await;
     let outcome = end.outcome("downstream", "upstream");
     tracing::info!(
         target: "access",

@@ -226,7 +226,9 @@ async fn serve(
     let n = route.endpoints.len();
     for attempt in 0..n {
         let ep = &route.endpoints[(start + attempt) % n];
-        match connect(ep, shared).await {
+        // Boxed: the handshake's state (~2.4 KiB) would otherwise stay part of the connection's
+        // future for as long as the connection is open.
+        match Box::pin(connect(ep, shared)).await {
             Ok(Upstream::Plain(mut s)) => {
                 return copy_to(&mut app, &mut s, peer, ep, None, out, rt, shared).await;
             }
