@@ -46,7 +46,7 @@ pub struct CopyConfig {
 impl Default for CopyConfig {
     fn default() -> Self {
         CopyConfig {
-            initial_buffer_size: 2 * 1024,
+            initial_buffer_size: 1024,
             buffer_size: 64 * 1024,
             idle_timeout: Duration::from_secs(3600),
             report_every: Duration::from_secs(5),
