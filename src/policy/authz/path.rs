@@ -127,7 +127,7 @@ mod tests {
             ("/foo#frag", Ok("/foo")),       // fragment too
             ("/%66oo", Ok("/foo")),          // unreserved decoded once
             ("/%2e%2e/admin", Ok("/admin")), // %2e is a dot: dot segments resolved after
-            ("/a/%2E%2E/b", Ok("/a/b")),     // hex in either case
+            ("/a/%2E%2E/b", Ok("/b")),       // hex in either case
             ("/a/b/../c", Ok("/a/c")),
             ("/a/./b", Ok("/a/b")),
             ("/a/b/..", Ok("/a/")),
@@ -151,7 +151,7 @@ mod tests {
         ];
         for (raw, want) in table {
             let got = normalize(raw).map(|p| p.into_owned());
-            assert_eq!(got.as_deref(), *want, "{raw}");
+            assert_eq!(got.as_deref().map_err(|e| *e), *want, "{raw}");
         }
     }
 
