@@ -443,6 +443,7 @@ pub struct Authorizer {
     applied: Vec<Applied>,
     port: u16,
     num_trusted_proxies: u32,
+    fingerprint: u64,
 }
 
 impl Authorizer {
@@ -453,9 +454,15 @@ impl Authorizer {
 
     /// The policies (in load order) that apply to a port, specialised to its protocol.
     pub fn new(policies: &[Policy], port: PortFacts) -> Authorizer {
+        use std::hash::{Hash, Hasher};
+        // Everything the decisions depend on, so a reload that changes only a rule is seen
+        // as a change of plan (`DefaultHasher::new` is stable within a process).
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        format!("{policies:?}{port:?}").hash(&mut hasher);
         let mut a = Authorizer {
             port: port.port,
             num_trusted_proxies: port.num_trusted_proxies,
+            fingerprint: hasher.finish(),
             ..Authorizer::default()
         };
         for p in policies {
@@ -492,6 +499,12 @@ impl Authorizer {
     /// True when no policy applies, so the data path can skip building facts.
     pub fn is_empty(&self) -> bool {
         self.enforced.is_empty() && self.shadow.is_empty() && self.audit.is_empty()
+    }
+
+    /// A digest of the compiled policies and port facts: equal authorizers have equal
+    /// fingerprints (a reload compares plans by their serialized form).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The policies that apply, in load order (dry-run ones included).

@@ -20,11 +20,13 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::copy::copy_bidirectional;
-use super::live::{Carried, LiveConnections, Registration};
+use super::live::{AuthzFacts, Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
+use crate::identity::SpiffeId;
 use crate::metrics::{Peer, Reporter, TcpLabels};
+use crate::policy::authz::Verdict;
 
 /// One bound inbound listener.
 pub struct Inbound {
@@ -179,6 +181,9 @@ async fn serve(
         app_host,
     } = accepted;
     tune(&stream);
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port));
     let settings = shared.settings;
     let inspect = runtime
         .borrow()
@@ -249,9 +254,22 @@ async fn serve(
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
     let downstream = Rewind::new(prefix, stream);
+    let sni = match &detected {
+        Detected::Tls { sni, .. } => sni.as_deref(),
+        _ => None,
+    };
+    let mut gate = Gate {
+        registration: &registration,
+        peer_id: None,
+        local,
+        sni,
+    };
     if decision != Decision::Mtls {
         let source = Peer::unknown();
-        return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
+        return forward(
+            downstream, peer, source, "none", plan, app, &rt, shared, gate,
+        )
+        .await;
     }
     let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
     let tls_stream = match handshake {
@@ -281,6 +299,7 @@ async fn serve(
         Some(id) => rt.peers.lookup(id),
         None => Peer::unknown(),
     };
+    gate.peer_id = peer_id.as_ref();
     forward(
         tls_stream,
         peer,
@@ -290,8 +309,55 @@ async fn serve(
         app,
         &rt,
         shared,
+        gate,
     )
     .await;
+}
+
+/// What AuthorizationPolicy reads about a connection, gathered along [`serve`].
+struct Gate<'a> {
+    registration: &'a Registration,
+    peer_id: Option<&'a SpiffeId>,
+    local: SocketAddr,
+    sni: Option<&'a str>,
+}
+
+/// AuthorizationPolicy on a TCP/TLS port, once per connection before the app is dialled
+/// (HTTP ports decide per request): false ⇒ the caller closes the connection, nothing
+/// reached the app. The facts stay with the live registry, so a reload whose policy denies
+/// the connection closes it.
+fn authorized(gate: Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Shared) -> bool {
+    if !matches!(plan.protocol, Protocol::Tcp | Protocol::Tls) {
+        return true;
+    }
+    let facts = AuthzFacts {
+        peer: gate.peer_id.cloned(),
+        source: peer,
+        destination: gate.local,
+        sni: gate.sni.map(str::to_string),
+    };
+    let outcome = gate.registration.authorize(facts, &plan.authorization);
+    let principal = gate.peer_id.map(SpiffeId::principal);
+    let principal = principal.as_deref().unwrap_or("-");
+    if let Some(shadow) = &outcome.shadow {
+        shared
+            .metrics
+            .authz_dry_run(plan.port, *shadow == Verdict::Allow);
+        tracing::debug!(%peer, port = plan.port, source_principal = principal, shadow = ?shadow, "dry-run AuthorizationPolicy result");
+    }
+    if outcome.audit {
+        shared.metrics.authz_audited(plan.port);
+        tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal, verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+    }
+    let policy: &str = match &outcome.verdict {
+        Verdict::Allow => return true,
+        Verdict::Deny { policy } => policy,
+        // Not an answer for a connection; closed all the same.
+        Verdict::BadRequest { reason } => reason,
+    };
+    shared.metrics.authz_denied(plan.port, policy);
+    tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal, policy = %policy, "connection denied by AuthorizationPolicy");
+    false
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -304,7 +370,11 @@ async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     app: SocketAddr,
     rt: &Runtime,
     shared: &Shared,
+    gate: Gate<'_>,
 ) {
+    if !authorized(gate, peer, plan, shared) {
+        return;
+    }
     let started = Instant::now();
     let mut upstream = match tokio::time::timeout(
         shared.settings.connect_timeout,
