@@ -595,3 +595,143 @@ impl Outcome {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, negated: bool, matchers: Vec<Matcher>) -> Field {
+        Field {
+            name: name.into(),
+            negated,
+            matchers,
+        }
+    }
+
+    fn methods() -> Field {
+        field(
+            "methods",
+            false,
+            vec![Matcher::Method(StrMatch::parse("GET"))],
+        )
+    }
+
+    fn ports() -> Field {
+        field("ports", false, vec![Matcher::Port(9001)])
+    }
+
+    fn namespaces() -> Field {
+        field(
+            "namespaces",
+            false,
+            vec![Matcher::Namespace(NamespaceMatch::new("default"))],
+        )
+    }
+
+    fn policy(action: Action, rules: Vec<Rule>) -> Policy {
+        Policy {
+            name: Arc::from("default/p"),
+            action,
+            dry_run: false,
+            provider: None,
+            rules,
+        }
+    }
+
+    fn facts_check(a: &Authorizer, peer: Option<&SpiffeId>) -> Verdict {
+        a.check_connection(&Connection {
+            peer,
+            source: "127.0.0.1:1000".parse().unwrap(),
+            destination: "127.0.0.1:9000".parse().unwrap(),
+            sni: None,
+        })
+        .verdict
+    }
+
+    #[test]
+    fn tcp_effect_table() {
+        let l4 = Rule {
+            from: vec![vec![namespaces()]],
+            ..Rule::default()
+        };
+        let mixed = Rule {
+            to: vec![vec![ports()], vec![methods()]],
+            ..Rule::default()
+        };
+        let header = Rule {
+            when: vec![field(
+                "request.headers[x]",
+                false,
+                vec![Matcher::Header {
+                    name: http::HeaderName::from_static("x"),
+                    value: StrMatch::Present,
+                }],
+            )],
+            ..Rule::default()
+        };
+        let m = || vec!["methods".to_string()];
+        let table = [
+            (&l4, Action::Allow, TcpEffect::Kept),
+            (&l4, Action::Deny, TcpEffect::Kept),
+            (&mixed, Action::Allow, TcpEffect::Dropped(m())),
+            (&mixed, Action::Deny, TcpEffect::Widened(m())),
+            (&mixed, Action::Audit, TcpEffect::Widened(m())),
+            (&mixed, Action::Custom, TcpEffect::Widened(m())),
+            (
+                &header,
+                Action::Allow,
+                TcpEffect::Dropped(vec!["request.headers[x]".into()]),
+            ),
+        ];
+        for (rule, action, want) in table {
+            assert_eq!(tcp_effect(rule, action), want, "{rule:?} {action:?}");
+        }
+        // Widened: the HTTP-only operation becomes "any", so the whole `to` matches.
+        let widened = for_tcp(&mixed, Action::Deny).unwrap();
+        assert_eq!(widened.to.len(), 2);
+        assert!(widened.to[1].is_empty());
+        assert!(for_tcp(&mixed, Action::Allow).is_none());
+    }
+
+    #[test]
+    fn a_tcp_port_specialises_the_rules() {
+        let get_only = Rule {
+            to: vec![vec![methods()]],
+            ..Rule::default()
+        };
+        let tcp = PortFacts {
+            port: 9001,
+            tcp: true,
+            num_trusted_proxies: 0,
+        };
+        let http = PortFacts { tcp: false, ..tcp };
+        let id = SpiffeId::istio("cluster.local", "default", "a").unwrap();
+        // ALLOW methods on TCP: the only rule is dropped, nothing is allowed.
+        let allow = [policy(Action::Allow, vec![get_only.clone()])];
+        assert!(matches!(
+            facts_check(&Authorizer::new(&allow, tcp), Some(&id)),
+            Verdict::Deny { .. }
+        ));
+        // DENY methods on TCP: widened to everything.
+        let deny = [policy(Action::Deny, vec![get_only.clone()])];
+        assert!(matches!(
+            facts_check(&Authorizer::new(&deny, tcp), Some(&id)),
+            Verdict::Deny { .. }
+        ));
+        // On an HTTP port a connection check has no request: methods match nothing.
+        assert_eq!(
+            facts_check(&Authorizer::new(&deny, http), Some(&id)),
+            Verdict::Allow
+        );
+        assert!(Authorizer::allow_all().is_empty());
+        assert!(!Authorizer::new(&deny, tcp).is_empty());
+        assert_ne!(
+            Authorizer::new(&deny, tcp).fingerprint(),
+            Authorizer::new(&allow, tcp).fingerprint()
+        );
+        assert_eq!(
+            Authorizer::new(&deny, tcp).fingerprint(),
+            Authorizer::new(&deny, tcp).fingerprint()
+        );
+    }
+}

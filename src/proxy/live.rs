@@ -303,4 +303,73 @@ mod tests {
             .expect("the registry empties once every task is gone");
         assert!(live.is_empty());
     }
+
+    #[tokio::test]
+    async fn a_new_authorizer_closes_the_connections_it_denies() {
+        use crate::policy::authz::matcher::NamespaceMatch;
+        use crate::policy::authz::{Action, Field, Matcher, Policy, PortFacts, Rule};
+
+        let live = Arc::new(LiveConnections::default());
+        let allow_all = Authorizer::allow_all();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
+        let mut ends = Vec::new();
+        for ns in ["default", "other"] {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            ends.push(done_rx);
+            let (started, allow_all) = (started_tx.clone(), allow_all.clone());
+            live.spawn(move |reg| async move {
+                let facts = AuthzFacts {
+                    peer: Some(SpiffeId::istio("cluster.local", ns, "a").unwrap()),
+                    source: "127.0.0.1:1".parse().unwrap(),
+                    destination: "127.0.0.1:2".parse().unwrap(),
+                    sni: None,
+                };
+                assert_eq!(reg.authorize(facts, &allow_all).verdict, Verdict::Allow);
+                started.send(()).await.unwrap();
+                std::future::pending::<()>().await;
+                drop(done_tx);
+            });
+        }
+        started_rx.recv().await.unwrap();
+        started_rx.recv().await.unwrap();
+        let deny_default = Policy {
+            name: Arc::from("default/deny"),
+            action: Action::Deny,
+            dry_run: false,
+            provider: None,
+            rules: vec![Rule {
+                from: vec![vec![Field {
+                    name: "namespaces".into(),
+                    negated: false,
+                    matchers: vec![Matcher::Namespace(NamespaceMatch::new("default"))],
+                }]],
+                ..Rule::default()
+            }],
+        };
+        let port = PortFacts {
+            port: 2,
+            tcp: true,
+            num_trusted_proxies: 0,
+        };
+        let denied = live.reauthorize(Arc::new(Authorizer::new(&[deny_default], port)));
+        assert_eq!(denied, vec![Arc::<str>::from("default/deny")]);
+        let mut ends = ends.into_iter();
+        assert!(ends.next().unwrap().await.is_err(), "denied: aborted");
+        tokio::task::yield_now().await;
+        assert_eq!(live.len(), 1);
+        // A connection arriving now is checked against the installed authorizer, not the
+        // (older) one its plan carried.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        live.spawn(move |reg| async move {
+            let facts = AuthzFacts {
+                peer: Some(SpiffeId::istio("cluster.local", "default", "b").unwrap()),
+                source: "127.0.0.1:1".parse().unwrap(),
+                destination: "127.0.0.1:2".parse().unwrap(),
+                sni: None,
+            };
+            let _ = tx.send(reg.authorize(facts, &Authorizer::allow_all()).verdict);
+        });
+        assert!(matches!(rx.await.unwrap(), Verdict::Deny { .. }));
+        live.close_all();
+    }
 }
