@@ -337,17 +337,21 @@ fn authorized(gate: Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Sha
         sni: gate.sni.map(str::to_string),
     };
     let outcome = gate.registration.authorize(facts, &plan.authorization);
-    let principal = gate.peer_id.map(SpiffeId::principal);
-    let principal = principal.as_deref().unwrap_or("-");
+    // Built only for the log lines below (most connections are allowed without one).
+    let principal = || {
+        gate.peer_id
+            .map(SpiffeId::principal)
+            .unwrap_or_else(|| "-".into())
+    };
     if let Some(shadow) = &outcome.shadow {
         shared
             .metrics
             .authz_dry_run(plan.port, *shadow == Verdict::Allow);
-        tracing::debug!(%peer, port = plan.port, source_principal = principal, shadow = ?shadow, "dry-run AuthorizationPolicy result");
+        tracing::debug!(%peer, port = plan.port, source_principal = principal(), shadow = ?shadow, "dry-run AuthorizationPolicy result");
     }
     if outcome.audit {
         shared.metrics.authz_audited(plan.port);
-        tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal, verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+        tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
     }
     let policy: &str = match &outcome.verdict {
         Verdict::Allow => return true,
@@ -356,7 +360,7 @@ fn authorized(gate: Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Sha
         Verdict::BadRequest { reason } => reason,
     };
     shared.metrics.authz_denied(plan.port, policy);
-    tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal, policy = %policy, "connection denied by AuthorizationPolicy");
+    tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), policy = %policy, "connection denied by AuthorizationPolicy");
     false
 }
 
