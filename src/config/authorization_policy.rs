@@ -618,8 +618,8 @@ pub(crate) fn authorizer(
                     .collect();
                 if !identity.is_empty() {
                     warnings.push(format!(
-                        "{}: AuthorizationPolicy {} rule {i} uses {} on {port_text}, whose mode {mode:?} accepts plaintext: a plaintext client has no identity, so these never match it (not* forms always do)",
-                        a.origin, policy.name, identity.join(", ")
+                        "{}: AuthorizationPolicy {} rule {i} uses {} on {port_text}, whose mode {} accepts plaintext: a plaintext client has no identity, so these never match it (not* forms always do)",
+                        a.origin, policy.name, identity.join(", "), mode_name(mode)
                     ));
                 }
             }
@@ -634,6 +634,14 @@ pub(crate) fn authorizer(
             num_trusted_proxies: w.num_trusted_proxies,
         },
     ))
+}
+
+fn mode_name(mode: MtlsMode) -> &'static str {
+    match mode {
+        MtlsMode::Disable => "DISABLE",
+        MtlsMode::Permissive => "PERMISSIVE",
+        MtlsMode::Strict => "STRICT",
+    }
 }
 
 fn protocol_name(p: Protocol) -> &'static str {
@@ -1208,7 +1216,7 @@ spec:
         for expected in [
             "AuthorizationPolicy default/a rule 0 uses HTTP-only fields (methods) and is dropped on TCP workload age port 9000 (TCP)",
             "AuthorizationPolicy default/d (DENY) rule 0: HTTP-only fields (methods) are ignored on TCP workload age port 9000 (TCP), so the rule matches more (it may deny every TCP connection",
-            "AuthorizationPolicy default/a rule 0 uses principals on workload age port 8081 (HTTP), whose mode Permissive accepts plaintext",
+            "AuthorizationPolicy default/a rule 0 uses principals on workload age port 8081 (HTTP), whose mode PERMISSIVE accepts plaintext",
             "CUSTOM policy default/c: outrider has no external authorizer (provider \"opa\" is not available)",
             "starts with spiffe://, which Istio adds itself: it never matches",
         ] {

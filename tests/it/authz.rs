@@ -386,7 +386,7 @@ fn check_lists_policies_and_names_the_bad_field() {
     );
     assert!(text.contains("may deny every TCP connection"), "{text}");
     assert!(
-        text.contains("whose mode Permissive accepts plaintext"),
+        text.contains("whose mode PERMISSIVE accepts plaintext"),
         "{text}"
     );
 

@@ -262,26 +262,14 @@ pub enum Segment {
 }
 
 /// Why a `paths` value is not a valid template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    /// `{**}` is not the last segment.
+    #[error("the {{**}} operator must be the last segment")]
     RestNotLast,
-    /// A brace that is not a whole `{*}` or `{**}` segment.
+    #[error("a path template segment must be exactly {{*}} or {{**}} (no other braces)")]
     BadOperator,
-    /// A template must start with `/`.
+    #[error("a path template must start with /")]
     NotAbsolute,
-}
-
-impl std::fmt::Display for TemplateError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TemplateError::RestNotLast => "the {**} operator must be the last segment",
-            TemplateError::BadOperator => {
-                "a path template segment must be exactly {*} or {**} (no other braces)"
-            }
-            TemplateError::NotAbsolute => "a path template must start with /",
-        })
-    }
 }
 
 impl PathMatch {
