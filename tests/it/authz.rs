@@ -253,17 +253,18 @@ fn deny_by_namespace() {
 }
 
 #[test]
-fn dry_run_deny_counts_without_enforcing() {
+fn dry_run_deny_and_audit_count_without_enforcing() {
     let app = App::echo();
     let mesh = Mesh::new(app.port, "TCP", "STRICT");
     write_policy(
         &mesh,
-        &age_policy(
+        &(age_policy(
             "would-deny",
             "DENY",
             "[{ from: [{ source: { namespaces: [default] } }] }]",
             true,
-        ),
+        ) + "---\n"
+            + &age_policy("audit-sentences", "AUDIT", ONLY_SENTENCES, false)),
     );
     let age = mesh.sidecar("age");
     let _sentences = mesh.sidecar("sentences");
@@ -283,6 +284,20 @@ fn dry_run_deny_counts_without_enforcing() {
         ) == 2.0),
         "{}",
         age.metrics_text()
+    );
+    // AUDIT only marks: counted and logged once per connection, after the dry-run count.
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            metric_sum(
+                &age.metrics_text(),
+                "outrider_authz_audited_total",
+                &[("port", &port)],
+            ) == 2.0
+                && age.logs().matches("audited by AuthorizationPolicy").count() == 2
+        }),
+        "{}\n{}",
+        age.metrics_text(),
+        age.logs()
     );
     assert_eq!(
         metric_sum(&age.metrics_text(), "outrider_authz_denied_total", &[]),
