@@ -589,6 +589,18 @@ pub(crate) fn authorizer(
     );
     for a in &applying {
         let policy = &a.policy;
+        let all_dropped = policy.action == Action::Allow
+            && !policy.rules.is_empty()
+            && policy
+                .rules
+                .iter()
+                .all(|r| matches!(tcp_effect(r, Action::Allow), TcpEffect::Dropped(_)));
+        if tcp && all_dropped {
+            warnings.push(format!(
+                "{}: ALLOW policy {} has no rule left on TCP {port_text} (every rule uses HTTP-only fields): unless another ALLOW policy matches, every connection is denied",
+                a.origin, policy.name
+            ));
+        }
         for (i, rule) in policy.rules.iter().enumerate() {
             if tcp {
                 match tcp_effect(rule, policy.action) {
@@ -1218,6 +1230,7 @@ spec:
             "AuthorizationPolicy default/d (DENY) rule 0: HTTP-only fields (methods) are ignored on TCP workload age port 9000 (TCP), so the rule matches more (it may deny every TCP connection",
             "AuthorizationPolicy default/a rule 0 uses principals on workload age port 8081 (HTTP), whose mode PERMISSIVE accepts plaintext",
             "CUSTOM policy default/c: outrider has no external authorizer (provider \"opa\" is not available)",
+            "ALLOW policy default/a has no rule left on TCP workload age port 9000 (TCP) (every rule uses HTTP-only fields): unless another ALLOW policy matches, every connection is denied",
             "starts with spiffe://, which Istio adds itself: it never matches",
         ] {
             assert!(w.contains(expected), "missing {expected:?} in\n{w}");
