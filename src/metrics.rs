@@ -150,6 +150,7 @@ pub struct Metrics {
     cert_rotations: IntCounter,
     cert_rotation_failures: IntCounter,
     config_reloads: IntCounterVec,
+    authz: AuthzMetrics,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -284,6 +285,7 @@ impl Metrics {
                 "Configuration reloads, by result.",
                 &["result"],
             ),
+            authz: AuthzMetrics::new(r),
             registry,
         }
     }
@@ -385,6 +387,67 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// AuthorizationPolicy decisions on TCP ports (HTTP ports count requests with
+/// `istio_requests_total{response_code="403"}`).
+#[derive(Clone)]
+struct AuthzMetrics {
+    denied: IntCounterVec,
+    dry_run: IntCounterVec,
+    audited: IntCounterVec,
+}
+
+impl AuthzMetrics {
+    fn new(r: &Registry) -> AuthzMetrics {
+        AuthzMetrics {
+            denied: counter_vec(
+                r,
+                "outrider_authz_denied_total",
+                "Inbound connections closed by an AuthorizationPolicy before reaching the app (at accept, or when a reload's policy denies an open one), by port and deciding policy.",
+                &["port", "policy"],
+            ),
+            dry_run: counter_vec(
+                r,
+                "outrider_authz_dry_run_total",
+                "What istio.io/dry-run AuthorizationPolicies would have decided (never enforced), by port and result (allow|deny); Istio's istio_dry_run_allow_*/istio_dry_run_deny_* stats.",
+                &["port", "result"],
+            ),
+            audited: counter_vec(
+                r,
+                "outrider_authz_audited_total",
+                "Inbound connections an AUDIT AuthorizationPolicy matched, by port.",
+                &["port"],
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    /// A connection denied by AuthorizationPolicy `policy` (`ns/name`, or why nothing allowed it).
+    pub fn authz_denied(&self, port: u16, policy: &str) {
+        self.authz
+            .denied
+            .with_label_values(&[&port.to_string(), policy])
+            .inc();
+    }
+
+    /// The decision of the dry-run policies of a port.
+    pub fn authz_dry_run(&self, port: u16, allowed: bool) {
+        let result = if allowed { "allow" } else { "deny" };
+        self.authz
+            .dry_run
+            .with_label_values(&[&port.to_string(), result])
+            .inc();
+    }
+
+    /// A connection an AUDIT policy matched.
+    pub fn authz_audited(&self, port: u16) {
+        self.authz
+            .audited
+            .with_label_values(&[&port.to_string()])
+            .inc();
     }
 }
 

@@ -1,6 +1,7 @@
 //! `outrider check`: validate the configuration and print the plan of every workload (or of
 //! one): the mode of each inbound port and the resource that decided it, the TLS of each
-//! outbound endpoint and why, and the warnings.
+//! outbound endpoint and why, the AuthorizationPolicies that apply to each inbound port, and
+//! the warnings.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -153,6 +154,22 @@ fn table(report: &Report<'_>) -> String {
                 ]);
             }
             columns(&mut out, "    ", &rows);
+            for p in &plan.inbound {
+                let applied = p.authorization.applied();
+                let list: Vec<String> = applied
+                    .iter()
+                    .map(|a| {
+                        let dry = if a.dry_run { " (dry-run)" } else { "" };
+                        format!("{} {}{dry}", a.action.as_str(), a.name)
+                    })
+                    .collect();
+                let list = if list.is_empty() {
+                    "none (everything allowed)".to_string()
+                } else {
+                    list.join(", ")
+                };
+                let _ = writeln!(out, "    authorization on port {}: {list}", p.port);
+            }
         }
         if plan.outbound.is_empty() {
             out.push_str("  outbound: none\n");

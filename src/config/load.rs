@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use serde_yaml_ng::Value;
 
+use super::authorization_policy::{self, AuthzPolicy};
 use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
 use super::peer_authn::PeerPolicy;
 use super::plan::Protocol;
 use super::resources::{
-    DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec, Resource,
-    VirtualServiceSpec, WorkloadSpec,
+    AuthorizationPolicySpec, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec,
+    Resource, VirtualServiceSpec, WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};
@@ -28,7 +29,6 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Istio kinds accepted and ignored (with a warning), by API group.
 const IGNORED_KINDS: &[(&str, &str)] = &[
-    ("security.istio.io", "AuthorizationPolicy"),
     ("security.istio.io", "RequestAuthentication"),
     ("networking.istio.io", "Gateway"),
     ("networking.istio.io", "ServiceEntry"),
@@ -46,6 +46,7 @@ struct Parsed {
     mesh: Option<(Document, MeshSpec)>,
     workloads: Vec<(Document, Resource<WorkloadSpec>)>,
     peer: Vec<(Document, Resource<PeerAuthenticationSpec>)>,
+    authz: Vec<(Document, Resource<AuthorizationPolicySpec>)>,
     rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
     services: Vec<(Document, Resource<VirtualServiceSpec>)>,
     warnings: Vec<String>,
@@ -134,6 +135,14 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
             }
             parsed.peer.push((doc.clone(), doc.typed()?));
         }
+        "AuthorizationPolicy" => {
+            if group != "security.istio.io" || !matches!(version, "v1beta1" | "v1") {
+                return Err(bad_version(
+                    "security.istio.io/v1 or security.istio.io/v1beta1",
+                ));
+            }
+            parsed.authz.push((doc.clone(), doc.typed()?));
+        }
         "DestinationRule" | "VirtualService" => {
             if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1") {
                 return Err(bad_version(
@@ -184,6 +193,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         mesh,
         workloads,
         peer,
+        authz,
         rules,
         services,
         mut warnings,
@@ -192,6 +202,8 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
     let workloads = validate_workloads(workloads, &mesh.trust_domain, &mut warnings)?;
     let peer_policies =
         validate_peer_authentications(peer, &workloads, &mesh.root_namespace, &mut warnings)?;
+    let authorization_policies =
+        validate_authorization_policies(authz, &workloads, &mesh, &mut warnings)?;
     let destination_rules = validate_destination_rules(rules, &mut warnings)?;
     let virtual_services = validate_virtual_services(services, &mut warnings)?;
     let mut config = MeshConfig {
@@ -200,6 +212,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         enable_auto_mtls: mesh.enable_auto_mtls,
         workloads,
         peer_policies,
+        authorization_policies,
         destination_rules,
         virtual_services,
         warnings: Vec::new(),
@@ -370,6 +383,28 @@ fn validate_peer_authentications(
     Ok(peer_policies)
 }
 
+/// Each AuthorizationPolicy on its own, then the selectors that match no workload.
+fn validate_authorization_policies(
+    raw: Vec<(Document, Resource<AuthorizationPolicySpec>)>,
+    workloads: &[Workload],
+    mesh: &MeshSettings,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<AuthzPolicy>, ConfigError> {
+    // The mesh trust domain, then its aliases (none can be configured yet).
+    let trust_domains = vec![mesh.trust_domain.clone()];
+    let mut policies = Vec::new();
+    for (doc, r) in raw {
+        policies.push(authorization_policy::validate(
+            &doc,
+            r,
+            &trust_domains,
+            warnings,
+        )?);
+    }
+    authorization_policy::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
+    Ok(policies)
+}
+
 fn validate_destination_rules(
     rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
     warnings: &mut Vec<String>,
@@ -433,7 +468,7 @@ fn plan_every_workload(
 }
 
 /// The namespace of a resource: as written, else `default` (as `kubectl apply` does).
-fn namespace_of(namespace: Option<String>) -> String {
+pub(super) fn namespace_of(namespace: Option<String>) -> String {
     namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.into())
 }
 
@@ -533,11 +568,12 @@ fn build_workload(
         ports,
         outbound,
         sidecar: spec.sidecar,
+        num_trusted_proxies: spec.num_trusted_proxies.unwrap_or(0),
         doc: doc.clone(),
     })
 }
 
-fn labels_text(labels: &BTreeMap<String, String>) -> String {
+pub(super) fn labels_text(labels: &BTreeMap<String, String>) -> String {
     let inner: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{{{}}}", inner.join(", "))
 }

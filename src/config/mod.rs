@@ -18,8 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::identity::SpiffeId;
-use crate::policy::authz::Authorizer;
 
+mod authorization_policy;
 pub mod check;
 pub mod destination_rule;
 pub mod error;
@@ -49,6 +49,7 @@ pub struct MeshConfig {
     enable_auto_mtls: bool,
     workloads: Vec<Workload>,
     peer_policies: Vec<PeerPolicy>,
+    authorization_policies: Vec<authorization_policy::AuthzPolicy>,
     destination_rules: Vec<DestinationRule>,
     virtual_services: Vec<VirtualService>,
     warnings: Vec<String>,
@@ -69,6 +70,8 @@ pub(crate) struct Workload {
     pub ports: Vec<WorkloadPort>,
     pub outbound: Vec<(SocketAddr, String)>,
     pub sidecar: bool,
+    /// X-Forwarded-For entries trusted from the right (`remote.ip`).
+    pub num_trusted_proxies: u32,
     pub doc: Document,
 }
 
@@ -180,6 +183,14 @@ impl MeshConfig {
             .iter()
             .map(|p| {
                 let decision = peer_authn::resolve(&applicable, p.target_port);
+                let authorization = authorization_policy::authorizer(
+                    &self.authorization_policies,
+                    &self.root_namespace,
+                    w,
+                    p,
+                    decision.mode,
+                    warnings,
+                );
                 InboundPlan {
                     name: p.name.clone(),
                     port: p.port,
@@ -187,7 +198,7 @@ impl MeshConfig {
                     protocol: p.protocol,
                     mode: decision.mode,
                     decided_by: decision.decided_by,
-                    authorization: Authorizer::allow_all(),
+                    authorization,
                 }
             })
             .collect();
@@ -559,7 +570,7 @@ spec:
     #[test]
     fn empty_subset_and_ignored_kinds_warn() {
         let c = config(&format!(
-            "{}apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{ name: deny-all }}\nspec: {{}}\n",
+            "{}apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: jwt }}\nspec: {{}}\n",
             dr("default", "name", "name", "  subsets: [{ name: v3, labels: { version: v3 } }]"),
         ));
         let w = c.warnings().join("\n");
@@ -570,7 +581,7 @@ spec:
             "{w}"
         );
         assert!(
-            w.contains("AuthorizationPolicy deny-all is not acted on by outrider yet"),
+            w.contains("RequestAuthentication jwt is not acted on by outrider yet"),
             "{w}"
         );
     }

@@ -83,9 +83,43 @@ pub struct InboundPlan {
     /// The resource that decided `mode`, e.g. `PeerAuthentication istio-system/default (mesh)`,
     /// `PeerAuthentication default/age portLevelMtls[9080]`, or `default (no policy)`.
     pub decided_by: String,
-    /// The AuthorizationPolicies that apply to this port, compiled.
-    #[serde(skip)]
+    /// The AuthorizationPolicies that apply to this port, compiled (serialized as the list of
+    /// policies and a fingerprint of their rules, so a reload notices a changed rule).
+    #[serde(
+        rename = "authorization_policies",
+        serialize_with = "authorization_summary"
+    )]
     pub authorization: Arc<Authorizer>,
+}
+
+fn authorization_summary<S: serde::Serializer>(
+    a: &Arc<Authorizer>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Applied<'a> {
+        name: &'a str,
+        action: &'a str,
+        dry_run: bool,
+    }
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        policies: Vec<Applied<'a>>,
+        fingerprint: String,
+    }
+    Summary {
+        policies: a
+            .applied()
+            .iter()
+            .map(|p| Applied {
+                name: &p.name,
+                action: p.action.as_str(),
+                dry_run: p.dry_run,
+            })
+            .collect(),
+        fingerprint: format!("{:016x}", a.fingerprint()),
+    }
+    .serialize(s)
 }
 
 /// One outbound listener: the app connects to `bind` in plaintext; the sidecar carries the

@@ -33,6 +33,9 @@ pub struct Metadata {
     pub namespace: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Read by kinds that act on one (`istio.io/dry-run`); any value accepted otherwise.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, Value>,
 }
 
 /// `kind: Mesh` (outrider.dev/v1alpha1).
@@ -61,6 +64,10 @@ pub struct WorkloadSpec {
     /// whoever connects into the mesh with this workload's identity.
     #[serde(default)]
     pub allow_non_local_bind: bool,
+    /// Proxies in front of this workload whose X-Forwarded-For entries are trusted (Istio's
+    /// `gatewayTopology.numTrustedProxies`): `remoteIpBlocks` / `remote.ip` read the client
+    /// address from them. 0 (default): the TCP peer is the client.
+    pub num_trusted_proxies: Option<u32>,
 }
 
 fn yes() -> bool {
@@ -129,6 +136,123 @@ pub enum PeerMode {
     Disable,
     Permissive,
     Strict,
+}
+
+/// `AuthorizationPolicy` (security.istio.io v1beta1 and v1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<Selector>,
+    /// Gateways and waypoints only; a sidecar ignores the policy.
+    pub target_ref: Option<Value>,
+    pub target_refs: Option<Vec<Value>>,
+    #[serde(default)]
+    pub action: AuthzActionSpec,
+    pub provider: Option<ExtensionProvider>,
+    pub rules: Option<Vec<RuleSpec>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzActionSpec {
+    #[default]
+    Allow,
+    Deny,
+    Audit,
+    Custom,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionProvider {
+    pub name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    pub from: Option<Vec<FromSpec>>,
+    pub to: Option<Vec<ToSpec>>,
+    pub when: Option<Vec<ConditionSpec>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromSpec {
+    pub source: Option<SourceSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToSpec {
+    pub operation: Option<OperationSpec>,
+}
+
+/// `rules[].from[].source`: each field is a list of values; `not*` twins match when none does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SourceSpec {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    #[serde(default)]
+    pub request_principals: Vec<String>,
+    #[serde(default)]
+    pub not_request_principals: Vec<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub service_accounts: Vec<String>,
+    #[serde(default)]
+    pub not_service_accounts: Vec<String>,
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
+    #[serde(default)]
+    pub not_trust_domains: Vec<String>,
+}
+
+/// `rules[].to[].operation`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OperationSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    #[serde(default)]
+    pub not_ports: Vec<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+}
+
+/// `rules[].when[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ConditionSpec {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }
 
 /// `DestinationRule` (networking.istio.io v1alpha3, v1beta1, v1).

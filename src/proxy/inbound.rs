@@ -19,11 +19,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::copy::{copy_bidirectional, CopyStream};
-use super::live::{Carried, LiveConnections, Registration};
+use super::live::{AuthzFacts, Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
 use crate::identity::SpiffeId;
+use crate::policy::authz::Verdict;
 
 /// One bound inbound listener.
 pub struct Inbound {
@@ -178,6 +179,9 @@ async fn serve(
         app_host,
     } = accepted;
     tune(&stream);
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port));
     let settings = shared.settings;
     let inspect = runtime
         .borrow()
@@ -248,8 +252,18 @@ async fn serve(
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
     let mut downstream = Rewind::new(prefix, stream);
+    let sni = match &detected {
+        Detected::Tls { sni, .. } => sni.as_deref(),
+        _ => None,
+    };
+    let gate = Gate {
+        registration: &registration,
+        peer_id: None,
+        local,
+        sni,
+    };
     if decision != Decision::Mtls {
-        return forward(&mut downstream, peer, None, "none", plan, app, &rt, shared).await;
+        return forward(&mut downstream, peer, "none", plan, app, &rt, shared, gate).await;
     }
     // The handshake's state (~1.4 KiB) lives on the heap while it runs, and the stream after
     // it in one box: the connection's future keeps neither inline, so an open connection
@@ -281,30 +295,88 @@ async fn serve(
         .1
         .peer_certificates()
         .and_then(crate::tls::peer_spiffe_id);
+    let gate = Gate {
+        peer_id: peer_id.as_ref(),
+        ..gate
+    };
     forward(
         &mut *tls_stream,
         peer,
-        peer_id,
         "mutual_tls",
         plan,
         app,
         &rt,
         shared,
+        gate,
     )
     .await;
+}
+
+/// What AuthorizationPolicy reads about a connection, gathered along [`serve`].
+struct Gate<'a> {
+    registration: &'a Registration,
+    peer_id: Option<&'a SpiffeId>,
+    local: SocketAddr,
+    sni: Option<&'a str>,
+}
+
+/// AuthorizationPolicy on a TCP/TLS port, once per connection before the app is dialled
+/// (HTTP ports decide per request): false ⇒ the caller closes the connection, nothing
+/// reached the app. The facts stay with the live registry, so a reload whose policy denies
+/// the connection closes it.
+fn authorized(gate: &Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Shared) -> bool {
+    if !matches!(plan.protocol, Protocol::Tcp | Protocol::Tls) {
+        return true;
+    }
+    let facts = AuthzFacts {
+        peer: gate.peer_id.cloned(),
+        source: peer,
+        destination: gate.local,
+        sni: gate.sni.map(str::to_string),
+    };
+    let outcome = gate.registration.authorize(facts, &plan.authorization);
+    // Built only for the log lines below (most connections are allowed without one).
+    let principal = || {
+        gate.peer_id
+            .map(SpiffeId::principal)
+            .unwrap_or_else(|| "-".into())
+    };
+    if let Some(shadow) = &outcome.shadow {
+        shared
+            .metrics
+            .authz_dry_run(plan.port, *shadow == Verdict::Allow);
+        tracing::debug!(%peer, port = plan.port, source_principal = principal(), shadow = ?shadow, "dry-run AuthorizationPolicy result");
+    }
+    if outcome.audit {
+        shared.metrics.authz_audited(plan.port);
+        tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+    }
+    let policy: &str = match &outcome.verdict {
+        Verdict::Allow => return true,
+        Verdict::Deny { policy } => policy,
+        // Not an answer for a connection; closed all the same.
+        Verdict::BadRequest { reason } => reason,
+    };
+    shared.metrics.authz_denied(plan.port, policy);
+    tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), policy = %policy, "connection denied by AuthorizationPolicy");
+    false
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn forward<S: CopyStream>(
     downstream: &mut S,
     peer: SocketAddr,
-    peer_id: Option<SpiffeId>,
     security: &'static str,
     plan: &InboundPlan,
     app: SocketAddr,
     rt: &Runtime,
     shared: &Shared,
+    gate: Gate<'_>,
 ) {
+    if !authorized(&gate, peer, plan, shared) {
+        return;
+    }
+    let peer_id = gate.peer_id;
     let started = Instant::now();
     let mut upstream = match tokio::time::timeout(
         shared.settings.connect_timeout,
@@ -329,9 +401,7 @@ async fn forward<S: CopyStream>(
         }
     };
     tune(&upstream);
-    let conn = rt
-        .inbound_series(&shared.metrics, peer_id.as_ref(), security)
-        .open();
+    let conn = rt.inbound_series(&shared.metrics, peer_id, security).open();
     let (end, received, sent) =
         copy_bidirectional(downstream, &mut upstream, shared.settings.copy, |rx, tx| {
             conn.add(rx, tx)
@@ -344,7 +414,6 @@ async fn forward<S: CopyStream>(
         %peer,
         port = plan.port,
         source_principal = %peer_id
-            .as_ref()
             .map_or_else(|| crate::metrics::UNKNOWN.to_string(), |id| id.to_string()),
         security,
         mode = ?plan.mode,

@@ -9,7 +9,9 @@
 //!   next reload; the rest keeps serving);
 //! - closes open inbound connections that the port's new mode refuses — plaintext after a
 //!   move to STRICT — counted in `outrider_connections_closed_on_reload_total` and logged once
-//!   per port.
+//!   per port;
+//! - on TCP/TLS ports, installs the new AuthorizationPolicy authorizer and closes the open
+//!   connections it denies (`reason="denied_by_authorization"`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -25,7 +27,7 @@ use super::inbound::Inbound;
 use super::live::{allowed_under, LiveConnections};
 use super::outbound::Outbound;
 use super::{Runtime, Shared};
-use crate::config::Plan;
+use crate::config::{Plan, Protocol};
 
 /// Where listeners bind and how long a removed one drains.
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +244,27 @@ impl Listeners {
                     decided_by = %p.decided_by,
                     "closed open connections that the port's new mode refuses"
                 );
+            }
+            if matches!(p.protocol, Protocol::Tcp | Protocol::Tls) {
+                let denied = running.live.reauthorize(p.authorization.clone());
+                if !denied.is_empty() {
+                    let port = p.port.to_string();
+                    self.shared.metrics.closed_on_reload(
+                        "inbound",
+                        &port,
+                        "denied_by_authorization",
+                        denied.len(),
+                    );
+                    for policy in &denied {
+                        self.shared.metrics.authz_denied(p.port, policy);
+                    }
+                    tracing::warn!(
+                        port = p.port,
+                        closed = denied.len(),
+                        policy = %denied[0],
+                        "closed open connections that the port's new AuthorizationPolicy denies"
+                    );
+                }
             }
         }
     }

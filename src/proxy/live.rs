@@ -3,6 +3,12 @@
 //! STRICT), or drain a listener that left the configuration and close what is left at the
 //! deadline.
 //!
+//! A TCP port's connections also leave here what AuthorizationPolicy reads about them
+//! ([`AuthzFacts`]), and are authorized under the registry's lock against the port's newest
+//! [`Authorizer`]: a reload installs its authorizer and re-checks every open connection in one
+//! step ([`LiveConnections::reauthorize`]), so a connection is either checked against the new
+//! policy when it arrives, or found open and checked by the reload.
+//!
 //! Each connection runs in its own task, registered here with the task's abort handle and
 //! what the connection carries. Registering and deregistering take a short lock once per
 //! connection; the copy loop never sees this registry. Closing is an abort: the task's future
@@ -11,12 +17,15 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::config::{MtlsMode, Protocol};
+use crate::identity::SpiffeId;
+use crate::policy::authz::{Authorizer, Connection, Outcome, Verdict};
 
 /// What an inbound connection carries, once detection has decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,11 +69,35 @@ pub struct LiveConnections {
 struct Inner {
     next_id: u64,
     by_id: HashMap<u64, Entry>,
+    /// The port's authorizer as the last reload installed it (`None` before the first).
+    authorizer: Option<Arc<Authorizer>>,
 }
 
 struct Entry {
     carried: Carried,
     abort: AbortHandle,
+    /// Recorded when the connection was authorized (TCP ports).
+    facts: Option<Box<AuthzFacts>>,
+}
+
+/// What AuthorizationPolicy reads about a TCP connection, owned so a reload can ask again.
+#[derive(Debug, Clone)]
+pub struct AuthzFacts {
+    pub peer: Option<SpiffeId>,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub sni: Option<String>,
+}
+
+impl AuthzFacts {
+    pub fn connection(&self) -> Connection<'_> {
+        Connection {
+            peer: self.peer.as_ref(),
+            source: self.source,
+            destination: self.destination,
+            sni: self.sni.as_deref(),
+        }
+    }
 }
 
 /// A connection's registration; dropping it (the task ended, or was aborted) deregisters.
@@ -100,6 +133,7 @@ impl LiveConnections {
             Entry {
                 carried: Carried::Detecting,
                 abort: handle.abort_handle(),
+                facts: None,
             },
         );
     }
@@ -115,6 +149,27 @@ impl LiveConnections {
             }
         }
         closed
+    }
+
+    /// Installs a reload's `authorizer` and closes the open connections it denies; returns
+    /// the deciding policy of each one closed.
+    pub fn reauthorize(&self, authorizer: Arc<Authorizer>) -> Vec<Arc<str>> {
+        let mut inner = self.lock();
+        let mut denied = Vec::new();
+        for entry in inner.by_id.values() {
+            let Some(facts) = &entry.facts else { continue };
+            if entry.abort.is_finished() {
+                continue;
+            }
+            if let Verdict::Deny { policy } =
+                authorizer.check_connection(&facts.connection()).verdict
+            {
+                entry.abort.abort();
+                denied.push(policy);
+            }
+        }
+        inner.authorizer = Some(authorizer);
+        denied
     }
 
     /// Closes every connection; returns how many.
@@ -154,6 +209,21 @@ impl Registration {
             entry.carried = carried;
         }
         result
+    }
+}
+
+impl Registration {
+    /// Authorizes the connection against the port's newest authorizer (`current`, the plan's,
+    /// until a reload installs one here) and records its facts for later reloads, both under
+    /// the registry's lock.
+    pub fn authorize(&self, facts: AuthzFacts, current: &Arc<Authorizer>) -> Outcome {
+        let mut inner = self.live.lock();
+        let authorizer = inner.authorizer.clone().unwrap_or_else(|| current.clone());
+        let outcome = authorizer.check_connection(&facts.connection());
+        if let Some(entry) = inner.by_id.get_mut(&self.id) {
+            entry.facts = Some(Box::new(facts));
+        }
+        outcome
     }
 }
 
@@ -232,5 +302,74 @@ mod tests {
             .await
             .expect("the registry empties once every task is gone");
         assert!(live.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_authorizer_closes_the_connections_it_denies() {
+        use crate::policy::authz::matcher::NamespaceMatch;
+        use crate::policy::authz::{Action, Field, Matcher, Policy, PortFacts, Rule};
+
+        let live = Arc::new(LiveConnections::default());
+        let allow_all = Authorizer::allow_all();
+        let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(2);
+        let mut ends = Vec::new();
+        for ns in ["default", "other"] {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            ends.push(done_rx);
+            let (started, allow_all) = (started_tx.clone(), allow_all.clone());
+            live.spawn(move |reg| async move {
+                let facts = AuthzFacts {
+                    peer: Some(SpiffeId::istio("cluster.local", ns, "a").unwrap()),
+                    source: "127.0.0.1:1".parse().unwrap(),
+                    destination: "127.0.0.1:2".parse().unwrap(),
+                    sni: None,
+                };
+                assert_eq!(reg.authorize(facts, &allow_all).verdict, Verdict::Allow);
+                started.send(()).await.unwrap();
+                std::future::pending::<()>().await;
+                drop(done_tx);
+            });
+        }
+        started_rx.recv().await.unwrap();
+        started_rx.recv().await.unwrap();
+        let deny_default = Policy {
+            name: Arc::from("default/deny"),
+            action: Action::Deny,
+            dry_run: false,
+            provider: None,
+            rules: vec![Rule {
+                from: vec![vec![Field {
+                    name: "namespaces".into(),
+                    negated: false,
+                    matchers: vec![Matcher::Namespace(NamespaceMatch::new("default"))],
+                }]],
+                ..Rule::default()
+            }],
+        };
+        let port = PortFacts {
+            port: 2,
+            tcp: true,
+            num_trusted_proxies: 0,
+        };
+        let denied = live.reauthorize(Arc::new(Authorizer::new(&[deny_default], port)));
+        assert_eq!(denied, vec![Arc::<str>::from("default/deny")]);
+        let mut ends = ends.into_iter();
+        assert!(ends.next().unwrap().await.is_err(), "denied: aborted");
+        tokio::task::yield_now().await;
+        assert_eq!(live.len(), 1);
+        // A connection arriving now is checked against the installed authorizer, not the
+        // (older) one its plan carried.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        live.spawn(move |reg| async move {
+            let facts = AuthzFacts {
+                peer: Some(SpiffeId::istio("cluster.local", "default", "b").unwrap()),
+                source: "127.0.0.1:1".parse().unwrap(),
+                destination: "127.0.0.1:2".parse().unwrap(),
+                sni: None,
+            };
+            let _ = tx.send(reg.authorize(facts, &Authorizer::allow_all()).verdict);
+        });
+        assert!(matches!(rx.await.unwrap(), Verdict::Deny { .. }));
+        live.close_all();
     }
 }

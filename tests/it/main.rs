@@ -11,6 +11,7 @@
 
 mod common;
 
+mod authz;
 mod bad_certs;
 mod ca_cli;
 mod ca_grpc_python;
