@@ -169,6 +169,18 @@ struct Path3 {
     pids: Vec<u32>,
     /// The processes that carry `echo_full`.
     full_pids: Vec<u32>,
+    /// Echo through one service with three endpoints (three server sidecars), outrider only.
+    multi: Option<Multi>,
+}
+
+/// The three-endpoint service of the outrider path.
+#[derive(Debug, Clone)]
+struct Multi {
+    echo: SocketAddr,
+    /// The client sidecar and the three server sidecars.
+    pids: Vec<u32>,
+    /// The client sidecar's metrics listener (handshake kinds).
+    client_metrics: SocketAddr,
 }
 
 /// Figures of one path in one run.
@@ -206,6 +218,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             http: backend.http,
             pids: vec![],
             full_pids: vec![],
+            multi: None,
         },
         outrider.path.clone(),
     ];
@@ -429,8 +442,8 @@ struct OutriderPair {
 
 impl OutriderPair {
     fn start(opts: &Options, dir: &Path, backend: &Backend) -> anyhow::Result<OutriderPair> {
-        let [s_echo, s_sink, s_http, c_echo, c_full, c_sink, c_http] =
-            [(); 7].map(|_| free_port().expect("free port"));
+        let [s_echo, s_sink, s_http, c_echo, c_full, c_sink, c_http, s_multi, c_multi] =
+            [(); 9].map(|_| free_port().expect("free port"));
         let (c_in, c_app) = (free_port()?, free_port()?);
         let mesh = format!(
             r#"apiVersion: outrider.dev/v1alpha1
@@ -466,6 +479,7 @@ spec:
     - {{ bind: "127.0.0.1:{c_echo}", to: "backend.default:echo" }}
     - {{ bind: "127.0.0.1:{c_sink}", to: "backend.default:sink" }}
     - {{ bind: "127.0.0.1:{c_http}", to: "backend.default:http" }}
+    - {{ bind: "127.0.0.1:{c_multi}", to: "multi.default:echo" }}
 ---
 apiVersion: outrider.dev/v1alpha1
 kind: Workload
@@ -482,48 +496,68 @@ spec:
             b_sink = backend.sink.port(),
             b_http = backend.http.port(),
         );
+        // One service, three endpoints on three loopback hosts and one port (so one SNI), each
+        // a server sidecar in front of the same echo backend.
+        let mut mesh = mesh;
+        for i in 0..MULTI_ENDPOINTS {
+            mesh += &format!(
+                "---\napiVersion: outrider.dev/v1alpha1\nkind: Workload\nmetadata: {{ name: multi-{i}, namespace: default, labels: {{ app: multi, version: v1 }} }}\nspec:\n  serviceAccount: backend\n  address: {}\n  ports:\n    - {{ name: echo, port: {s_multi}, targetPort: {}, protocol: TCP }}\n",
+                multi_host(i),
+                backend.echo.port()
+            );
+        }
         let config = dir.join("mesh.yaml");
         std::fs::write(&config, mesh)?;
-        let sidecar = |workload: &str, ip: &str, extra: &[&str]| -> anyhow::Result<Proc> {
-            let ready = loopback(free_port()?);
-            let log = std::fs::File::create(dir.join(format!("{workload}.log")))?;
-            let proc = Proc::spawn(
-                workload,
-                Command::new(&opts.outrider)
-                    .arg("run")
-                    .arg("--config")
-                    .arg(&config)
-                    .args(["--workload", workload])
-                    .arg("--cert-dir")
-                    .arg(dir.join(if workload == "backend" {
-                        "backend"
-                    } else {
-                        "client"
-                    }))
-                    .args(["--admin-addr", &loopback(free_port()?).to_string()])
-                    .args(["--metrics-addr", &loopback(free_port()?).to_string()])
-                    .args(["--ready-addr", &ready.to_string()])
-                    .args(["--inbound-ip", ip])
-                    .args(["--threads", &opts.threads.to_string()])
-                    .args(extra)
-                    // One access-log line per connection is outrider's default; the
-                    // benchmark turns it off as HAProxy runs without a log.
-                    .env(
-                        "OUTRIDER_LOG",
-                        std::env::var("LOADTEST_OUTRIDER_LOG").unwrap_or_else(|_| "warn".into()),
-                    )
-                    .stdout(Stdio::null())
-                    .stderr(log),
-            )?;
-            wait_ready(ready, &proc).with_context(|| {
-                std::fs::read_to_string(dir.join(format!("{workload}.log"))).unwrap_or_default()
-            })?;
-            Ok(proc)
-        };
-        let server = sidecar("backend", "127.0.0.1", &[])?;
-        let client = sidecar("client", "127.0.0.1", &[])?;
+        let sidecar =
+            |workload: &str, ip: &str, extra: &[&str]| -> anyhow::Result<(Proc, SocketAddr)> {
+                let ready = loopback(free_port()?);
+                let metrics = loopback(free_port()?);
+                let log = std::fs::File::create(dir.join(format!("{workload}.log")))?;
+                let proc = Proc::spawn(
+                    workload,
+                    Command::new(&opts.outrider)
+                        .arg("run")
+                        .arg("--config")
+                        .arg(&config)
+                        .args(["--workload", workload])
+                        .arg("--cert-dir")
+                        .arg(dir.join(if workload.starts_with("client") {
+                            "client"
+                        } else {
+                            "backend"
+                        }))
+                        .args(["--admin-addr", &loopback(free_port()?).to_string()])
+                        .args(["--metrics-addr", &metrics.to_string()])
+                        .args(["--ready-addr", &ready.to_string()])
+                        .args(["--inbound-ip", ip])
+                        .args(["--threads", &opts.threads.to_string()])
+                        .args(extra)
+                        // One access-log line per connection is outrider's default; the
+                        // benchmark turns it off as HAProxy runs without a log.
+                        .env(
+                            "OUTRIDER_LOG",
+                            std::env::var("LOADTEST_OUTRIDER_LOG")
+                                .unwrap_or_else(|_| "warn".into()),
+                        )
+                        .stdout(Stdio::null())
+                        .stderr(log),
+                )?;
+                wait_ready(ready, &proc).with_context(|| {
+                    std::fs::read_to_string(dir.join(format!("{workload}.log"))).unwrap_or_default()
+                })?;
+                Ok((proc, metrics))
+            };
+        let (server, _) = sidecar("backend", "127.0.0.1", &[])?;
+        let (client, client_metrics) = sidecar("client", "127.0.0.1", &[])?;
         // Same workload as `client` but never resumes; its unused inbound goes to 127.0.0.2.
-        let full = sidecar("client-full", "127.0.0.2", &["--no-resumption"])?;
+        let (full, _) = sidecar("client-full", "127.0.0.2", &["--no-resumption"])?;
+        let mut multi_pids = vec![client.pid()];
+        let mut procs = Vec::new();
+        for i in 0..MULTI_ENDPOINTS {
+            let (p, _) = sidecar(&format!("multi-{i}"), multi_host(i), &[])?;
+            multi_pids.push(p.pid());
+            procs.push(p);
+        }
         Ok(OutriderPair {
             path: Path3 {
                 name: "outrider",
@@ -533,10 +567,47 @@ spec:
                 http: loopback(c_http),
                 pids: vec![client.pid(), server.pid()],
                 full_pids: vec![full.pid(), server.pid()],
+                multi: Some(Multi {
+                    echo: loopback(c_multi),
+                    pids: multi_pids,
+                    client_metrics,
+                }),
             },
-            _procs: vec![client, full, server],
+            _procs: [client, full, server].into_iter().chain(procs).collect(),
         })
     }
+}
+
+/// Endpoints of the outrider path's three-endpoint service.
+const MULTI_ENDPOINTS: usize = 3;
+
+/// The loopback host of endpoint `i` (Linux routes all of 127/8 to `lo`).
+fn multi_host(i: usize) -> &'static str {
+    ["127.0.0.3", "127.0.0.4", "127.0.0.5"][i]
+}
+
+/// The sum of `outrider_tls_handshakes_total{direction="outbound",kind="<kind>"}` on a
+/// sidecar's metrics listener.
+fn outbound_handshakes(metrics: SocketAddr, kind: &str) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&metrics, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET /stats/prometheus HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let wanted = format!("kind=\"{kind}\"");
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("outrider_tls_handshakes_total{")
+                && l.contains("direction=\"outbound\"")
+                && l.contains(&wanted)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 fn wait_ready(ready: SocketAddr, proc: &Proc) -> anyhow::Result<()> {
@@ -660,6 +731,7 @@ impl HaproxyPair {
                 http: loopback(c_http),
                 pids: vec![client.pid(), server.pid()],
                 full_pids: vec![client.pid(), server.pid()],
+                multi: None,
             },
             _procs: vec![client, server],
         })
@@ -820,6 +892,27 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
         f.insert(rate_key, n as f64 / elapsed.as_secs_f64());
         if !p.pids.is_empty() {
             f.insert(cpu_key, cpu * 1e6 / n as f64);
+        }
+    }
+    // New connections with resumption to a service of three endpoints, round-robin: the
+    // resumption hit rate comes from the client sidecar's handshake counter.
+    if let Some(m) = &p.multi {
+        let handshakes = || -> anyhow::Result<(f64, f64)> {
+            Ok((
+                outbound_handshakes(m.client_metrics, "resumed")?,
+                outbound_handshakes(m.client_metrics, "full")?,
+            ))
+        };
+        let (resumed0, full0) = handshakes()?;
+        let cpu0 = total_cpu(&m.pids);
+        let (n, elapsed) = new_connections(m.echo, opts.openers, secs).await?;
+        let cpu = total_cpu(&m.pids) - cpu0;
+        let (resumed1, full1) = handshakes()?;
+        let (resumed, full) = (resumed1 - resumed0, full1 - full0);
+        f.insert("conn_per_s_resumed_3ep", n as f64 / elapsed.as_secs_f64());
+        f.insert("cpu_us_per_conn_resumed_3ep", cpu * 1e6 / n as f64);
+        if resumed + full > 0.0 {
+            f.insert("resumed_pct_3ep", 100.0 * resumed / (resumed + full));
         }
     }
     Ok(f)
@@ -1080,6 +1173,21 @@ const FIGURES: &[(&str, &str, &str)] = &[
         "cpu_us_per_conn_full",
         "CPU of both proxies per new connection, full handshakes",
         "µs",
+    ),
+    (
+        "conn_per_s_resumed_3ep",
+        "new connections/s, resumption, service of three endpoints",
+        "conn/s",
+    ),
+    (
+        "cpu_us_per_conn_resumed_3ep",
+        "CPU of the four sidecars per new connection, three endpoints",
+        "µs",
+    ),
+    (
+        "resumed_pct_3ep",
+        "handshakes resumed, three endpoints (client sidecar's metric)",
+        "%",
     ),
 ];
 
