@@ -69,6 +69,7 @@ pub(crate) struct Workload {
     pub ports: Vec<WorkloadPort>,
     pub outbound: Vec<(SocketAddr, String)>,
     pub sidecar: bool,
+    pub forward_client_cert: ForwardClientCert,
     pub doc: Document,
 }
 
@@ -202,6 +203,7 @@ impl MeshConfig {
             workload: workload_info(w),
             inbound,
             outbound,
+            forward_client_cert: w.forward_client_cert,
             peers: self.workloads.iter().map(workload_info).collect(),
         })
     }

@@ -61,6 +61,21 @@ pub struct WorkloadSpec {
     /// whoever connects into the mesh with this workload's identity.
     #[serde(default)]
     pub allow_non_local_bind: bool,
+    /// What inbound HTTP requests tell the app about an mTLS client
+    /// (`x-forwarded-client-cert`); Istio's `forwardClientCertDetails`, default
+    /// `APPEND_FORWARD`.
+    pub forward_client_cert_details: Option<ForwardClientCertSpec>,
+}
+
+/// Istio's `ForwardClientCertDetails` enum, as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertSpec {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
 }
 
 fn yes() -> bool {

@@ -179,6 +179,7 @@ async fn serve(
         app_host,
     } = accepted;
     tune(&stream);
+    let local = stream.local_addr().unwrap_or(peer);
     let settings = shared.settings;
     let inspect = runtime
         .borrow()
@@ -249,7 +250,23 @@ async fn serve(
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
     let downstream = Rewind::new(prefix, stream);
+    let sni = match &detected {
+        Detected::Tls { sni, .. } => sni.clone(),
+        _ => None,
+    };
+    let mut l7 = super::http::Downstream {
+        peer,
+        local,
+        source: Peer::unknown(),
+        security: "none",
+        peer_id: None,
+        leaf: None,
+        sni,
+    };
     if decision != Decision::Mtls {
+        if plan.protocol.is_http() && decision == Decision::Plain {
+            return super::http::serve_inbound(downstream, l7, plan, app, &rt, shared).await;
+        }
         let source = Peer::unknown();
         return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
     }
@@ -281,6 +298,18 @@ async fn serve(
         Some(id) => rt.peers.lookup(id),
         None => Peer::unknown(),
     };
+    if plan.protocol.is_http() {
+        l7.leaf = tls_stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        l7.source = source;
+        l7.security = "mutual_tls";
+        l7.peer_id = peer_id;
+        return super::http::serve_inbound(tls_stream, l7, plan, app, &rt, shared).await;
+    }
     forward(
         tls_stream,
         peer,

@@ -6,6 +6,7 @@
 //! connections.
 
 pub mod copy;
+pub mod http;
 pub mod inbound;
 pub mod listeners;
 pub mod live;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub settings: ProxySettings,
     /// Endpoint names, resolved off the connection path.
     pub resolver: Arc<resolve::Resolver>,
+    /// Keep-alive HTTP pools to the local app (HTTP ports).
+    pub http: Arc<http::AppClients>,
     limits: Arc<Limits>,
 }
 
@@ -115,6 +118,7 @@ impl Shared {
             shutdown,
             settings,
             resolver,
+            http: Arc::default(),
             limits: Arc::new(limits),
         }
     }

@@ -27,6 +27,7 @@ mod fuzz_regressions;
 mod hardening;
 mod identity_rotation;
 mod kubernetes_manifests;
+mod l7;
 mod policy_enforced;
 mod reload;
 mod resumption;

@@ -1,0 +1,509 @@
+//! The L7 engine on inbound HTTP ports, with real sidecar processes, curl, and a Python
+//! grpcio client: HTTP/1.1 and HTTP/2 requests reach the app with `x-forwarded-client-cert`,
+//! are counted in Istio's request metrics, an app that is down answers Envoy's `503` + `UF`,
+//! non-HTTP bytes are closed and counted, `Connection: Upgrade` becomes a tunnel, a large body
+//! streams through without growing the sidecar.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use outrider::proxy::http::flags::CONNECT_FAILURE_BODY;
+use outrider::proxy::http::xfcc::ClientCert;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::common::ca::python_grpc_available;
+use crate::common::{
+    eventually, free_port, http_get, metric_sum, temp_dir, tool_available, App, Mesh,
+};
+
+const SENTENCES: &str = "spiffe://cluster.local/ns/default/sa/sentences";
+const AGE: &str = "spiffe://cluster.local/ns/default/sa/age";
+
+/// An HTTP/1.1 app that answers every request of a keep-alive connection with what it saw:
+/// `xfcc=<header or ->`, `host=<Host>`, `bytes=<body length>`. A `Connection: Upgrade`
+/// request is answered `101` and the connection then echoes raw bytes.
+fn mirror_app() -> App {
+    App::spawn(mirror)
+}
+
+fn mirror(stream: TcpStream) {
+    let mut out = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut xfcc, mut host, mut length, mut chunked, mut upgrade) =
+            (None, String::new(), 0u64, false, None);
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            let (name, value) = h.split_once(':').unwrap();
+            let value = value.trim().to_string();
+            match name.to_ascii_lowercase().as_str() {
+                "x-forwarded-client-cert" => xfcc = Some(value),
+                "host" => host = value,
+                "content-length" => length = value.parse().unwrap(),
+                "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+                "upgrade" => upgrade = Some(value),
+                _ => {}
+            }
+        }
+        if let Some(protocol) = upgrade {
+            write!(out, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n").unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if out.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let bytes = if chunked {
+            read_chunked(&mut reader)
+        } else {
+            std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink()).unwrap()
+        };
+        let body = format!(
+            "xfcc={}\nhost={host}\nbytes={bytes}\n",
+            xfcc.as_deref().unwrap_or("-")
+        );
+        if write!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn read_chunked(reader: &mut BufReader<TcpStream>) -> u64 {
+    let mut total = 0;
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let size = u64::from_str_radix(size.trim().split(';').next().unwrap(), 16).unwrap();
+        if size == 0 {
+            let mut end = String::new();
+            while reader.read_line(&mut end).unwrap() > 2 {
+                end.clear();
+            }
+            return total;
+        }
+        total += std::io::copy(&mut reader.take(size), &mut std::io::sink()).unwrap();
+        let mut crlf = String::new();
+        reader.read_line(&mut crlf).unwrap();
+    }
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The XFCC element the server sidecar must add for the client `sentences`.
+fn expected_xfcc(mesh: &Mesh) -> String {
+    let pem = std::fs::read(mesh.pki.dir.path().join("sentences/cert-chain.pem")).unwrap();
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .unwrap()
+        .unwrap();
+    let hash = ClientCert::from_leaf(&leaf).hash;
+    format!("By={AGE};Hash={hash};Subject=\"\";URI={SENTENCES}")
+}
+
+#[test]
+fn curl_http1_and_h2_reach_the_app_with_xfcc_and_are_counted() {
+    if !tool_available("curl") {
+        return;
+    }
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    let through = format!("http://{}/hello?x=1", mesh.sentences_out_addr());
+    let want = format!(
+        "xfcc={}\nhost=age.default:9080\nbytes=0\n",
+        expected_xfcc(&mesh)
+    );
+
+    // HTTP/1.1 and HTTP/2 (prior knowledge) from the app, over mTLS between the sidecars.
+    let h1 = curl(&["-H", "Host: age.default:9080", &through]);
+    assert_eq!(h1, want);
+    let h2 = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "Host: age.default:9080",
+        &through,
+    ]);
+    assert_eq!(h2, want);
+
+    // A plaintext client (PERMISSIVE) cannot forge the header: it is removed.
+    let direct = format!("http://{}/", mesh.age_addr());
+    let forged = curl(&[
+        "-H",
+        "x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/admin",
+        "-H",
+        "Host: age.default:9080",
+        &direct,
+    ]);
+    assert_eq!(forged, "xfcc=-\nhost=age.default:9080\nbytes=0\n");
+
+    let m = age.metrics_text();
+    let mtls = [
+        ("reporter", "destination"),
+        ("source_principal", SENTENCES),
+        ("destination_principal", AGE),
+        ("destination_workload", "age"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+        ("response_flags", "-"),
+        ("grpc_response_status", ""),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(metric_sum(&m, "istio_requests_total", &mtls), 2.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_request_duration_milliseconds_count",
+            &[("connection_security_policy", "mutual_tls")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert!(
+        m.contains("istio_request_bytes_bucket{") && m.contains("le=\"3600000\""),
+        "{m}"
+    );
+    assert!(m.contains("istio_response_bytes_sum{"), "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("connection_security_policy", "none"),
+                ("source_principal", "unknown")
+            ]
+        ),
+        1.0,
+        "{m}"
+    );
+    // The TCP connections underneath still count.
+    assert!(
+        metric_sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "mutual_tls")]
+        ) >= 1.0,
+        "{m}"
+    );
+    // One access-log line per request.
+    let logs = age.logs();
+    let lines = logs
+        .lines()
+        .filter(|l| l.contains("access") && l.contains("/hello?x=1"))
+        .count();
+    assert_eq!(lines, 2, "{logs}");
+}
+
+#[test]
+fn an_app_that_is_down_answers_envoys_503_with_uf() {
+    let mesh = Mesh::new(free_port(), "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let (status, body) = http_get(mesh.age_addr(), "/").unwrap();
+    assert_eq!((status, body.as_str()), (503, CONNECT_FAILURE_BODY));
+    let m = age.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UF")]
+        ),
+        1.0,
+        "{m}"
+    );
+    let logs = age.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("access") && l.contains("UF") && l.contains("503")),
+        "{logs}"
+    );
+}
+
+/// Reads until EOF or error; true when the peer closed (never a hang: bounded by a timeout).
+fn closed_by_peer(mut s: TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn non_http_bytes_on_an_http_port_are_closed_and_counted() {
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    for addr in [mesh.age_addr(), mesh.sentences_out_addr()] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"\x00\x01\x02 not http at all\r\n\r\n")
+            .unwrap();
+        assert!(closed_by_peer(s), "{addr} left a non-HTTP client hanging");
+    }
+    let m = age.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outrider_inbound_rejected_total",
+            &[("reason", "not_http")]
+        ),
+        2.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn connection_upgrade_becomes_a_raw_tunnel_to_the_app() {
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let _age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    let mut s = TcpStream::connect(mesh.sentences_out_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: age\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    let mut upgrade_header = false;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h == "\r\n" {
+            break;
+        }
+        upgrade_header |= h.to_ascii_lowercase().starts_with("upgrade: echo");
+    }
+    assert!(
+        upgrade_header,
+        "the app's Upgrade header reached the client"
+    );
+    for msg in ["ping", "not HTTP any more \x00\x01"] {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        reader.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+}
+
+/// Peak resident memory of a process, from /proc (Linux).
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_64_mib_body_streams_through_both_sidecars_without_being_buffered() {
+    const SIZE: u64 = 64 << 20;
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let sentences = mesh.sidecar("sentences");
+    let mut s = TcpStream::connect(mesh.sentences_out_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: age\r\nContent-Length: {SIZE}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![0x5au8; 64 * 1024];
+    for _ in 0..SIZE / chunk.len() as u64 {
+        s.write_all(&chunk).unwrap();
+    }
+    let mut reader = BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let mut length = 0;
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h == "\r\n" {
+            break;
+        }
+        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).unwrap();
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.contains(&format!("bytes={SIZE}\n")), "{body}");
+    // Neither sidecar held the body: their peak RSS stays far below its size.
+    for (name, sidecar) in [("age", &age), ("sentences", &sentences)] {
+        if let Some(peak) = peak_rss_kib(sidecar.child.id()) {
+            eprintln!("{name}: peak RSS {peak} KiB after a {SIZE}-byte body");
+            assert!(
+                peak < 48 * 1024,
+                "{name} peaked at {peak} KiB for a {SIZE}-byte body"
+            );
+        }
+    }
+    let m = age.metrics_text();
+    assert!(
+        metric_sum(&m, "istio_request_bytes_sum", &[("response_code", "200")]) >= SIZE as f64,
+        "{m}"
+    );
+}
+
+/// A gRPC server (Python grpcio, generic handlers: no generated code) with two methods:
+/// `Say` echoes, `Fail` answers NOT_FOUND.
+const GRPC_SERVER: &str = r#"
+import sys, grpc
+from concurrent import futures
+def say(request, context):
+    return request
+def fail(request, context):
+    context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+handler = grpc.method_handlers_generic_handler("outrider.test.Echo", {
+    "Say": grpc.unary_unary_rpc_method_handler(say),
+    "Fail": grpc.unary_unary_rpc_method_handler(fail),
+})
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+server.add_generic_rpc_handlers((handler,))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+"#;
+
+const GRPC_CLIENT: &str = r#"
+import sys, grpc
+channel = grpc.insecure_channel(sys.argv[1])
+say = channel.unary_unary("/outrider.test.Echo/Say")
+assert say(b"hello through the mesh", timeout=10) == b"hello through the mesh"
+fail = channel.unary_unary("/outrider.test.Echo/Fail")
+try:
+    fail(b"x", timeout=10)
+    sys.exit("Fail did not fail")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.NOT_FOUND, e.code()
+print("ok")
+"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_grpcio_client_through_the_mesh_is_counted_as_grpc_with_its_status() {
+    if !python_grpc_available() {
+        return;
+    }
+    let dir = temp_dir("l7-grpc");
+    std::fs::write(dir.path().join("server.py"), GRPC_SERVER).unwrap();
+    std::fs::write(dir.path().join("client.py"), GRPC_CLIENT).unwrap();
+    let app_port = free_port();
+    let mut server = Killed(
+        Command::new("python3")
+            .arg(dir.path().join("server.py"))
+            .arg(app_port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut ready = String::new();
+    BufReader::new(server.0.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let mesh = Mesh::new(app_port, "GRPC", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let _sentences = mesh.sidecar("sentences");
+    let out = crate::common::bounded_output(
+        Command::new("python3")
+            .arg(dir.path().join("client.py"))
+            .arg(mesh.sentences_out_addr().to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        "grpc client",
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counted = |status: &str| {
+        let m = age.metrics_text();
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("request_protocol", "grpc"),
+                ("response_code", "200"),
+                ("grpc_response_status", status),
+                ("connection_security_policy", "mutual_tls"),
+            ],
+        )
+    };
+    // The response (and its count) ends with the trailers, just after the client has them.
+    assert!(
+        eventually(Duration::from_secs(5), || counted("0") == 1.0
+            && counted("5") == 1.0),
+        "{}",
+        age.metrics_text()
+    );
+}
