@@ -507,3 +507,54 @@ fn a_grpcio_client_through_the_mesh_is_counted_as_grpc_with_its_status() {
         age.metrics_text()
     );
 }
+
+#[test]
+fn an_app_that_resets_is_flagged_uc_before_and_during_the_response() {
+    // Closes every connection after the request headers, answering nothing.
+    let silent = App::spawn(|s| {
+        let mut reader = BufReader::new(s);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 2 {
+            line.clear();
+        }
+    });
+    let mesh = Mesh::new(silent.port, "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let (status, body) = http_get(mesh.age_addr(), "/").unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (503, outrider::proxy::http::flags::RESET_BODY)
+    );
+
+    // Promises 1000 bytes, sends 7, closes.
+    let truncating = App::spawn(|mut s| {
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 2 {
+            line.clear();
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial");
+    });
+    let mesh2 = Mesh::new(truncating.port, "HTTP", "PERMISSIVE");
+    let age2 = mesh2.sidecar("age");
+    let mut s = TcpStream::connect(mesh2.age_addr()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: age\r\n\r\n").unwrap();
+    assert!(
+        closed_by_peer(s),
+        "a truncated response must close the client's connection"
+    );
+
+    let flagged = |sidecar: &crate::common::Sidecar, code: &str| {
+        metric_sum(
+            &sidecar.metrics_text(),
+            "istio_requests_total",
+            &[("response_code", code), ("response_flags", "UC")],
+        )
+    };
+    assert_eq!(flagged(&age, "503"), 1.0, "{}", age.metrics_text());
+    assert!(
+        eventually(Duration::from_secs(5), || flagged(&age2, "200") == 1.0),
+        "{}",
+        age2.metrics_text()
+    );
+}
