@@ -143,6 +143,9 @@ pub struct Destination {
     pub port: u16,
     /// True when `to` named a service of the mesh.
     pub in_mesh: bool,
+    /// The destination port's protocol (`TCP` outside the mesh): HTTP, HTTP2 and GRPC are
+    /// carried at L7 between sidecars.
+    pub protocol: Protocol,
 }
 
 /// A share of an outbound entry's traffic sent to one subset (or to the whole service).

@@ -77,6 +77,10 @@ impl Inbound {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut draining = shared.shutdown.watch();
+        let tls = Acceptors {
+            h2: super::http::pool::h2_acceptor(&tls),
+            mesh: tls,
+        };
         loop {
             let Some((stream, peer)) =
                 super::accept(&self.listener, &mut draining, &mut stop, "inbound").await
@@ -104,6 +108,14 @@ impl Inbound {
             });
         }
     }
+}
+
+/// The inbound TLS configurations: the mesh one, and the same agreeing on pooled HTTP/2
+/// for clients that offer it on an HTTP port.
+#[derive(Clone)]
+struct Acceptors {
+    mesh: TlsAcceptor,
+    h2: TlsAcceptor,
 }
 
 /// An accepted connection and where it came in.
@@ -169,7 +181,7 @@ async fn serve(
     accepted: Accepted,
     runtime: watch::Receiver<Arc<Runtime>>,
     shared: &Shared,
-    tls: TlsAcceptor,
+    tls: Acceptors,
     registration: Registration,
 ) {
     let Accepted {
@@ -249,6 +261,8 @@ async fn serve(
         }
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
+    let pooled_h2 =
+        plan.protocol.is_http() && super::sniff::offers_alpn(&prefix, super::http::pool::ALPN);
     let downstream = Rewind::new(prefix, stream);
     let sni = match &detected {
         Detected::Tls { sni, .. } => sni.clone(),
@@ -270,6 +284,7 @@ async fn serve(
         let source = Peer::unknown();
         return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
     }
+    let tls = if pooled_h2 { &tls.h2 } else { &tls.mesh };
     let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
     let tls_stream = match handshake {
         Err(_) => {

@@ -47,6 +47,8 @@ pub struct ProxySettings {
     /// Outbound connections beyond this are refused, whatever the total.
     pub max_outbound_connections: usize,
     pub copy: CopyConfig,
+    /// Pooled HTTP/2 connections between sidecars (HTTP destinations).
+    pub h2_pool: http::pool::PoolSettings,
 }
 
 impl Default for ProxySettings {
@@ -59,6 +61,7 @@ impl Default for ProxySettings {
             max_inbound_connections: 12_288,
             max_outbound_connections: 12_288,
             copy: CopyConfig::default(),
+            h2_pool: http::pool::PoolSettings::default(),
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct Shared {
     pub resolver: Arc<resolve::Resolver>,
     /// Keep-alive HTTP pools to the local app (HTTP ports).
     pub http: Arc<http::AppClients>,
+    /// Pooled HTTP/2-over-mTLS connections to peer sidecars (HTTP destinations).
+    pub h2_pool: Arc<http::pool::H2Pool>,
     limits: Arc<Limits>,
 }
 
@@ -119,6 +124,7 @@ impl Shared {
             settings,
             resolver,
             http: Arc::default(),
+            h2_pool: Arc::new(http::pool::H2Pool::new(settings.h2_pool)),
             limits: Arc::new(limits),
         }
     }

@@ -76,7 +76,7 @@ pub struct OutboundRuntime {
 impl OutboundRuntime {
     /// Picks a route by weight (routes of weight 0 never), then the endpoint order to try:
     /// round-robin start, then the others.
-    fn pick(&self) -> Option<(&UpstreamRoute, usize)> {
+    pub(crate) fn pick(&self) -> Option<(&UpstreamRoute, usize)> {
         let total: u64 = self.routes.iter().map(|r| r.weight as u64).sum();
         let route = if total == 0 {
             self.routes.iter().find(|r| !r.endpoints.is_empty())?
@@ -170,7 +170,11 @@ impl Outbound {
                 let _permits = permits;
                 let _guard = shared.shutdown.connection();
                 registration.decide(|| (Carried::Outbound, ()));
-                serve(stream, peer, &out, &rt, &shared).await;
+                if super::http::outbound::carries(&out) {
+                    super::http::outbound::serve(stream, peer, out, rt, shared).await;
+                } else {
+                    serve(stream, peer, &out, &rt, &shared).await;
+                }
             });
         }
     }

@@ -279,7 +279,7 @@ fn non_http_bytes_on_an_http_port_are_closed_and_counted() {
     let app = mirror_app();
     let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
     let age = mesh.sidecar("age");
-    let _sentences = mesh.sidecar("sentences");
+    let sentences = mesh.sidecar("sentences");
     for addr in [mesh.age_addr(), mesh.sentences_out_addr()] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"\x00\x01\x02 not http at all\r\n\r\n")
@@ -293,7 +293,18 @@ fn non_http_bytes_on_an_http_port_are_closed_and_counted() {
             "outrider_inbound_rejected_total",
             &[("reason", "not_http")]
         ),
-        2.0,
+        1.0,
+        "{m}"
+    );
+    // The app's own garbage to an HTTP destination stops at its sidecar.
+    let m = sentences.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "outrider_outbound_rejected_total",
+            &[("reason", "not_http")]
+        ),
+        1.0,
         "{m}"
     );
 }
@@ -556,5 +567,169 @@ fn an_app_that_resets_is_flagged_uc_before_and_during_the_response() {
         eventually(Duration::from_secs(5), || flagged(&age2, "200") == 1.0),
         "{}",
         age2.metrics_text()
+    );
+}
+
+/// One request on a new connection (`Connection: close`), as apps that do not keep
+/// connections alive send them: (status, body).
+fn request_on_new_connection(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: age.default:9080\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn connection_per_request_apps_ride_the_pooled_http2_connection_between_sidecars() {
+    const REQUESTS: usize = 500;
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let age = mesh.sidecar("age");
+    let sentences = mesh.sidecar("sentences");
+    let want = format!(
+        "xfcc={}\nhost=age.default:9080\nbytes=0\n",
+        expected_xfcc(&mesh)
+    );
+    for i in 0..REQUESTS {
+        let (status, body) =
+            request_on_new_connection(mesh.sentences_out_addr(), &format!("/n/{i}"));
+        assert_eq!((status, body.as_str()), (200, want.as_str()), "request {i}");
+    }
+    let to_age = [
+        ("reporter", "source"),
+        ("destination_service", "age.default.svc.cluster.local"),
+    ];
+    let m = sentences.metrics_text();
+    let opened = metric_sum(&m, "istio_tcp_connections_opened_total", &to_age);
+    assert!(
+        (1.0..=4.0).contains(&opened),
+        "{REQUESTS} app connections opened {opened} connections between the sidecars (pool size 4): {m}"
+    );
+    assert!(
+        metric_sum(
+            &m,
+            "outrider_tls_handshakes_total",
+            &[("direction", "outbound")]
+        ) <= 4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("response_code", "200"),
+                ("destination_principal", AGE),
+                ("source_principal", SENTENCES),
+                ("connection_security_policy", "unknown"),
+            ]
+        ),
+        REQUESTS as f64,
+        "{m}"
+    );
+    // The server sidecar saw the same few mTLS connections and every request.
+    let a = age.metrics_text();
+    let mtls = [
+        ("reporter", "destination"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        metric_sum(&a, "istio_tcp_connections_opened_total", &mtls),
+        opened,
+        "{a}"
+    );
+    assert_eq!(
+        metric_sum(&a, "istio_requests_total", &mtls),
+        REQUESTS as f64,
+        "{a}"
+    );
+}
+
+#[test]
+fn a_peer_without_pooled_http2_gets_each_request_on_its_own_mtls_connection() {
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    // The server sidecar reads a configuration where the port is TCP (an older or non-HTTP
+    // peer): it offers no pooled HTTP/2 and moves bytes.
+    let server_config = temp_dir("l7-legacy");
+    let yaml = std::fs::read_to_string(mesh.config().join("mesh.yaml")).unwrap();
+    let tcp_port = format!(
+        "name: tcp, port: {}, targetPort: {}, protocol: TCP",
+        mesh.age_in, app.port
+    );
+    let yaml = yaml.replace(
+        &format!(
+            "name: tcp, port: {}, targetPort: {}, protocol: HTTP",
+            mesh.age_in, app.port
+        ),
+        &tcp_port,
+    );
+    assert!(yaml.contains(&tcp_port));
+    std::fs::write(server_config.path().join("mesh.yaml"), yaml).unwrap();
+    std::fs::copy(
+        mesh.config().join("policy.yaml"),
+        server_config.path().join("policy.yaml"),
+    )
+    .unwrap();
+    let age = crate::common::Sidecar::start(
+        server_config.path(),
+        "age",
+        &mesh.pki.dir.path().join("age"),
+        &["--detect-timeout", "300ms"],
+    );
+    let sentences = mesh.sidecar("sentences");
+    for i in 0..3 {
+        let (status, body) =
+            request_on_new_connection(mesh.sentences_out_addr(), &format!("/l/{i}"));
+        // Bytes moved at L4 on the server side: no XFCC.
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "xfcc=-\nhost=age.default:9080\nbytes=0\n")
+        );
+    }
+    let m = sentences.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")]
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[("reporter", "source"), ("response_code", "200")]
+        ),
+        3.0,
+        "{m}"
+    );
+    let a = age.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &a,
+            "istio_tcp_connections_opened_total",
+            &[("connection_security_policy", "mutual_tls")]
+        ),
+        3.0,
+        "{a}"
     );
 }

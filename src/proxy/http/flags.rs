@@ -35,3 +35,8 @@ pub fn local_response(status: StatusCode, body: &'static str) -> Response<Respon
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     response
 }
+
+/// No healthy upstream: the destination has no endpoint to send to.
+pub const NO_HEALTHY_UPSTREAM: &str = "UH";
+/// Envoy's body when no endpoint is left.
+pub const NO_HEALTHY_UPSTREAM_BODY: &str = "no healthy upstream";

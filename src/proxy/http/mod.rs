@@ -12,7 +12,10 @@
 pub mod body;
 pub mod flags;
 pub mod headers;
+pub mod inbound;
 pub mod io;
+pub mod outbound;
+pub mod pool;
 pub mod preface;
 pub mod server;
 pub mod upstream;
@@ -98,13 +101,19 @@ pub async fn serve_inbound<S>(
         .as_ref()
         .map(|leaf| xfcc::element(&w.spiffe_id.to_string(), &xfcc::ClientCert::from_leaf(leaf)));
     let http2_app = matches!(plan.protocol, Protocol::Http2 | Protocol::Grpc);
-    let conn = Arc::new(server::Conn {
+    let tunnels = Arc::new(server::Tunnels::default());
+    let peer = downstream.peer;
+    let conn = Arc::new(inbound::Conn {
         port: plan.port,
-        peer: downstream.peer,
         local: downstream.local,
         peer_id: downstream.peer_id,
         sni: downstream.sni,
-        principal: downstream.source.principal.clone(),
+        log: server::LogContext {
+            direction: "inbound",
+            peer,
+            listener: plan.port.to_string().into(),
+            principal: downstream.source.principal.as_str().into(),
+        },
         authorization: plan.authorization.clone(),
         xfcc_mode: rt.plan.forward_client_cert,
         xfcc_own,
@@ -112,10 +121,12 @@ pub async fn serve_inbound<S>(
             .http
             .get(app, http2_app, shared.settings.connect_timeout),
         http2_app,
-        labels: shared.metrics.request_labels(&labels),
-        handles: Default::default(),
-        tunnels: Default::default(),
+        meter: server::Meter::new(shared.metrics.request_labels(&labels)),
+        tunnels: tunnels.clone(),
     });
     let io = io::Counted::new(Rewind::new(prefix, io), tcp);
-    server::serve(io, http2, conn).await;
+    server::serve(io, http2, tunnels, peer, move |req| {
+        inbound::handle(conn.clone(), req)
+    })
+    .await;
 }
