@@ -733,3 +733,49 @@ fn a_peer_without_pooled_http2_gets_each_request_on_its_own_mtls_connection() {
         "{a}"
     );
 }
+
+#[test]
+fn a_draining_server_sidecar_sends_goaway_instead_of_waiting_for_its_pooled_peer() {
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let mut age = crate::common::Sidecar::start(
+        mesh.config(),
+        "age",
+        &mesh.pki.dir.path().join("age"),
+        &["--detect-timeout", "300ms", "--drain-timeout", "60s"],
+    );
+    let sentences = mesh.sidecar("sentences");
+    for i in 0..3 {
+        let (status, _) = request_on_new_connection(mesh.sentences_out_addr(), &format!("/d/{i}"));
+        assert_eq!(status, 200);
+    }
+    // The pooled connection stays open (PINGs keep it alive); a drain closes it with GOAWAY
+    // rather than waiting for the drain deadline.
+    let _ = Command::new("kill")
+        .args(["-TERM", &age.child.id().to_string()])
+        .status();
+    let exited = eventually(Duration::from_secs(30), || {
+        age.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "age still draining: {}", age.logs());
+    let logs = age.logs();
+    assert!(!logs.contains("drain deadline passed"), "{logs}");
+    // The client sidecar noticed: the next request tries a new connection, which is refused.
+    let (status, body) = request_on_new_connection(mesh.sentences_out_addr(), "/after");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, CONNECT_FAILURE_BODY),
+        "{}",
+        sentences.logs()
+    );
+    let m = sentences.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_requests_total",
+            &[("reporter", "source"), ("response_flags", "UF")]
+        ),
+        1.0,
+        "{m}"
+    );
+}

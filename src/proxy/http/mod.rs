@@ -125,7 +125,8 @@ pub async fn serve_inbound<S>(
         tunnels: tunnels.clone(),
     });
     let io = io::Counted::new(Rewind::new(prefix, io), tcp);
-    server::serve(io, http2, tunnels, peer, move |req| {
+    let draining = shared.shutdown.watch();
+    server::serve(io, http2, tunnels, peer, draining, move |req| {
         inbound::handle(conn.clone(), req)
     })
     .await;

@@ -148,9 +148,15 @@ pub async fn serve(
         rt,
         shared,
     });
-    serve_http(Rewind::new(prefix, app), http2, tunnels, peer, move |req| {
-        handle(conn.clone(), req)
-    })
+    let draining = conn.shared.shutdown.watch();
+    serve_http(
+        Rewind::new(prefix, app),
+        http2,
+        tunnels,
+        peer,
+        draining,
+        move |req| handle(conn.clone(), req),
+    )
     .await;
 }
 

@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::body::{Ending, ResponseBody};
@@ -107,12 +108,15 @@ impl Drop for AbortTunnels {
 }
 
 /// Serves `io` as HTTP/1 or HTTP/2 (`http2`) with `handler` until the client closes it, then
-/// waits for its tunnels.
+/// waits for its tunnels. Once `draining` turns true the connection shuts down gracefully:
+/// HTTP/2 sends GOAWAY, HTTP/1 closes after the request in flight, so a drain does not wait
+/// for keep-alive clients (or pooled peers) to leave on their own.
 pub async fn serve<S, H, Fut>(
     io: S,
     http2: bool,
     tunnels: Arc<Tunnels>,
     peer: SocketAddr,
+    mut draining: watch::Receiver<bool>,
     handler: H,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -123,19 +127,33 @@ pub async fn serve<S, H, Fut>(
     let service = service_fn(handler);
     let io = TokioIo::new(io);
     let served = if http2 {
-        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .serve_connection(io, service)
-            .await
+            .serve_connection(io, service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            _ = crate::shutdown::draining(&mut draining) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(io, service)
-            .with_upgrades()
-            .await
+            .with_upgrades();
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => served,
+            _ = crate::shutdown::draining(&mut draining) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
     };
     if let Err(e) = served {
         tracing::debug!(%peer, error = %e, "downstream HTTP connection ended with an error");
