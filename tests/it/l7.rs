@@ -235,8 +235,13 @@ fn curl_http1_and_h2_reach_the_app_with_xfcc_and_are_counted() {
 #[test]
 fn an_app_that_is_down_answers_envoys_503_with_uf() {
     let mesh = Mesh::new(free_port(), "HTTP", "PERMISSIVE");
-    let age = mesh.sidecar("age");
-    let (status, body) = http_get(mesh.age_addr(), "/").unwrap();
+    let age = crate::common::Sidecar::start(
+        mesh.config(),
+        "age",
+        &mesh.pki.dir.path().join("age"),
+        &["--detect-timeout", "300ms", "--log-json"],
+    );
+    let (status, body) = http_get(mesh.age_addr(), "/down?x=1").unwrap();
     assert_eq!((status, body.as_str()), (503, CONNECT_FAILURE_BODY));
     let m = age.metrics_text();
     assert_eq!(
@@ -248,10 +253,34 @@ fn an_app_that_is_down_answers_envoys_503_with_uf() {
         1.0,
         "{m}"
     );
+    // One JSON access-log line for the request.
     let logs = age.logs();
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs}");
+    let f = &access[0]["fields"];
+    assert_eq!(
+        (
+            &f["method"],
+            &f["path"],
+            &f["status"],
+            &f["flags"],
+            &f["peer_principal"]
+        ),
+        (
+            &serde_json::json!("GET"),
+            &serde_json::json!("/down?x=1"),
+            &serde_json::json!(503),
+            &serde_json::json!("UF"),
+            &serde_json::json!("unknown")
+        ),
+        "{logs}"
+    );
     assert!(
-        logs.lines()
-            .any(|l| l.contains("access") && l.contains("UF") && l.contains("503")),
+        f["duration_ms"].is_u64() && f["response_bytes"].as_u64() > Some(0),
         "{logs}"
     );
 }
