@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::copy::copy_bidirectional;
+use super::http::alpn::Acceptors;
 use super::live::{Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
@@ -77,10 +78,7 @@ impl Inbound {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut draining = shared.shutdown.watch();
-        let tls = Acceptors {
-            h2: super::http::pool::h2_acceptor(&tls),
-            mesh: tls,
-        };
+        let tls = Acceptors::new(tls);
         loop {
             let Some((stream, peer)) =
                 super::accept(&self.listener, &mut draining, &mut stop, "inbound").await
@@ -108,14 +106,6 @@ impl Inbound {
             });
         }
     }
-}
-
-/// The inbound TLS configurations: the mesh one, and the same agreeing on pooled HTTP/2
-/// for clients that offer it on an HTTP port.
-#[derive(Clone)]
-struct Acceptors {
-    mesh: TlsAcceptor,
-    h2: TlsAcceptor,
 }
 
 /// An accepted connection and where it came in.
@@ -261,8 +251,7 @@ async fn serve(
         }
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
-    let pooled_h2 =
-        plan.protocol.is_http() && super::sniff::offers_alpn(&prefix, super::http::pool::ALPN);
+    let tls = tls.pick(&prefix, plan.protocol).clone();
     let downstream = Rewind::new(prefix, stream);
     let sni = match &detected {
         Detected::Tls { sni, .. } => sni.clone(),
@@ -284,7 +273,6 @@ async fn serve(
         let source = Peer::unknown();
         return forward(downstream, peer, source, "none", plan, app, &rt, shared).await;
     }
-    let tls = if pooled_h2 { &tls.h2 } else { &tls.mesh };
     let handshake = tokio::time::timeout(settings.handshake_timeout, tls.accept(downstream)).await;
     let tls_stream = match handshake {
         Err(_) => {

@@ -808,3 +808,44 @@ fn a_draining_server_sidecar_sends_goaway_instead_of_waiting_for_its_pooled_peer
         "{m}"
     );
 }
+
+#[test]
+fn a_client_with_a_mesh_certificate_gets_http2_by_alpn_on_a_strict_http_port() {
+    if !tool_available("curl") {
+        return;
+    }
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "STRICT");
+    let _age = mesh.sidecar("age");
+    let client = mesh.pki.dir.path().join("sentences");
+    let url = format!("https://age:{}/alpn", mesh.age_in);
+    let resolve = format!("age:{}:127.0.0.1", mesh.age_in);
+    let tls = |extra: &[&str]| {
+        let mut args = vec![
+            "--resolve",
+            &resolve,
+            "--cacert",
+            client.join("root-cert.pem").to_str().unwrap(),
+            "--cert",
+            client.join("cert-chain.pem").to_str().unwrap(),
+            "--key",
+            client.join("key.pem").to_str().unwrap(),
+            "-w",
+            "version=%{http_version}\n",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(url.clone());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs)
+    };
+    let want = format!(
+        "xfcc={}\nhost=age:{}\nbytes=0\n",
+        expected_xfcc(&mesh),
+        mesh.age_in
+    );
+    assert_eq!(tls(&["--http2"]), format!("{want}version=2\n"));
+    assert_eq!(tls(&["--http1.1"]), format!("{want}version=1.1\n"));
+}

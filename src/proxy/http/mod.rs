@@ -9,6 +9,7 @@
 //! counted in Istio's request metrics and logged once (target `access`) when its response
 //! ends; the TCP connection underneath still counts in `istio_tcp_*` ([`io`]).
 
+pub mod alpn;
 pub mod body;
 pub mod flags;
 pub mod headers;

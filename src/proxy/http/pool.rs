@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::UnixTime;
 use rustls::{ClientConfig, HandshakeKind};
 use tokio::net::TcpStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 
 use super::body::RequestBody;
 use super::io::Counted;
@@ -60,15 +60,6 @@ impl Default for PoolSettings {
             max_connections: 4,
         }
     }
-}
-
-/// A server configuration like `tls`'s that also agrees on [`ALPN`]: used for a ClientHello
-/// that offers it (a configuration with ALPN refuses clients whose ALPN it does not share, so
-/// the plain one stays for everyone else).
-pub fn h2_acceptor(tls: &TlsAcceptor) -> TlsAcceptor {
-    let mut config = (**tls.config()).clone();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    TlsAcceptor::from(Arc::new(config))
 }
 
 /// The pools of one sidecar.
