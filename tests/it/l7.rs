@@ -24,7 +24,7 @@ const AGE: &str = "spiffe://cluster.local/ns/default/sa/age";
 
 /// An HTTP/1.1 app that answers every request of a keep-alive connection with what it saw:
 /// `xfcc=<header or ->`, `host=<Host>`, `bytes=<body length>`. A `Connection: Upgrade`
-/// request is answered `101` and the connection then echoes raw bytes.
+/// request is answered `101`, a `CONNECT` `200`, and the connection then echoes raw bytes.
 fn mirror_app() -> App {
     App::spawn(mirror)
 }
@@ -59,8 +59,13 @@ fn mirror(stream: TcpStream) {
                 _ => {}
             }
         }
-        if let Some(protocol) = upgrade {
-            write!(out, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n").unwrap();
+        let connect = line.starts_with("CONNECT ");
+        if upgrade.is_some() || connect {
+            if let Some(protocol) = upgrade {
+                write!(out, "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: {protocol}\r\n\r\n").unwrap();
+            } else {
+                write!(out, "HTTP/1.1 200 Connection established\r\n\r\n").unwrap();
+            }
             let mut buf = [0u8; 4096];
             loop {
                 match reader.read(&mut buf) {
@@ -339,37 +344,45 @@ fn non_http_bytes_on_an_http_port_are_closed_and_counted() {
 }
 
 #[test]
-fn connection_upgrade_becomes_a_raw_tunnel_to_the_app() {
+fn connection_upgrade_and_connect_become_raw_tunnels_to_the_app() {
     let app = mirror_app();
     let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
     let _age = mesh.sidecar("age");
     let _sentences = mesh.sidecar("sentences");
-    let mut s = TcpStream::connect(mesh.sentences_out_addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: age\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-        .unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
-    let mut status = String::new();
-    reader.read_line(&mut status).unwrap();
-    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
-    let mut upgrade_header = false;
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        if h == "\r\n" {
-            break;
+    let upgrade: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: age\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    let connect: &[u8] = b"CONNECT age.default:9080 HTTP/1.1\r\nHost: age.default:9080\r\n\r\n";
+    for (request, status_line, header) in [
+        (upgrade, "HTTP/1.1 101", Some("upgrade: echo")),
+        (connect, "HTTP/1.1 200", None),
+    ] {
+        let mut s = TcpStream::connect(mesh.sentences_out_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request).unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with(status_line), "{status}");
+        let mut seen = false;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            seen |= header.is_some_and(|want| h.to_ascii_lowercase().starts_with(want));
         }
-        upgrade_header |= h.to_ascii_lowercase().starts_with("upgrade: echo");
-    }
-    assert!(
-        upgrade_header,
-        "the app's Upgrade header reached the client"
-    );
-    for msg in ["ping", "not HTTP any more \x00\x01"] {
-        s.write_all(msg.as_bytes()).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        reader.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg.as_bytes());
+        assert_eq!(
+            seen,
+            header.is_some(),
+            "the app's Upgrade header reached the client"
+        );
+        for msg in ["ping", "not HTTP any more \x00\x01"] {
+            s.write_all(msg.as_bytes()).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            reader.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg.as_bytes());
+        }
     }
 }
 
