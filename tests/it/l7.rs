@@ -704,7 +704,7 @@ fn connection_per_request_apps_ride_the_pooled_http2_connection_between_sidecars
 }
 
 #[test]
-fn a_peer_without_pooled_http2_gets_each_request_on_its_own_mtls_connection() {
+fn a_peer_without_pooled_http2_gets_dedicated_connections_until_it_speaks_it() {
     let app = mirror_app();
     let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
     // The server sidecar reads a configuration where the port is TCP (an older or non-HTTP
@@ -735,7 +735,12 @@ fn a_peer_without_pooled_http2_gets_each_request_on_its_own_mtls_connection() {
         &mesh.pki.dir.path().join("age"),
         &["--detect-timeout", "300ms"],
     );
-    let sentences = mesh.sidecar("sentences");
+    let sentences = crate::common::Sidecar::start(
+        mesh.config(),
+        "sentences",
+        &mesh.pki.dir.path().join("sentences"),
+        &["--h2-idle-timeout", "3s"],
+    );
     for i in 0..3 {
         let (status, body) =
             request_on_new_connection(mesh.sentences_out_addr(), &format!("/l/{i}"));
@@ -774,6 +779,38 @@ fn a_peer_without_pooled_http2_gets_each_request_on_its_own_mtls_connection() {
         3.0,
         "{a}"
     );
+
+    // The server's port becomes HTTP (a reload); after one idle timeout the client asks again
+    // and its requests ride one pooled connection from then on.
+    let http_port = tcp_port.replace("protocol: TCP", "protocol: HTTP");
+    crate::common::replace_file(
+        &server_config.path().join("mesh.yaml"),
+        &std::fs::read_to_string(server_config.path().join("mesh.yaml"))
+            .unwrap()
+            .replace(&tcp_port, &http_port),
+    );
+    let opened = || {
+        metric_sum(
+            &sentences.metrics_text(),
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")],
+        )
+    };
+    let pooled = eventually(Duration::from_secs(15), || {
+        let before = opened();
+        let (_, body) = request_on_new_connection(mesh.sentences_out_addr(), "/probe");
+        let (_, again) = request_on_new_connection(mesh.sentences_out_addr(), "/probe");
+        body.starts_with("xfcc=By=") && again.starts_with("xfcc=By=") && opened() == before + 1.0
+    });
+    assert!(pooled, "{}", sentences.metrics_text());
+    let before = opened();
+    for i in 0..5 {
+        let (status, body) =
+            request_on_new_connection(mesh.sentences_out_addr(), &format!("/p/{i}"));
+        assert_eq!(status, 200);
+        assert!(body.starts_with("xfcc=By="), "{body}");
+    }
+    assert_eq!(opened(), before, "{}", sentences.metrics_text());
 }
 
 #[test]

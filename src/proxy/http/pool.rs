@@ -15,7 +15,7 @@
 //! idle for `idle_timeout` is closed.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -79,8 +79,11 @@ struct Entry {
     config: Arc<ClientConfig>,
     conns: Mutex<Vec<Arc<Pooled>>>,
     creating: tokio::sync::Mutex<()>,
-    /// The peer did not agree on [`ALPN`]: its requests go on dedicated connections.
-    legacy: AtomicBool,
+    /// Until this time (ms since the pool's epoch; 0: never) the peer is taken not to speak
+    /// [`ALPN`] (it did not agree last time): its requests go on dedicated connections for one
+    /// idle timeout, then the next request asks again (the peer may have been upgraded or
+    /// reconfigured).
+    legacy_until: AtomicU64,
 }
 
 /// One pooled connection.
@@ -168,7 +171,7 @@ impl H2Pool {
             config,
             conns: Mutex::default(),
             creating: tokio::sync::Mutex::new(()),
-            legacy: AtomicBool::new(false),
+            legacy_until: AtomicU64::new(0),
         });
         entries.insert(key, entry.clone());
         Some(entry)
@@ -186,7 +189,7 @@ impl H2Pool {
         let Some(entry) = self.entry(ep) else {
             return Err(("not_mesh", "the endpoint is not mesh mTLS".into()));
         };
-        if entry.legacy.load(Ordering::Relaxed) {
+        if self.now() < entry.legacy_until.load(Ordering::Relaxed) {
             return dedicated(ep, shared).await.map(Upstream::Dedicated);
         }
         if let Some(lease) = self.lease(&entry, false) {
@@ -206,7 +209,10 @@ impl H2Pool {
         }
         let (tls, server_id) = connect_tls(&entry.connector, ep, shared).await?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
-            entry.legacy.store(true, Ordering::Relaxed);
+            entry.legacy_until.store(
+                self.now() + self.settings.idle_timeout.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             tracing::info!(endpoint = %format!("{}:{}", ep.host, ep.port), "peer does not speak pooled HTTP/2; its requests use dedicated connections");
             return Ok(Upstream::Dedicated(Dedicated {
                 tls: Box::new(tls),
