@@ -8,6 +8,9 @@
 //! TLS to the app untouched on TCP ports (refuses it on HTTP ports) and passes plaintext;
 //! DISABLE inspects nothing. A client that sends nothing before `--detect-timeout` is
 //! plaintext (Istio waits forever; server-speaks-first protocols would hang).
+//!
+//! Once admitted, a connection on an HTTP, HTTP2 or GRPC port is served at L7
+//! ([`super::http::serve_inbound`]); TCP and TLS ports (and TLS passed through) move bytes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

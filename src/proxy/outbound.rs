@@ -1,7 +1,8 @@
 //! Outbound: one listener per `outbound` entry. The app connects in plaintext; the sidecar
 //! picks an endpoint (weighted across routes, round-robin within a route, the next endpoint
 //! when one fails), originates the TLS the plan says (ISTIO_MUTUAL with secure naming,
-//! SIMPLE, MUTUAL, or none), and copies.
+//! SIMPLE, MUTUAL, or none), and copies. An entry to an HTTP destination between sidecars is
+//! served at L7 instead ([`super::http::outbound`]: requests over pooled HTTP/2).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
