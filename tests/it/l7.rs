@@ -23,7 +23,7 @@ const SENTENCES: &str = "spiffe://cluster.local/ns/default/sa/sentences";
 const AGE: &str = "spiffe://cluster.local/ns/default/sa/age";
 
 /// An HTTP/1.1 app that answers every request of a keep-alive connection with what it saw:
-/// `xfcc=<header or ->`, `host=<Host>`, `bytes=<body length>`. A `Connection: Upgrade`
+/// `xfcc=<header or ->`, `host=<Host>`, `bytes=<body length>` (`GET /slow...` after 400 ms). A `Connection: Upgrade`
 /// request is answered `101`, a `CONNECT` `200`, and the connection then echoes raw bytes.
 fn mirror_app() -> App {
     App::spawn(mirror)
@@ -83,6 +83,9 @@ fn mirror(stream: TcpStream) {
         } else {
             std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink()).unwrap()
         };
+        if line.starts_with("GET /slow") {
+            std::thread::sleep(Duration::from_millis(400));
+        }
         let body = format!(
             "xfcc={}\nhost={host}\nbytes={bytes}\n",
             xfcc.as_deref().unwrap_or("-")
@@ -898,4 +901,41 @@ fn a_client_with_a_mesh_certificate_gets_http2_by_alpn_on_a_strict_http_port() {
     );
     assert_eq!(tls(&["--http2"]), format!("{want}version=2\n"));
     assert_eq!(tls(&["--http1.1"]), format!("{want}version=1.1\n"));
+}
+
+#[test]
+fn the_pool_opens_a_connection_per_stream_limit_up_to_its_cap() {
+    let app = mirror_app();
+    let mesh = Mesh::new(app.port, "HTTP", "PERMISSIVE");
+    let _age = mesh.sidecar("age");
+    let sentences = crate::common::Sidecar::start(
+        mesh.config(),
+        "sentences",
+        &mesh.pki.dir.path().join("sentences"),
+        &["--h2-max-streams", "1", "--h2-max-connections", "2"],
+    );
+    // Four slow requests at once: one stream per connection, two connections at most (the
+    // other two requests wait on them).
+    let out = mesh.sentences_out_addr();
+    let clients: Vec<_> = (0..4)
+        .map(|i| std::thread::spawn(move || request_on_new_connection(out, &format!("/slow/{i}"))))
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().0, 200);
+    }
+    let m = sentences.metrics_text();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "istio_tcp_connections_opened_total",
+            &[("reporter", "source")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "istio_requests_total", &[("response_code", "200")]),
+        4.0,
+        "{m}"
+    );
 }
