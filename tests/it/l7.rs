@@ -30,6 +30,7 @@ fn mirror_app() -> App {
 }
 
 fn mirror(stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
     let mut out = stream.try_clone().unwrap();
     let mut reader = BufReader::new(stream);
     loop {
@@ -37,8 +38,8 @@ fn mirror(stream: TcpStream) {
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let (mut xfcc, mut host, mut length, mut chunked, mut upgrade) =
-            (None, String::new(), 0u64, false, None);
+        let (mut xfcc, mut host, mut length, mut chunked, mut upgrade, mut close) =
+            (None, String::new(), 0u64, false, None, false);
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h).unwrap_or(0) == 0 {
@@ -56,6 +57,7 @@ fn mirror(stream: TcpStream) {
                 "content-length" => length = value.parse().unwrap(),
                 "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
                 "upgrade" => upgrade = Some(value),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
                 _ => {}
             }
         }
@@ -90,13 +92,12 @@ fn mirror(stream: TcpStream) {
             "xfcc={}\nhost={host}\nbytes={bytes}\n",
             xfcc.as_deref().unwrap_or("-")
         );
-        if write!(
-            out,
+        // One write: a response in several small segments would wait on Nagle + delayed ACK.
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .is_err()
-        {
+        );
+        if out.write_all(response.as_bytes()).is_err() || close {
             return;
         }
     }
