@@ -64,7 +64,7 @@ pub async fn serve_inbound<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (version, prefix) = match preface::read(&mut io, server::HEADER_READ_TIMEOUT).await {
+    let (version, prefix) = match preface::read(&mut io, server::PREFACE_TIMEOUT).await {
         Ok(read) => read,
         Err(e) => {
             tracing::debug!(peer = %downstream.peer, port = plan.port, error = %e, "downstream failed before its first request");

@@ -22,7 +22,7 @@ use super::pool::{self, Upstream};
 use super::preface;
 use super::server::{
     authority_of, serve as serve_http, upstream_uri, Finish, LogContext, Meter, Tunnels,
-    CONNECTION_WINDOW, HEADER_READ_TIMEOUT, STREAM_WINDOW,
+    CONNECTION_WINDOW, PREFACE_TIMEOUT, STREAM_WINDOW,
 };
 use crate::config::Protocol;
 use crate::identity::SpiffeId;
@@ -109,7 +109,7 @@ pub async fn serve(
     shared: Shared,
 ) {
     tune(&app);
-    let (version, prefix) = match preface::read(&mut app, HEADER_READ_TIMEOUT).await {
+    let (version, prefix) = match preface::read(&mut app, PREFACE_TIMEOUT).await {
         Ok(read) => read,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "app failed before its first request");

@@ -28,8 +28,14 @@ use super::headers::wire_size;
 use super::pool::Lease;
 use crate::metrics::{RequestHandles, RequestLabels, RequestOutcome};
 
-/// Deadline for a request's headers on an HTTP/1 connection (slow or silent clients).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for the first bytes of a connection on an HTTP port: a client that has not shown
+/// it speaks HTTP by then is closed (never a hang).
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for a request's headers on an HTTP/1 connection (slow clients). hyper runs it
+/// from the moment it waits for the next request, so it is also how long a keep-alive
+/// HTTP/1 connection may stay idle between requests (hyper's default, 30 s).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// HTTP/2 flow-control windows: a stream window smaller than the connection's, so one stalled
 /// stream cannot block the others (DESIGN: pooled HTTP/2).
