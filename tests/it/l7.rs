@@ -940,3 +940,25 @@ fn the_pool_opens_a_connection_per_stream_limit_up_to_its_cap() {
         "{m}"
     );
 }
+
+#[test]
+fn the_pool_keeps_secure_naming_a_squatter_with_another_identity_gets_no_request() {
+    let app = crate::common::Untouched::new();
+    let mesh = Mesh::new(app.port(), "HTTP", "STRICT");
+    let impostor_certs = mesh.pki.issue("impostor", "default", "impostor");
+    let impostor_config = temp_dir("l7-impostor");
+    std::fs::write(
+        impostor_config.path().join("mesh.yaml"),
+        crate::secure_naming::impostor_yaml(mesh.age_in, app.port()),
+    )
+    .unwrap();
+    let impostor =
+        crate::common::Sidecar::start(impostor_config.path(), "impostor", &impostor_certs, &[]);
+    let sentences = mesh.sidecar("sentences");
+    // The app gets Envoy's answer for an upstream it could not connect to; nothing reached
+    // the squatter's app.
+    let (status, body) = request_on_new_connection(mesh.sentences_out_addr(), "/secret");
+    assert_eq!((status, body.as_str()), (503, CONNECT_FAILURE_BODY));
+    crate::secure_naming::assert_mismatch_counted(&sentences, &impostor);
+    app.assert_no_connection();
+}
