@@ -102,7 +102,7 @@ pub async fn handle(
             } else {
                 (flags::RESET_BODY, flags::UPSTREAM_CONNECTION_TERMINATION)
             };
-            tracing::warn!(peer = %conn.log.peer, port = conn.port, error = %e, flags = flag, "local app request failed");
+            tracing::debug!(peer = %conn.log.peer, port = conn.port, error = %e, flags = flag, "local app request failed");
             return Ok(finish.local(StatusCode::SERVICE_UNAVAILABLE, body, flag));
         }
     };
