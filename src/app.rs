@@ -64,6 +64,8 @@ pub struct SidecarConfig {
     pub threads: usize,
     /// TLS session resumption towards mesh peers.
     pub resumption: bool,
+    /// Limits of the pooled HTTP/2 connections between sidecars.
+    pub h2_pool: crate::proxy::http::pool::PoolSettings,
 }
 
 /// Where the workload's certificate comes from.
@@ -166,6 +168,7 @@ impl Sidecar {
                 idle_timeout: args.idle_timeout,
                 ..CopyConfig::default()
             },
+            h2_pool: args.h2_pool,
             ..ProxySettings::default()
         };
         let resolver = Arc::new(Resolver::new(system_lookup()));

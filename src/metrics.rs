@@ -151,6 +151,7 @@ pub struct Metrics {
     cert_rotation_failures: IntCounter,
     config_reloads: IntCounterVec,
     authz: AuthzMetrics,
+    requests: RequestFamilies,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -286,6 +287,7 @@ impl Metrics {
                 &["result"],
             ),
             authz: AuthzMetrics::new(r),
+            requests: RequestFamilies::register(r),
             registry,
         }
     }
@@ -457,6 +459,172 @@ fn raise_to(counter: &IntCounter, total: u64) {
         counter.inc_by(total - now);
     }
 }
+
+// ---- HTTP request metrics (istio_requests_total & co.), kept in one block -----------------
+
+/// Istio's buckets for request durations (ms) and sizes (bytes) alike.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
+    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// The request label names: the TCP ones up to `destination_cluster`, then the per-request
+/// ones, in the order of [`RequestLabels::handles`].
+const REQUEST_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// Labels shared with the TCP families (everything before `request_protocol`).
+const SHARED_LABELS: usize = 20;
+
+#[derive(Clone)]
+struct RequestFamilies {
+    total: IntCounterVec,
+    duration: prometheus::HistogramVec,
+    request_bytes: prometheus::HistogramVec,
+    response_bytes: prometheus::HistogramVec,
+}
+
+impl RequestFamilies {
+    fn register(r: &Registry) -> RequestFamilies {
+        let histogram = |name: &str, help: &str| {
+            let h = prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(name, help).buckets(REQUEST_BUCKETS.to_vec()),
+                REQUEST_LABELS,
+            )
+            .expect("valid metric definition");
+            r.register(Box::new(h.clone()))
+                .expect("metric registered once");
+            h
+        };
+        RequestFamilies {
+            total: counter_vec(
+                r,
+                "istio_requests_total",
+                "HTTP and gRPC requests.",
+                REQUEST_LABELS,
+            ),
+            duration: histogram(
+                "istio_request_duration_milliseconds",
+                "Request duration, from the first byte of the request to the end of the response.",
+            ),
+            request_bytes: histogram(
+                "istio_request_bytes",
+                "Request size: headers and body as received from the downstream.",
+            ),
+            response_bytes: histogram(
+                "istio_response_bytes",
+                "Response size: headers and body as sent to the downstream.",
+            ),
+        }
+    }
+}
+
+/// The label values of one connection's requests, resolved once when the connection opens;
+/// per request only [`RequestOutcome`] varies.
+#[derive(Clone)]
+pub struct RequestLabels {
+    families: RequestFamilies,
+    shared: Vec<String>,
+    security_policy: &'static str,
+}
+
+/// What varies per request: the protocol and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestOutcome {
+    /// `grpc` rather than `http`.
+    pub grpc: bool,
+    /// The response status (`0` when none was sent).
+    pub code: u16,
+    /// The `grpc-status` of a gRPC response, if it had one.
+    pub grpc_status: Option<u32>,
+    /// Envoy's short response flags (`-` for none).
+    pub flags: &'static str,
+}
+
+/// The four handles of one (connection, outcome) pair.
+#[derive(Clone)]
+pub struct RequestHandles {
+    pub total: IntCounter,
+    pub duration_ms: prometheus::Histogram,
+    pub request_bytes: prometheus::Histogram,
+    pub response_bytes: prometheus::Histogram,
+}
+
+impl RequestHandles {
+    /// Counts one request.
+    pub fn record(&self, duration_ms: f64, request_bytes: u64, response_bytes: u64) {
+        self.total.inc();
+        self.duration_ms.observe(duration_ms);
+        self.request_bytes.observe(request_bytes as f64);
+        self.response_bytes.observe(response_bytes as f64);
+    }
+}
+
+impl Metrics {
+    /// The request labels of a connection that `labels` describes (its `request_protocol`
+    /// and `response_flags` are replaced per request).
+    pub fn request_labels(&self, labels: &TcpLabels) -> RequestLabels {
+        let values = labels.values();
+        RequestLabels {
+            families: self.requests.clone(),
+            shared: values[..SHARED_LABELS]
+                .iter()
+                .map(|v| v.to_string())
+                .collect(),
+            security_policy: labels.security_policy,
+        }
+    }
+}
+
+impl RequestLabels {
+    /// The handles for one outcome (callers cache them per connection).
+    pub fn handles(&self, outcome: RequestOutcome) -> RequestHandles {
+        let code = outcome.code.to_string();
+        let grpc_status = outcome.grpc_status.map(|s| s.to_string());
+        let mut values: Vec<&str> = self.shared.iter().map(String::as_str).collect();
+        values.extend([
+            if outcome.grpc { "grpc" } else { "http" },
+            &code,
+            grpc_status.as_deref().unwrap_or(""),
+            outcome.flags,
+            self.security_policy,
+        ]);
+        let f = &self.families;
+        RequestHandles {
+            total: f.total.with_label_values(&values),
+            duration_ms: f.duration.with_label_values(&values),
+            request_bytes: f.request_bytes.with_label_values(&values),
+            response_bytes: f.response_bytes.with_label_values(&values),
+        }
+    }
+}
+
+// ---- end of HTTP request metrics ----------------------------------------------------------
 
 /// The metric handles of one TCP label set (the four `istio_tcp_*` series and the
 /// direction's active gauge).

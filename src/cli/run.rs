@@ -75,6 +75,16 @@ pub struct RunArgs {
     /// full handshake.
     #[arg(long, env = "OUTRIDER_NO_RESUMPTION", value_parser = boolish())]
     pub no_resumption: bool,
+    /// HTTP between sidecars: most concurrent requests on one pooled HTTP/2 connection before
+    /// another is opened.
+    #[arg(long, env = "OUTRIDER_H2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_streams: u32,
+    /// HTTP between sidecars: close a pooled HTTP/2 connection idle this long.
+    #[arg(long, env = "OUTRIDER_H2_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub h2_idle_timeout: Duration,
+    /// HTTP between sidecars: most pooled HTTP/2 connections per destination endpoint.
+    #[arg(long, env = "OUTRIDER_H2_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub h2_max_connections: u32,
 }
 
 /// Flags of the `ca` identity source.
@@ -143,6 +153,11 @@ impl RunArgs {
                 .unwrap_or_else(|| default_direction_cap(self.max_connections)),
             threads: self.threads,
             resumption: !self.no_resumption,
+            h2_pool: outrider::proxy::http::pool::PoolSettings {
+                max_streams: self.h2_max_streams as usize,
+                idle_timeout: self.h2_idle_timeout,
+                max_connections: self.h2_max_connections as usize,
+            },
         })
     }
 }

@@ -13,10 +13,10 @@ use super::authorization_policy::{self, AuthzPolicy};
 use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
 use super::peer_authn::PeerPolicy;
-use super::plan::Protocol;
+use super::plan::{ForwardClientCert, Protocol};
 use super::resources::{
-    AuthorizationPolicySpec, DestinationRuleSpec, MeshSpec, PeerAuthenticationSpec, ProtocolSpec,
-    Resource, VirtualServiceSpec, WorkloadSpec,
+    AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, MeshSpec,
+    PeerAuthenticationSpec, ProtocolSpec, Resource, VirtualServiceSpec, WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};
@@ -569,6 +569,13 @@ fn build_workload(
         outbound,
         sidecar: spec.sidecar,
         num_trusted_proxies: spec.num_trusted_proxies.unwrap_or(0),
+        forward_client_cert: match spec.forward_client_cert_details {
+            None | Some(ForwardClientCertSpec::AppendForward) => ForwardClientCert::AppendForward,
+            Some(ForwardClientCertSpec::Sanitize) => ForwardClientCert::Sanitize,
+            Some(ForwardClientCertSpec::ForwardOnly) => ForwardClientCert::ForwardOnly,
+            Some(ForwardClientCertSpec::SanitizeSet) => ForwardClientCert::SanitizeSet,
+            Some(ForwardClientCertSpec::AlwaysForwardOnly) => ForwardClientCert::AlwaysForwardOnly,
+        },
         doc: doc.clone(),
     })
 }
@@ -596,6 +603,30 @@ spec:
     - {{ bind: \"{bind}\", to: \"api.example.com:443\" }}
 "
         )
+    }
+
+    #[test]
+    fn forward_client_cert_details_is_read_per_workload() {
+        use super::super::ForwardClientCert;
+        let plan = |extra: &str| {
+            load_str("mesh.yaml", &sentences("127.0.0.1:9181", extra))
+                .and_then(|c| c.plan("sentences"))
+                .map(|p| p.forward_client_cert)
+        };
+        assert_eq!(plan("").unwrap(), ForwardClientCert::AppendForward);
+        assert_eq!(
+            plan("  forwardClientCertDetails: SANITIZE_SET\n").unwrap(),
+            ForwardClientCert::SanitizeSet
+        );
+        assert_eq!(
+            plan("  forwardClientCertDetails: ALWAYS_FORWARD_ONLY\n").unwrap(),
+            ForwardClientCert::AlwaysForwardOnly
+        );
+        let err = plan("  forwardClientCertDetails: SOMETIMES\n").unwrap_err();
+        assert!(
+            err.to_string().contains("forwardClientCertDetails"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub(crate) struct Workload {
     pub sidecar: bool,
     /// X-Forwarded-For entries trusted from the right (`remote.ip`).
     pub num_trusted_proxies: u32,
+    pub forward_client_cert: ForwardClientCert,
     pub doc: Document,
 }
 
@@ -213,6 +214,7 @@ impl MeshConfig {
             workload: workload_info(w),
             inbound,
             outbound,
+            forward_client_cert: w.forward_client_cert,
             peers: self.workloads.iter().map(workload_info).collect(),
         })
     }

@@ -242,6 +242,7 @@ impl MeshConfig {
                     namespace: None,
                     port: *port,
                     in_mesh: false,
+                    protocol: Protocol::Tcp,
                 },
                 Protocol::Tcp,
             ),
@@ -262,6 +263,7 @@ impl MeshConfig {
                         namespace: Some(namespace.clone()),
                         port: first.port,
                         in_mesh: true,
+                        protocol: first.protocol,
                     },
                     first.protocol,
                 )

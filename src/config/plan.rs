@@ -25,6 +25,8 @@ pub struct Plan {
     pub inbound: Vec<InboundPlan>,
     /// One entry per `outbound` entry of the workload.
     pub outbound: Vec<OutboundPlan>,
+    /// What inbound HTTP requests tell the app about an mTLS client (XFCC).
+    pub forward_client_cert: ForwardClientCert,
     /// Every workload of the mesh (this one included): who is behind a peer's SPIFFE ID, for
     /// the metrics' source/destination labels (no control plane exchanges this metadata).
     #[serde(skip)]
@@ -67,6 +69,32 @@ pub enum Protocol {
     Http2,
     Grpc,
     Tls,
+}
+
+impl Protocol {
+    /// HTTP, HTTP2 and GRPC ports are handled at L7; TCP and TLS move bytes.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+/// What the sidecar does with `x-forwarded-client-cert` on inbound HTTP requests (Istio's
+/// `ForwardClientCertDetails`; SEMANTICS §8). On a connection that is not mTLS, the client's
+/// header is removed in every mode but `AlwaysForwardOnly`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCert {
+    /// Remove the header.
+    Sanitize,
+    /// Pass the client's header on mTLS, add nothing.
+    ForwardOnly,
+    /// Append this hop's element to the client's header (the sidecar default).
+    #[default]
+    AppendForward,
+    /// Replace the client's header by this hop's element.
+    SanitizeSet,
+    /// Never touch the header, even on plaintext.
+    AlwaysForwardOnly,
 }
 
 /// One inbound listener.
@@ -149,6 +177,9 @@ pub struct Destination {
     pub port: u16,
     /// True when `to` named a service of the mesh.
     pub in_mesh: bool,
+    /// The destination port's protocol (`TCP` outside the mesh): HTTP, HTTP2 and GRPC are
+    /// carried at L7 between sidecars.
+    pub protocol: Protocol,
 }
 
 /// A share of an outbound entry's traffic sent to one subset (or to the whole service).

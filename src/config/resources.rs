@@ -68,6 +68,21 @@ pub struct WorkloadSpec {
     /// `gatewayTopology.numTrustedProxies`): `remoteIpBlocks` / `remote.ip` read the client
     /// address from them. 0 (default): the TCP peer is the client.
     pub num_trusted_proxies: Option<u32>,
+    /// What inbound HTTP requests tell the app about an mTLS client
+    /// (`x-forwarded-client-cert`); Istio's `forwardClientCertDetails`, default
+    /// `APPEND_FORWARD`.
+    pub forward_client_cert_details: Option<ForwardClientCertSpec>,
+}
+
+/// Istio's `ForwardClientCertDetails` enum, as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ForwardClientCertSpec {
+    Sanitize,
+    ForwardOnly,
+    AppendForward,
+    SanitizeSet,
+    AlwaysForwardOnly,
 }
 
 fn yes() -> bool {

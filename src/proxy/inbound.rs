@@ -8,6 +8,9 @@
 //! TLS to the app untouched on TCP ports (refuses it on HTTP ports) and passes plaintext;
 //! DISABLE inspects nothing. A client that sends nothing before `--detect-timeout` is
 //! plaintext (Istio waits forever; server-speaks-first protocols would hang).
+//!
+//! Once admitted, a connection on an HTTP, HTTP2 or GRPC port is served at L7
+//! ([`super::http::serve_inbound`]); TCP and TLS ports (and TLS passed through) move bytes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -19,11 +22,13 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::copy::{copy_bidirectional, CopyStream};
+use super::http::alpn::Acceptors;
 use super::live::{AuthzFacts, Carried, LiveConnections, Registration};
 use super::sniff::{detect, Detected, Rewind};
 use super::{reset, tls_error, tune, Direction, Runtime, Shared};
 use crate::config::{InboundPlan, MtlsMode, Protocol};
 use crate::identity::SpiffeId;
+use crate::metrics::Peer;
 use crate::policy::authz::Verdict;
 
 /// One bound inbound listener.
@@ -77,6 +82,7 @@ impl Inbound {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut draining = shared.shutdown.watch();
+        let tls = Acceptors::new(tls);
         loop {
             let Some((stream, peer)) =
                 super::accept(&self.listener, &mut draining, &mut stop, "inbound").await
@@ -169,7 +175,7 @@ async fn serve(
     accepted: Accepted,
     runtime: watch::Receiver<Arc<Runtime>>,
     shared: &Shared,
-    tls: TlsAcceptor,
+    tls: Acceptors,
     registration: Registration,
 ) {
     let Accepted {
@@ -251,6 +257,7 @@ async fn serve(
         }
         Decision::Mtls | Decision::Passthrough { .. } => {}
     }
+    let tls = tls.pick(&prefix, plan.protocol).clone();
     let mut downstream = Rewind::new(prefix, stream);
     let sni = match &detected {
         Detected::Tls { sni, .. } => sni.as_deref(),
@@ -262,7 +269,19 @@ async fn serve(
         local,
         sni,
     };
+    let mut l7 = super::http::Downstream {
+        peer,
+        local,
+        source: Peer::unknown(),
+        security: "none",
+        peer_id: None,
+        leaf: None,
+        sni: sni.map(str::to_string),
+    };
     if decision != Decision::Mtls {
+        if plan.protocol.is_http() && decision == Decision::Plain {
+            return super::http::serve_inbound(downstream, l7, plan, app, &rt, shared).await;
+        }
         return forward(&mut downstream, peer, "none", plan, app, &rt, shared, gate).await;
     }
     // The handshake's state (~1.4 KiB) lives on the heap while it runs, and the stream after
@@ -295,6 +314,21 @@ async fn serve(
         .1
         .peer_certificates()
         .and_then(crate::tls::peer_spiffe_id);
+    if plan.protocol.is_http() {
+        l7.leaf = tls_stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.clone().into_owned());
+        l7.source = match &peer_id {
+            Some(id) => rt.peers.lookup(id),
+            None => Peer::unknown(),
+        };
+        l7.security = "mutual_tls";
+        l7.peer_id = peer_id;
+        return super::http::serve_inbound(tls_stream, l7, plan, app, &rt, shared).await;
+    }
     let gate = Gate {
         peer_id: peer_id.as_ref(),
         ..gate

@@ -6,6 +6,7 @@
 //! connections.
 
 pub mod copy;
+pub mod http;
 pub mod inbound;
 pub mod listeners;
 pub mod live;
@@ -46,6 +47,8 @@ pub struct ProxySettings {
     /// Outbound connections beyond this are refused, whatever the total.
     pub max_outbound_connections: usize,
     pub copy: CopyConfig,
+    /// Pooled HTTP/2 connections between sidecars (HTTP destinations).
+    pub h2_pool: http::pool::PoolSettings,
 }
 
 impl Default for ProxySettings {
@@ -58,6 +61,7 @@ impl Default for ProxySettings {
             max_inbound_connections: 12_288,
             max_outbound_connections: 12_288,
             copy: CopyConfig::default(),
+            h2_pool: http::pool::PoolSettings::default(),
         }
     }
 }
@@ -65,12 +69,17 @@ impl Default for ProxySettings {
 /// Handles shared by every listener of one sidecar.
 #[derive(Clone)]
 pub struct Shared {
-    pub metrics: Metrics,
+    /// Shared, not cloned: `Shared` is cloned per connection.
+    pub metrics: Arc<Metrics>,
     pub plaintext: Arc<plaintext::PlaintextLog>,
     pub shutdown: Shutdown,
     pub settings: ProxySettings,
     /// Endpoint names, resolved off the connection path.
     pub resolver: Arc<resolve::Resolver>,
+    /// Keep-alive HTTP pools to the local app (HTTP ports).
+    pub http: Arc<http::AppClients>,
+    /// Pooled HTTP/2-over-mTLS connections to peer sidecars (HTTP destinations).
+    pub h2_pool: Arc<http::pool::H2Pool>,
     limits: Arc<Limits>,
 }
 
@@ -110,11 +119,13 @@ impl Shared {
             outbound: Arc::new(Semaphore::new(settings.max_outbound_connections)),
         };
         Shared {
-            metrics,
+            metrics: Arc::new(metrics),
             plaintext,
             shutdown,
             settings,
             resolver,
+            http: Arc::default(),
+            h2_pool: Arc::new(http::pool::H2Pool::new(settings.h2_pool)),
             limits: Arc::new(limits),
         }
     }

@@ -1,7 +1,8 @@
 //! Outbound: one listener per `outbound` entry. The app connects in plaintext; the sidecar
 //! picks an endpoint (weighted across routes, round-robin within a route, the next endpoint
 //! when one fails), originates the TLS the plan says (ISTIO_MUTUAL with secure naming,
-//! SIMPLE, MUTUAL, or none), and copies.
+//! SIMPLE, MUTUAL, or none), and copies. An entry to an HTTP destination between sidecars is
+//! served at L7 instead ([`super::http::outbound`]: requests over pooled HTTP/2).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,7 +110,7 @@ pub struct OutboundRuntime {
 impl OutboundRuntime {
     /// Picks a route by weight (routes of weight 0 never), then the endpoint order to try:
     /// round-robin start, then the others.
-    fn pick(&self) -> Option<(&UpstreamRoute, usize)> {
+    pub(crate) fn pick(&self) -> Option<(&UpstreamRoute, usize)> {
         let total: u64 = self.routes.iter().map(|r| r.weight as u64).sum();
         let route = if total == 0 {
             self.routes.iter().find(|r| !r.endpoints.is_empty())?
@@ -203,7 +204,11 @@ impl Outbound {
                 let _permits = permits;
                 let _guard = shared.shutdown.connection();
                 registration.decide(|| (Carried::Outbound, ()));
-                serve(stream, peer, &out, &rt, &shared).await;
+                if super::http::outbound::carries(&out) {
+                    super::http::outbound::serve(stream, peer, out, rt, shared).await;
+                } else {
+                    serve(stream, peer, &out, &rt, &shared).await;
+                }
             });
         }
     }

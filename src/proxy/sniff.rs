@@ -238,6 +238,40 @@ fn parse_client_hello(msg: &[u8]) -> Detected {
     parse(msg).unwrap_or(Detected::Malformed)
 }
 
+/// Whether the ClientHello at the start of `prefix` (the bytes [`detect`] read) offers
+/// `proto` by ALPN: the inbound side picks the TLS configuration that can agree on it.
+pub fn offers_alpn(prefix: &[u8], proto: &[u8]) -> bool {
+    fn walk(msg: &[u8], proto: &[u8]) -> Option<bool> {
+        let mut c = Cursor(msg.get(4..)?);
+        c.take(2)?; // legacy_version
+        c.take(32)?; // random
+        c.vec8()?; // legacy_session_id
+        c.vec16()?; // cipher_suites
+        c.vec8()?; // legacy_compression_methods
+        if c.0.is_empty() {
+            return Some(false);
+        }
+        let mut exts = Cursor(c.vec16()?);
+        while !exts.0.is_empty() {
+            let ty = exts.u16()?;
+            let mut body = Cursor(exts.vec16()?);
+            if ty == 16 {
+                let mut list = Cursor(body.vec16()?);
+                while !list.0.is_empty() {
+                    if list.vec8()? == proto {
+                        return Some(true);
+                    }
+                }
+            }
+        }
+        Some(false)
+    }
+    match handshake_message(prefix) {
+        Gathered::Complete(msg) => walk(&msg, proto).unwrap_or(false),
+        Gathered::NeedMore | Gathered::Bad => false,
+    }
+}
+
 /// A stream that first replays bytes already read from it.
 pub struct Rewind<S> {
     prefix: Vec<u8>,
@@ -359,6 +393,20 @@ mod tests {
             Partial::Done(d) => d,
             Partial::NeedMore => panic!("undecided"),
         }
+    }
+
+    #[test]
+    fn an_offered_alpn_is_found_in_the_hello() {
+        let hello = client_hello(&[
+            sni("outbound_.80_._.age.default.svc.cluster.local"),
+            alpn(&[b"outrider-h2", b"istio-peer-exchange", b"istio"]),
+        ]);
+        assert!(offers_alpn(&hello, b"outrider-h2"));
+        assert!(!offers_alpn(&hello, b"h2"));
+        let other = client_hello(&[alpn(&[b"istio"])]);
+        assert!(!offers_alpn(&other, b"outrider-h2"));
+        assert!(!offers_alpn(&client_hello(&[]), b"outrider-h2"));
+        assert!(!offers_alpn(&hello[..hello.len() - 3], b"outrider-h2"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 mod common;
 
 mod authz;
+mod authz_http;
 mod bad_certs;
 mod ca_cli;
 mod ca_grpc_python;
@@ -29,6 +30,7 @@ mod fuzz_regressions;
 mod hardening;
 mod identity_rotation;
 mod kubernetes_manifests;
+mod l7;
 mod policy_enforced;
 mod reload;
 mod resumption;

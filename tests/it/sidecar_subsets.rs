@@ -2,6 +2,10 @@
 //! and v2 ISTIO_MUTUAL, a VirtualService routes to both. Under PERMISSIVE the destination
 //! sidecars report `none` for v1 and `mutual_tls` for v2; with v1 STRICT, plaintext to v1
 //! fails while v2 keeps working.
+//!
+//! `name`'s port is declared TCP: these tests count connections of raw echo traffic (an HTTP
+//! port is served at L7 and closes non-HTTP bytes); the VirtualService's `http` routes still
+//! apply to a TCP port that has no `tcp` routes (the config falls back to them).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -42,7 +46,7 @@ metadata: {{ name: name-v1, namespace: default, labels: {{ app: name, version: v
 spec:
   serviceAccount: name
   address: 127.0.0.1
-  ports: [ {{ name: http, port: {v1_in}, targetPort: {v1_app}, protocol: HTTP }} ]
+  ports: [ {{ name: http, port: {v1_in}, targetPort: {v1_app}, protocol: TCP }} ]
 ---
 apiVersion: outrider.dev/v1alpha1
 kind: Workload
@@ -50,7 +54,7 @@ metadata: {{ name: name-v2, namespace: default, labels: {{ app: name, version: v
 spec:
   serviceAccount: name
   address: 127.0.0.1
-  ports: [ {{ name: http, port: {v2_in}, targetPort: {v2_app}, protocol: HTTP }} ]
+  ports: [ {{ name: http, port: {v2_in}, targetPort: {v2_app}, protocol: TCP }} ]
 ---
 apiVersion: security.istio.io/v1beta1
 kind: PeerAuthentication

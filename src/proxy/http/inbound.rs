@@ -1,0 +1,156 @@
+//! Inbound requests: authorized, given their `x-forwarded-client-cert`, stripped of hop-by-hop
+//! headers and sent to the app over its keep-alive pool; metrics with `reporter=destination`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use super::body::{RequestBody, ResponseBody};
+use super::flags;
+use super::headers::{strip_hop_by_hop, wants_tunnel};
+use super::server::{authority_of, upstream_uri, Finish, LogContext, Meter, Tunnels};
+use super::upstream::AppClient;
+use super::xfcc;
+use crate::config::ForwardClientCert;
+use crate::identity::SpiffeId;
+use crate::metrics::Metrics;
+use crate::policy::authz::{self, Authorizer, Verdict};
+
+/// What one downstream connection's requests share, resolved when it opens.
+pub struct Conn {
+    pub port: u16,
+    pub local: SocketAddr,
+    pub peer_id: Option<SpiffeId>,
+    pub sni: Option<String>,
+    pub log: LogContext,
+    pub authorization: Arc<Authorizer>,
+    /// For the authorization counters (denied, dry-run, audited), as on TCP ports.
+    pub metrics: Arc<Metrics>,
+    pub xfcc_mode: ForwardClientCert,
+    /// This hop's XFCC element (mTLS only).
+    pub xfcc_own: Option<String>,
+    pub client: AppClient,
+    /// The app speaks HTTP/2 (HTTP2 and GRPC ports).
+    pub http2_app: bool,
+    pub meter: Arc<Meter>,
+    pub tunnels: Arc<Tunnels>,
+}
+
+pub async fn handle(
+    conn: Arc<Conn>,
+    mut req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let finish = Finish::begin(&req, conn.meter.clone(), conn.log.clone());
+    let authority = authority_of(&req);
+
+    if !conn.authorization.is_empty() {
+        let facts = authz::Connection {
+            peer: conn.peer_id.as_ref(),
+            source: conn.log.peer,
+            destination: conn.local,
+            sni: conn.sni.as_deref(),
+        };
+        let request = authz::Request {
+            method: req.method().as_str(),
+            authority: authority.as_ref().map(|a| a.as_str()).unwrap_or(""),
+            path: &finish.path,
+            headers: req.headers(),
+        };
+        let outcome = conn.authorization.check_request(&facts, &request);
+        if let Some(shadow) = &outcome.shadow {
+            conn.metrics
+                .authz_dry_run(conn.port, *shadow == Verdict::Allow);
+        }
+        if outcome.audit {
+            conn.metrics.authz_audited(conn.port);
+            tracing::info!(target: "access", direction = "inbound", peer = %conn.log.peer, port = conn.port, path = %finish.path, verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+        }
+        match outcome.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny { policy } => {
+                conn.metrics.authz_denied(conn.port, &policy);
+                tracing::info!(peer = %conn.log.peer, port = conn.port, %policy, "request denied by authorization");
+                return Ok(finish.local(
+                    StatusCode::FORBIDDEN,
+                    flags::RBAC_BODY,
+                    flags::RBAC_DENIED,
+                ));
+            }
+            Verdict::BadRequest { reason } => {
+                tracing::info!(peer = %conn.log.peer, port = conn.port, reason, "bad request");
+                return Ok(finish.local(StatusCode::BAD_REQUEST, "Bad Request", flags::NONE));
+            }
+        }
+    }
+
+    let Some(uri) = upstream_uri(&req, authority) else {
+        return Ok(finish.local(StatusCode::BAD_REQUEST, "Bad Request", flags::NONE));
+    };
+    let tunnel = wants_tunnel(&req) && !conn.http2_app;
+    strip_hop_by_hop(req.headers_mut(), tunnel);
+    set_xfcc(&conn, req.headers_mut());
+    let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
+    let is_connect = req.method() == Method::CONNECT;
+
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    parts.version = if conn.http2_app {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    let body = RequestBody::new(body, finish.request_body.clone());
+    let mut response = match conn.client.request(Request::from_parts(parts, body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            let (body, flag) = if e.is_connect() {
+                (
+                    flags::CONNECT_FAILURE_BODY,
+                    flags::UPSTREAM_CONNECTION_FAILURE,
+                )
+            } else {
+                (flags::RESET_BODY, flags::UPSTREAM_CONNECTION_TERMINATION)
+            };
+            tracing::debug!(peer = %conn.log.peer, port = conn.port, error = %e, flags = flag, "local app request failed");
+            return Ok(finish.local(StatusCode::SERVICE_UNAVAILABLE, body, flag));
+        }
+    };
+
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (is_connect && response.status().is_success());
+    if let (Some(downstream), true) = (downstream_upgrade, switched) {
+        let upstream = hyper::upgrade::on(&mut response);
+        conn.tunnels.spawn(downstream, upstream, conn.log.peer);
+    }
+    let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(response.headers_mut(), keep_upgrade);
+    Ok(finish.respond(response))
+}
+
+fn set_xfcc(conn: &Conn, headers: &mut http::HeaderMap) {
+    let incoming = headers
+        .get(xfcc::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match xfcc::apply(
+        conn.xfcc_mode,
+        incoming.as_deref(),
+        conn.xfcc_own.as_deref(),
+    ) {
+        xfcc::Action::Keep => {}
+        xfcc::Action::Remove => {
+            headers.remove(xfcc::HEADER);
+        }
+        xfcc::Action::Set(value) => match HeaderValue::try_from(value) {
+            Ok(v) => {
+                headers.insert(xfcc::HEADER, v);
+            }
+            Err(_) => {
+                headers.remove(xfcc::HEADER);
+            }
+        },
+    }
+}
