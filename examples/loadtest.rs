@@ -29,7 +29,7 @@ use anyhow::{bail, Context as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider-threads N] [--only bulk,latency,rate,conns,memory] [--outrider PATH]";
+const USAGE: &str = "usage: loadtest [--quick] [--runs N] [--secs S] [--idle-conns N] [--rate R] [--openers N] [--outrider-threads N] [--only bulk,latency,rate,conns,http,memory] [--outrider PATH]";
 
 /// PIDs of every child process, killed by the watchdog if the harness overruns.
 static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
@@ -79,7 +79,7 @@ struct Options {
     openers: usize,
     /// Runtime threads of each outrider sidecar (HAProxy always runs one).
     threads: usize,
-    /// Run only these loads (comma-separated: bulk, latency, rate, conns, memory).
+    /// Run only these loads (comma-separated: bulk, latency, rate, conns, http, memory).
     only: Option<String>,
 }
 
@@ -145,8 +145,8 @@ impl Options {
     }
 
     fn time_limit(&self) -> Duration {
-        // Per run and path: 6 timed measurements + start-up and the idle test.
-        Duration::from_secs_f64(60.0 + self.runs as f64 * 3.0 * (6.0 * self.secs + 40.0))
+        // Per run and path: up to 13 timed measurements + start-up and the idle test.
+        Duration::from_secs_f64(60.0 + self.runs as f64 * 3.0 * (13.0 * self.secs + 40.0))
     }
 }
 
@@ -165,6 +165,8 @@ struct Path3 {
     echo_full: SocketAddr,
     sink: SocketAddr,
     http: SocketAddr,
+    /// The same HTTP backend behind a port declared `HTTP` (the L7 engine), outrider only.
+    http_l7: Option<SocketAddr>,
     /// Proxy processes whose CPU and memory are measured (client side first).
     pids: Vec<u32>,
     /// The processes that carry `echo_full`.
@@ -216,6 +218,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             echo_full: backend.echo,
             sink: backend.sink,
             http: backend.http,
+            http_l7: None,
             pids: vec![],
             full_pids: vec![],
             multi: None,
@@ -442,8 +445,8 @@ struct OutriderPair {
 
 impl OutriderPair {
     fn start(opts: &Options, dir: &Path, backend: &Backend) -> anyhow::Result<OutriderPair> {
-        let [s_echo, s_sink, s_http, c_echo, c_full, c_sink, c_http, s_multi, c_multi] =
-            [(); 9].map(|_| free_port().expect("free port"));
+        let [s_echo, s_sink, s_http, c_echo, c_full, c_sink, c_http, s_multi, c_multi, s_l7, c_l7] =
+            [(); 11].map(|_| free_port().expect("free port"));
         let (c_in, c_app) = (free_port()?, free_port()?);
         let mesh = format!(
             r#"apiVersion: outrider.dev/v1alpha1
@@ -466,6 +469,7 @@ spec:
     - {{ name: echo, port: {s_echo}, targetPort: {b_echo}, protocol: TCP }}
     - {{ name: sink, port: {s_sink}, targetPort: {b_sink}, protocol: TCP }}
     - {{ name: http, port: {s_http}, targetPort: {b_http}, protocol: TCP }}
+    - {{ name: l7, port: {s_l7}, targetPort: {b_http}, protocol: HTTP }}
 ---
 apiVersion: outrider.dev/v1alpha1
 kind: Workload
@@ -480,6 +484,7 @@ spec:
     - {{ bind: "127.0.0.1:{c_sink}", to: "backend.default:sink" }}
     - {{ bind: "127.0.0.1:{c_http}", to: "backend.default:http" }}
     - {{ bind: "127.0.0.1:{c_multi}", to: "multi.default:echo" }}
+    - {{ bind: "127.0.0.1:{c_l7}", to: "backend.default:l7" }}
 ---
 apiVersion: outrider.dev/v1alpha1
 kind: Workload
@@ -565,6 +570,7 @@ spec:
                 echo_full: loopback(c_full),
                 sink: loopback(c_sink),
                 http: loopback(c_http),
+                http_l7: Some(loopback(c_l7)),
                 pids: vec![client.pid(), server.pid()],
                 full_pids: vec![full.pid(), server.pid()],
                 multi: Some(Multi {
@@ -729,6 +735,7 @@ impl HaproxyPair {
                 echo_full: loopback(c_full),
                 sink: loopback(c_sink),
                 http: loopback(c_http),
+                http_l7: None,
                 pids: vec![client.pid(), server.pid()],
                 full_pids: vec![client.pid(), server.pid()],
                 multi: None,
@@ -853,7 +860,7 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
     }
     // Keep-alive requests at a fixed rate: latency.
     if opts.runs("latency") {
-        let lat = fixed_rate(p.http, opts.conns, opts.rate, secs).await?;
+        let lat = fixed_rate(p.http, opts.conns, opts.rate, secs, Exchange::Fixed).await?;
         f.insert("fixed_p50_ms", lat.0);
         f.insert("fixed_p99_ms", lat.1);
         f.insert("fixed_p999_ms", lat.2);
@@ -861,11 +868,39 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
     // Keep-alive requests as fast as they go.
     if opts.runs("rate") {
         let cpu0 = total_cpu(&p.pids);
-        let (reqs, elapsed) = max_rate(p.http, opts.conns, secs).await?;
+        let (reqs, elapsed) = max_rate(p.http, opts.conns, secs, Exchange::Fixed).await?;
         let cpu = total_cpu(&p.pids) - cpu0;
         f.insert("max_rps", reqs as f64 / elapsed.as_secs_f64());
         if !p.pids.is_empty() {
             f.insert("cpu_us_per_req", cpu * 1e6 / reqs as f64);
+        }
+    }
+    // HTTP: one request per new app connection (`Connection: close`), and keep-alive
+    // requests with the responses parsed (the L7 engine rewrites headers), through the TCP
+    // port and, for outrider, the same backend behind a port declared HTTP.
+    if opts.runs("http") {
+        let mut targets = vec![(p.http, "http")];
+        if let Some(l7) = p.http_l7 {
+            targets.push((l7, "l7"));
+        }
+        for (addr, prefix) in targets {
+            let cpu0 = total_cpu(&p.pids);
+            let (n, elapsed) =
+                new_connections(addr, opts.openers, secs, Exchange::HttpClose).await?;
+            let cpu = total_cpu(&p.pids) - cpu0;
+            f.insert(key(prefix, "close_per_s"), n as f64 / elapsed.as_secs_f64());
+            if !p.pids.is_empty() {
+                f.insert(key(prefix, "cpu_us_per_close"), cpu * 1e6 / n as f64);
+            }
+            let cpu0 = total_cpu(&p.pids);
+            let (reqs, elapsed) = max_rate(addr, opts.conns, secs, Exchange::Http).await?;
+            let cpu = total_cpu(&p.pids) - cpu0;
+            f.insert(key(prefix, "max_rps"), reqs as f64 / elapsed.as_secs_f64());
+            if !p.pids.is_empty() {
+                f.insert(key(prefix, "cpu_us_per_req"), cpu * 1e6 / reqs as f64);
+            }
+            let lat = fixed_rate(addr, opts.conns, opts.rate, secs, Exchange::Http).await?;
+            f.insert(key(prefix, "p99_ms"), lat.1);
         }
     }
     if !opts.runs("conns") {
@@ -887,7 +922,7 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
         ),
     ] {
         let cpu0 = total_cpu(pids);
-        let (n, elapsed) = new_connections(addr, opts.openers, secs).await?;
+        let (n, elapsed) = new_connections(addr, opts.openers, secs, Exchange::Echo).await?;
         let cpu = total_cpu(pids) - cpu0;
         f.insert(rate_key, n as f64 / elapsed.as_secs_f64());
         if !p.pids.is_empty() {
@@ -905,7 +940,7 @@ async fn measure(opts: &Options, p: &Path3) -> anyhow::Result<Figures> {
         };
         let (resumed0, full0) = handshakes()?;
         let cpu0 = total_cpu(&m.pids);
-        let (n, elapsed) = new_connections(m.echo, opts.openers, secs).await?;
+        let (n, elapsed) = new_connections(m.echo, opts.openers, secs, Exchange::Echo).await?;
         let cpu = total_cpu(&m.pids) - cpu0;
         let (resumed1, full1) = handshakes()?;
         let (resumed, full) = (resumed1 - resumed0, full1 - full0);
@@ -939,6 +974,86 @@ async fn bulk(addr: SocketAddr, dur: Duration) -> anyhow::Result<(u64, Duration)
 
 const REQUEST: &[u8] = b"GET /ping HTTP/1.1\r\nHost: backend\r\n\r\n";
 
+/// What one request looks like on the wire.
+#[derive(Debug, Clone, Copy)]
+enum Exchange {
+    /// One byte echoed (new-connection test).
+    Echo,
+    /// A keep-alive GET whose response is the backend's exact bytes (proxies that pass bytes).
+    Fixed,
+    /// A keep-alive GET whose response is parsed (headers, then `Content-Length` bytes):
+    /// an L7 proxy rewrites the headers.
+    Http,
+    /// A GET with `Connection: close`, parsed.
+    HttpClose,
+}
+
+const REQUEST_CLOSE: &[u8] = b"GET /ping HTTP/1.1\r\nHost: backend\r\nConnection: close\r\n\r\n";
+
+impl Exchange {
+    async fn request(self, s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Exchange::Fixed | Exchange::Echo => http_request(s, buf).await,
+            Exchange::Http => http_parsed(s, buf, REQUEST).await,
+            Exchange::HttpClose => http_parsed(s, buf, REQUEST_CLOSE).await,
+        }
+    }
+}
+
+/// Sends `request` and reads one response: headers, then `Content-Length` body bytes.
+async fn http_parsed(s: &mut TcpStream, buf: &mut [u8], request: &[u8]) -> std::io::Result<()> {
+    s.write_all(request).await?;
+    let mut got = 0;
+    let head_end = loop {
+        if got == buf.len() {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        let n = s.read(&mut buf[got..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got += n;
+        if let Some(i) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head =
+        std::str::from_utf8(&buf[..head_end]).map_err(|_| std::io::ErrorKind::InvalidData)?;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    let mut body = got - head_end;
+    while body < length {
+        let n = s.read(&mut buf[..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        body += n;
+    }
+    Ok(())
+}
+
+/// The figure key of an HTTP measurement through the TCP port (`http`) or the HTTP port (`l7`).
+fn key(port: &str, name: &str) -> &'static str {
+    match (port, name) {
+        ("http", "close_per_s") => "http_close_per_s",
+        ("http", "cpu_us_per_close") => "http_cpu_us_per_close",
+        ("http", "max_rps") => "http_max_rps",
+        ("http", "cpu_us_per_req") => "http_cpu_us_per_req",
+        ("http", "p99_ms") => "http_p99_ms",
+        ("l7", "close_per_s") => "l7_close_per_s",
+        ("l7", "cpu_us_per_close") => "l7_cpu_us_per_close",
+        ("l7", "max_rps") => "l7_max_rps",
+        ("l7", "cpu_us_per_req") => "l7_cpu_us_per_req",
+        _ => "l7_p99_ms",
+    }
+}
+
 /// One keep-alive request and its whole response (the backend's are fixed-size).
 async fn http_request(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<()> {
     s.write_all(REQUEST).await?;
@@ -964,6 +1079,7 @@ async fn fixed_rate(
     conns: usize,
     rate: u64,
     dur: Duration,
+    exchange: Exchange,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let every = Duration::from_secs_f64(conns as f64 / rate as f64);
     let mut tasks = Vec::new();
@@ -982,7 +1098,7 @@ async fn fixed_rate(
                     break;
                 }
                 let sent = Instant::now();
-                timed("request", http_request(&mut s, &mut buf)).await?;
+                timed("request", exchange.request(&mut s, &mut buf)).await?;
                 lat.push(sent.elapsed().as_secs_f64() * 1e3);
             }
             anyhow::Ok(lat)
@@ -1013,6 +1129,7 @@ async fn max_rate(
     addr: SocketAddr,
     conns: usize,
     dur: Duration,
+    exchange: Exchange,
 ) -> anyhow::Result<(u64, Duration)> {
     let done = Arc::new(AtomicU64::new(0));
     let mut streams = Vec::new();
@@ -1026,7 +1143,7 @@ async fn max_rate(
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             while start.elapsed() < dur {
-                timed("request", http_request(&mut s, &mut buf)).await?;
+                timed("request", exchange.request(&mut s, &mut buf)).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -1047,11 +1164,20 @@ async fn one_connection(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `openers` loops of [`one_connection`] for `dur`.
+/// Connect, one HTTP request with `Connection: close`, its response, close.
+async fn one_http_connection(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut s = connect(addr).await?;
+    let mut buf = [0u8; 1024];
+    timed("request", Exchange::HttpClose.request(&mut s, &mut buf)).await?;
+    Ok(())
+}
+
+/// `openers` loops of [`one_connection`] (or [`one_http_connection`]) for `dur`.
 async fn new_connections(
     addr: SocketAddr,
     openers: usize,
     dur: Duration,
+    exchange: Exchange,
 ) -> anyhow::Result<(u64, Duration)> {
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -1060,7 +1186,10 @@ async fn new_connections(
         let done = done.clone();
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < dur {
-                one_connection(addr).await?;
+                match exchange {
+                    Exchange::HttpClose => one_http_connection(addr).await?,
+                    _ => one_connection(addr).await?,
+                }
                 done.fetch_add(1, Ordering::Relaxed);
             }
             anyhow::Ok(())
@@ -1240,6 +1369,66 @@ impl Report<'_> {
                 ratio(r, d),
                 ratio(r, h)
             );
+        }
+        if self
+            .results
+            .values()
+            .flatten()
+            .any(|f| f.contains_key("l7_max_rps"))
+        {
+            s +=
+                "\nHTTP: the same backend through outrider's TCP port and through a port declared \
+                  `HTTP` (the L7 engine: requests parsed, counted, authorized; pooled HTTP/2 \
+                  between the sidecars); HAProxy and direct carry the TCP bytes. Responses are \
+                  parsed by the load generator on every path.\n\n";
+            s += "| figure | unit | direct | outrider TCP port | outrider HTTP port | haproxy | HTTP port / TCP port | HTTP port / haproxy |\n";
+            s += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+            for (tcp_key, l7_key, label, unit) in [
+                (
+                    "http_close_per_s",
+                    "l7_close_per_s",
+                    "new app connections/s, one request each (`Connection: close`)",
+                    "conn/s",
+                ),
+                (
+                    "http_cpu_us_per_close",
+                    "l7_cpu_us_per_close",
+                    "CPU of both proxies per app connection",
+                    "µs",
+                ),
+                (
+                    "http_max_rps",
+                    "l7_max_rps",
+                    "keep-alive requests, max rate",
+                    "req/s",
+                ),
+                (
+                    "http_cpu_us_per_req",
+                    "l7_cpu_us_per_req",
+                    "CPU of both proxies per keep-alive request",
+                    "µs",
+                ),
+                (
+                    "http_p99_ms",
+                    "l7_p99_ms",
+                    "latency p99 at fixed rate",
+                    "ms",
+                ),
+            ] {
+                let d = self.value("direct", tcp_key);
+                let t = self.value("outrider", tcp_key);
+                let l = self.value("outrider", l7_key);
+                let h = self.value("haproxy", tcp_key);
+                s += &format!(
+                    "| {label} | {unit} | {} | {} | {} | {} | {} | {} |\n",
+                    fmt(d),
+                    fmt(t),
+                    fmt(l),
+                    fmt(h),
+                    ratio(l, t),
+                    ratio(l, h)
+                );
+            }
         }
         let rss = |name: &str, i: usize, anon: bool| {
             self.idle_rss
