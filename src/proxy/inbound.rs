@@ -280,7 +280,12 @@ async fn serve(
     };
     if decision != Decision::Mtls {
         if plan.protocol.is_http() && decision == Decision::Plain {
-            return super::http::serve_inbound(downstream, l7, plan, app, &rt, shared).await;
+            // Boxed (both here and below): the L7 state would otherwise size every TCP
+            // connection's task.
+            return Box::pin(super::http::serve_inbound(
+                downstream, l7, plan, app, &rt, shared,
+            ))
+            .await;
         }
         return forward(&mut downstream, peer, "none", plan, app, &rt, shared, gate).await;
     }
@@ -327,7 +332,10 @@ async fn serve(
         };
         l7.security = "mutual_tls";
         l7.peer_id = peer_id;
-        return super::http::serve_inbound(tls_stream, l7, plan, app, &rt, shared).await;
+        return Box::pin(super::http::serve_inbound(
+            tls_stream, l7, plan, app, &rt, shared,
+        ))
+        .await;
     }
     let gate = Gate {
         peer_id: peer_id.as_ref(),

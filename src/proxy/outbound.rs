@@ -205,7 +205,8 @@ impl Outbound {
                 let _guard = shared.shutdown.connection();
                 registration.decide(|| (Carried::Outbound, ()));
                 if super::http::outbound::carries(&out) {
-                    super::http::outbound::serve(stream, peer, out, rt, shared).await;
+                    // Boxed: the L7 state would otherwise size every TCP connection's task.
+                    Box::pin(super::http::outbound::serve(stream, peer, out, rt, shared)).await;
                 } else {
                     serve(stream, peer, &out, &rt, &shared).await;
                 }
