@@ -1,10 +1,11 @@
-//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch`. Each
-//! subcommand's flags (and their `OUTRIDER_*` environment variables, for containers) become
-//! the plain configuration struct of the library module that does the work; nothing in the
-//! library sees clap.
+//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch | dashboard |
+//! iptables`. Each subcommand's flags (and their `OUTRIDER_*` environment variables, for
+//! containers) become the plain configuration struct of the library module that does the
+//! work; nothing in the library sees clap.
 
 mod ca;
 mod dashboard;
+mod iptables;
 mod run;
 mod sample;
 mod tools;
@@ -42,6 +43,8 @@ pub enum Command {
     Fetch(tools::FetchArgs),
     /// A live service graph of the mesh: padlocks on mTLS edges, plaintext clients, rates.
     Dashboard(dashboard::DashboardArgs),
+    /// Install Istio's transparent-capture nat rules in this network namespace (the init step).
+    Iptables(iptables::IptablesArgs),
 }
 
 impl Command {
@@ -56,6 +59,7 @@ impl Command {
             Command::SampleApp(args) => done(args.into_config().run()),
             Command::Fetch(args) => done(args.into_options().run()),
             Command::Dashboard(args) => done(args.into_options().run().map_err(Into::into)),
+            Command::Iptables(args) => done(args.into_options().run().map_err(Into::into)),
         }
     }
 }
