@@ -9,14 +9,18 @@
 //! - [`netfilter`] installs and removes it through `iptables-save` / `iptables-restore`
 //!   (why the binaries: see there).
 //! - [`original_dst`] reads where a redirected connection was going (`SO_ORIGINAL_DST`), for
-//!   the capture listeners.
+//!   the capture listeners; [`EchoOptions`] (`outrider capture-echo`) answers each
+//!   connection with it, a probe for checking the rules.
 
+mod echo;
 pub mod netfilter;
 mod original_dst;
 pub mod rules;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use echo::{describe, EchoOptions};
 pub use original_dst::original_dst;
 
 use netfilter::{Iptables, NetfilterError};
@@ -34,13 +38,19 @@ pub struct IptablesOptions {
     pub iptables_bin: Option<PathBuf>,
 }
 
-/// Why `outrider iptables` failed: bad options or netfilter refused.
+/// Why `outrider iptables` (or `capture-echo`) failed: bad options, netfilter refused, or a
+/// port is taken.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error(transparent)]
     Rules(#[from] RuleError),
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl IptablesOptions {

@@ -1,25 +1,15 @@
 //! Flags of `outrider iptables`: Istio's `istio-iptables` flags (same short and long names,
 //! same defaults), plus `--dry-run`, `--cleanup` and `--iptables-bin`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use outrider::capture::rules::{self, CaptureRules, Cidr, InterceptionMode, Ports, Ranges};
-use outrider::capture::IptablesOptions;
+use outrider::capture::{EchoOptions, IptablesOptions};
 
 /// `outrider iptables [-p 15001] [-z 15006] [-u 1337] [-g 1337] [-m REDIRECT] [-b '*']
 /// [-d 15090,15021,15020] [-i '*'] [-x ''] [-q ports] [-o ports] [--dry-run] [--cleanup]`.
 #[derive(Debug, Clone, clap::Args)]
-#[command(
-    about = "Install Istio's transparent-capture nat rules in this network namespace (the init step)",
-    long_about = "Install Istio's transparent-capture nat rules in the current network namespace, \
-as Istio's init container (istio-iptables) does: the app's outbound TCP connections go to the \
-proxy's port (-p, 15001), every inbound one to its inbound capture port (-z, 15006), except the \
-proxy's own traffic (-u/-g, UID/GID 1337: run the sidecar as that user), port 15008 and the \
-excluded inbound ports (-d). Chains ISTIO_INBOUND, ISTIO_IN_REDIRECT, ISTIO_OUTPUT, \
-ISTIO_REDIRECT in the nat table; IPv4 only. Applied with iptables-restore in one transaction; \
-running it again replaces the earlier install, --cleanup removes it. Needs root or CAP_NET_ADMIN \
-(docker: cap_add: [NET_ADMIN]) and the iptables programs (--iptables-bin)."
-)]
 pub struct IptablesArgs {
     /// The port outbound connections are redirected to (the proxy's outbound capture listener).
     #[arg(
@@ -132,4 +122,20 @@ fn cidrs(s: &str) -> Result<CidrList, String> {
     rules::parse_cidr_list(s)
         .map(CidrList)
         .map_err(|e| e.to_string())
+}
+
+/// `outrider capture-echo --listen 0.0.0.0:15001 [--listen ...]`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CaptureEchoArgs {
+    /// An address to listen on; repeat for several (all are bound before any is served).
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub listen: Vec<SocketAddr>,
+}
+
+impl CaptureEchoArgs {
+    pub fn into_options(self) -> EchoOptions {
+        EchoOptions {
+            listen: self.listen,
+        }
+    }
 }
