@@ -336,6 +336,50 @@ fn captured_connections_reach_the_capture_ports_with_their_original_destination(
         .starts_with("local=10.77.0.2:8080 "));
 }
 
+#[test]
+fn original_dst_reads_ipv6_and_ipv4_on_a_dual_stack_listener() {
+    if !netns_prerequisites() || !tool_available("ip6tables") {
+        return;
+    }
+    // One REDIRECT rule per family (outrider iptables installs IPv4 rules only; the lookup
+    // itself serves both), to a listener on [::]:15001.
+    let a = Netns::new();
+    let b = Netns::new();
+    a.ok(&[
+        "ip", "link", "add", "ca0", "type", "veth", "peer", "name", "cb0", "netns", &b.name,
+    ]);
+    a.ok(&["ip", "addr", "add", "10.78.0.1/24", "dev", "ca0"]);
+    a.ok(&["ip", "addr", "add", "fd00:78::1/64", "dev", "ca0", "nodad"]);
+    a.ok(&["ip", "link", "set", "ca0", "up"]);
+    b.ok(&["ip", "link", "set", "cb0", "up"]);
+    for (program, dst) in [("iptables", "10.78.0.2"), ("ip6tables", "fd00:78::2")] {
+        a.ok(&[
+            program,
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            dst,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ]);
+    }
+    let _echo = a.echo("[::]:15001");
+    assert_eq!(
+        a.fetch(&[], "[fd00:78::2]:8080"),
+        "local=[::1]:15001 original=[fd00:78::2]:8080"
+    );
+    assert_eq!(
+        a.fetch(&[], "10.78.0.2:8080"),
+        "local=[::ffff:127.0.0.1]:15001 original=10.78.0.2:8080"
+    );
+}
+
 fn assert_one_line_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "succeeded: {stderr}");
