@@ -288,7 +288,7 @@ fn captured_connections_reach_the_capture_ports_with_their_original_destination(
 
     // The capture listeners in A (run as root: not the proxy's UID), an excluded port, and
     // the real server in B.
-    let _a_echo = a.echo("0.0.0.0:15001,0.0.0.0:15006,0.0.0.0:15021");
+    let _a_echo = a.echo("0.0.0.0:15001,0.0.0.0:15006,0.0.0.0:15021,0.0.0.0:9000");
     let _b_echo = b.echo("0.0.0.0:8080");
 
     // The app's outbound connection lands on 15001; the original destination is B.
@@ -323,6 +323,43 @@ fn captured_connections_reach_the_capture_ports_with_their_original_destination(
     assert!(a
         .fetch(&[], "127.0.0.1:15021")
         .starts_with("local=127.0.0.1:15021 "));
+    // The app calling its own pod IP is not captured either (it goes out on lo).
+    assert!(a
+        .fetch(&[], "10.77.0.1:9000")
+        .starts_with("local=10.77.0.1:9000 "));
+    // The proxy calling its own pod IP (a service VIP that resolved to itself) re-enters
+    // inbound capture (REDIRECT from OUTPUT lands on 127.0.0.1); to 127.0.0.1 it does not.
+    assert_eq!(
+        a.fetch(&as_proxy, "10.77.0.1:9000"),
+        "local=127.0.0.1:15006 original=10.77.0.1:9000"
+    );
+    assert!(a
+        .fetch(&as_proxy, "127.0.0.1:9000")
+        .starts_with("local=127.0.0.1:9000 "));
+    // The proxy forwarding inbound traffic to the app from 127.0.0.6 reaches the app.
+    if tool_available("curl") {
+        let out = a.run(&[
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--interface",
+            "127.0.0.6",
+            "http://10.77.0.1:9000/",
+        ]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.starts_with("local=10.77.0.1:9000 ") && body.contains("peer=127.0.0.6:"),
+            "{body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // After cleanup nothing is captured any more.
     let out = a.outrider(&["iptables", "--cleanup"]);
