@@ -278,8 +278,7 @@ fn ours(saved: &str) -> (Vec<&'static str>, Vec<&str>) {
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let mut words = rule.split_whitespace();
             let chain = words.next().unwrap_or("");
-            let target = rule
-                .split_whitespace()
+            let target = words
                 .skip_while(|w| *w != "-j" && *w != "-g")
                 .nth(1)
                 .unwrap_or("");
