@@ -21,6 +21,9 @@
 //! - [`policy`] holds pure decisions over small fact structs (authorization), compiled by
 //!   [`config`] and asked by [`proxy`].
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
+//! - [`capture`] is transparent capture: `outrider iptables` (Istio's init step: the nat
+//!   rules that send the app's traffic to the proxy) and the original destination of a
+//!   captured connection.
 //! - Around them: [`shutdown`] (drain), [`logging`], [`duration`] (the one duration syntax),
 //!   and the tools the FROM-scratch image needs besides the sidecar: [`demo`], [`samples`]
 //!   (the labs' sample app), [`fetch`] (a plaintext GET), [`dashboard`] (the live mesh
@@ -31,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod ca;
 pub mod ca_protocol;
+pub mod capture;
 pub mod config;
 pub mod dashboard;
 pub mod demo;

@@ -1,10 +1,11 @@
-//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch`. Each
-//! subcommand's flags (and their `OUTRIDER_*` environment variables, for containers) become
-//! the plain configuration struct of the library module that does the work; nothing in the
-//! library sees clap.
+//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch | dashboard |
+//! iptables`. Each subcommand's flags (and their `OUTRIDER_*` environment variables, for
+//! containers) become the plain configuration struct of the library module that does the
+//! work; nothing in the library sees clap.
 
 mod ca;
 mod dashboard;
+mod iptables;
 mod run;
 mod sample;
 mod tools;
@@ -42,6 +43,20 @@ pub enum Command {
     Fetch(tools::FetchArgs),
     /// A live service graph of the mesh: padlocks on mTLS edges, plaintext clients, rates.
     Dashboard(dashboard::DashboardArgs),
+    /// Install Istio's transparent-capture nat rules in this network namespace (the init step).
+    ///
+    /// As Istio's init container (istio-iptables) does: the app's outbound TCP connections go
+    /// to the proxy's port (-p, 15001), every inbound one to its inbound capture port (-z,
+    /// 15006), except the proxy's own traffic (-u/-g, UID/GID 1337: run the sidecar as that
+    /// user), port 15008 and the excluded inbound ports (-d). Chains ISTIO_INBOUND,
+    /// ISTIO_IN_REDIRECT, ISTIO_OUTPUT, ISTIO_REDIRECT in the nat table; IPv4 only. Applied with
+    /// iptables-restore in one transaction; running it again replaces the earlier install,
+    /// --cleanup removes it. Needs root or CAP_NET_ADMIN (docker: cap_add: [NET_ADMIN]) and the
+    /// iptables programs (--iptables-bin).
+    Iptables(iptables::IptablesArgs),
+    /// A probe for capture rules: answer each connection with where it was accepted and its
+    /// original destination (SO_ORIGINAL_DST).
+    CaptureEcho(iptables::CaptureEchoArgs),
 }
 
 impl Command {
@@ -56,6 +71,8 @@ impl Command {
             Command::SampleApp(args) => done(args.into_config().run()),
             Command::Fetch(args) => done(args.into_options().run()),
             Command::Dashboard(args) => done(args.into_options().run().map_err(Into::into)),
+            Command::Iptables(args) => done(args.into_options().run().map_err(Into::into)),
+            Command::CaptureEcho(args) => done(args.into_options().run().map_err(Into::into)),
         }
     }
 }

@@ -19,6 +19,7 @@ mod ca_grpc_python;
 mod ca_hardening;
 mod ca_service;
 mod ca_token_out;
+mod capture;
 mod cipher;
 mod config_check;
 mod config_errors;
