@@ -1,16 +1,16 @@
 //! The copy loop: the hot path. Moves bytes both ways between two streams, propagates
 //! half-close, counts bytes per connection, and reports the counts in batches.
 //!
-//! Both directions are polled by one future (no task per direction, no split lock). A
-//! direction that reads a plain socket owns one buffer that starts small (an idle or chatty
-//! connection costs little memory) and doubles, up to a cap, each time a read fills it (a
-//! bulk stream soon moves several TLS records per read and per write). A direction that
-//! reads TLS has no buffer of its own: it writes the decrypted record straight from rustls'
-//! buffer (one copy less per byte, and no buffer per connection; a TLS read never yields more
-//! than one record anyway). Which one a stream gets is its [`CopyStream`] type. Nothing is
-//! allocated per read, no lock or shared atomic is touched per chunk, nothing is logged per
-//! packet. Metrics see the byte counts at most every `report_every` while bytes move, and at
-//! close.
+//! Both directions are polled by one future (no task per direction, no split lock). Each
+//! direction owns one buffer that starts small (an idle or chatty connection costs little
+//! memory) and doubles, up to a cap, each time a read fills it (a bulk stream soon moves
+//! several TLS records per read and per write: tokio-rustls fills a read with every record
+//! it has decrypted, so a 64 KiB buffer carries up to four records' plaintext per write).
+//! Reading TLS in place from rustls' buffer was tried and dropped: one record per write,
+//! four times the writes to the app on a bulk stream (see BENCHMARKS.md). How a stream is
+//! read is its [`CopyStream`] type. Nothing is allocated per read, no lock or shared atomic
+//! is touched per chunk, nothing is logged per packet. Metrics see the byte counts at most
+//! every `report_every` while bytes move, and at close.
 //!
 //! One timer per connection serves both reporting and idle detection, and an idle connection
 //! does not wake up: while bytes move, the timer fires every `report_every` to report them;
@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
@@ -251,9 +251,8 @@ where
     }
 }
 
-/// A stream the copy loop can carry: it reads the stream either into a buffer of its own
-/// ([`OwnBuffer`], for plain sockets) or in place from the buffer the stream already keeps
-/// ([`InPlace`], for TLS streams, whose reads yield one decrypted record).
+/// A stream the copy loop can carry, and where a direction reading it keeps its bytes
+/// ([`OwnBuffer`] for every stream today).
 pub trait CopyStream: AsyncWrite + Unpin + Sized {
     type Fill: Fill<Self> + Unpin;
     fn filler(config: &CopyConfig) -> Self::Fill;
@@ -321,23 +320,6 @@ impl<R: AsyncRead + Unpin> Fill<R> for OwnBuffer {
     }
 }
 
-/// Reads a buffered stream in place: no buffer of the copy loop's.
-pub struct InPlace;
-
-impl<R: AsyncBufRead + Unpin> Fill<R> for InPlace {
-    fn poll_fill<'a>(
-        &'a mut self,
-        cx: &mut Context<'_>,
-        reader: &'a mut R,
-    ) -> Poll<io::Result<&'a [u8]>> {
-        Pin::new(reader).poll_fill_buf(cx)
-    }
-
-    fn consume(&mut self, reader: &mut R, n: usize) {
-        Pin::new(reader).consume(n);
-    }
-}
-
 impl CopyStream for TcpStream {
     type Fill = OwnBuffer;
     fn filler(config: &CopyConfig) -> OwnBuffer {
@@ -360,23 +342,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> CopyStream for super::sniff::Rewind<S> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for tokio_rustls::server::TlsStream<IO> {
-    type Fill = InPlace;
-    fn filler(_: &CopyConfig) -> InPlace {
-        InPlace
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
     }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for tokio_rustls::client::TlsStream<IO> {
-    type Fill = InPlace;
-    fn filler(_: &CopyConfig) -> InPlace {
-        InPlace
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
     }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> CopyStream for Box<tokio_rustls::client::TlsStream<IO>> {
-    type Fill = InPlace;
-    fn filler(_: &CopyConfig) -> InPlace {
-        InPlace
+    type Fill = OwnBuffer;
+    fn filler(config: &CopyConfig) -> OwnBuffer {
+        OwnBuffer::new(config)
     }
 }
 
@@ -625,43 +607,5 @@ mod tests {
             closed >= Duration::from_secs_f64(22.5) && closed <= Duration::from_secs_f64(23.5),
             "closed after {closed:?}"
         );
-    }
-
-    /// A buffered reader stands in for a TLS stream: read in place, no buffer of the loop's.
-    impl CopyStream for tokio::io::BufReader<tokio::io::DuplexStream> {
-        type Fill = InPlace;
-        fn filler(_: &CopyConfig) -> InPlace {
-            InPlace
-        }
-    }
-
-    /// In-place reading keeps every byte, in order, through partial writes (a 7-byte pipe)
-    /// and reads larger than the writer takes at once, and propagates half-close.
-    #[tokio::test]
-    async fn in_place_reads_copy_everything_through_partial_writes() {
-        let (mut client, a) = tokio::io::duplex(4096);
-        let mut a = tokio::io::BufReader::with_capacity(1000, a);
-        let (mut b, mut server) = tokio::io::duplex(7);
-        let proxy = tokio::spawn(async move {
-            copy_bidirectional(&mut a, &mut b, CopyConfig::default(), |_, _| {}).await
-        });
-        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let sent = payload.clone();
-        let writer = tokio::spawn(async move {
-            client.write_all(&sent).await.unwrap();
-            client.shutdown().await.unwrap();
-            let mut back = Vec::new();
-            client.read_to_end(&mut back).await.unwrap();
-            back
-        });
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert!(got == payload, "bytes changed or reordered");
-        server.write_all(b"bye").await.unwrap();
-        server.shutdown().await.unwrap();
-        assert_eq!(writer.await.unwrap(), b"bye");
-        let (end, ab, ba) = proxy.await.unwrap();
-        assert!(matches!(end, CopyEnd::Done), "{end:?}");
-        assert_eq!((ab, ba), (100_000, 3));
     }
 }
