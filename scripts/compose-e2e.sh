@@ -5,7 +5,12 @@
 #   2. Prometheus shows mutual_tls edges reported by the destination side, and the dashboard
 #      (outrider dashboard --prometheus) draws them with padlocks;
 #   3. under PERMISSIVE the intruder's plaintext request gets through;
-#   4. after copying strict.yaml into the mounted folder the intruder is reset, the mesh still works.
+#   4. after copying policies/age-callers.yaml (AuthorizationPolicy: only sentences may call age)
+#      into the mounted folder the intruder is answered 403 RBAC: access denied, sentences still
+#      gets its answers, Prometheus shows istio_requests_total to age by response code (200 from
+#      sentences over mTLS, 403 from the plaintext intruder) and the dashboard still draws the
+#      intruder's plaintext edge;
+#   5. after copying strict.yaml into the mounted folder the intruder is reset, the mesh still works.
 # Every wait has a deadline; the project is always brought down (with its volumes), and the
 # containers' logs are printed when something failed. Skips (exit 0) without docker unless
 # OUTRIDER_REQUIRE_TOOLS=1.
@@ -86,7 +91,7 @@ step "1. the CA service issued every identity (its audit log; each sidecar's /ce
 ca_log="$(compose logs --no-color ca | sed 's/\x1b\[[0-9;]*m//g')"
 for pair in sentences-sidecar:sentences age-sidecar:age name-v1-sidecar:name name-v2-sidecar:name; do
     svc=${pair%%:*} sa=${pair##*:}
-    grep 'decision="issued"' <<<"$ca_log" | grep -q "identity=spiffe://cluster.local/ns/default/sa/$sa" ||
+    grep 'decision="issued"' <<<"$ca_log" | grep "identity=spiffe://cluster.local/ns/default/sa/$sa" >/dev/null ||
         fail "the CA's log shows no certificate issued for sa/$sa"
     certs="$(compose exec -T "$svc" /outrider fetch http://127.0.0.1:15000/certs)" ||
         fail "$svc: /certs did not answer"
@@ -124,7 +129,10 @@ dashboard_padlocks() {
 }
 wait_for 60 "the dashboard's mtls edges sentences -> age, name-v1, name-v2" dashboard_padlocks
 dashboard_edges | sed 's/^/  dashboard: /'
-curl -fsS --max-time 5 "$dashboard/" | grep -q "<svg\|api/graph" || fail "the dashboard page did not load"
+# Not `curl | grep -q`: grep -q exits at the first match, curl then fails writing the rest of
+# the page (exit 23), and pipefail fails the check at random.
+page="$(curl -fsS --max-time 5 "$dashboard/")" || fail "the dashboard page did not load"
+grep -q "<svg\|api/graph" <<<"$page" || fail "the dashboard page has no graph"
 
 intruder_fetch() { compose exec -T intruder /outrider fetch --timeout 3s http://age:8080/ 2>&1; }
 
@@ -132,13 +140,57 @@ step "3. PERMISSIVE: the intruder's plaintext request to age gets through"
 out="$(intruder_fetch)" || fail "the intruder was refused under PERMISSIVE: $out"
 echo "  intruder: $out"
 
-step "4. STRICT: cp policies/strict.yaml into the mounted folder"
+step "4. AuthorizationPolicy: cp policies/age-callers.yaml into the mounted folder (only sentences may call age)"
+cp deploy/compose/policies/age-callers.yaml "$mesh_dir/"
+chmod 0644 "$mesh_dir/age-callers.yaml"
+# `outrider fetch` prints the answer's status and body, and exits 1 on a non-2xx answer.
+intruder_denied() { ! out="$(intruder_fetch)" && grep -q "^403 RBAC: access denied" <<<"$out"; }
+wait_for 30 "the intruder is answered 403 RBAC: access denied under PERMISSIVE" intruder_denied
+echo "  intruder: $(intruder_fetch | head -n1 || true)"
+
+step "4. AuthorizationPolicy: sentences still gets its answers from age"
+for _ in 1 2 3 4 5; do
+    sentence_ok || fail "sentences failed under the AuthorizationPolicy: $(curl -sS --max-time 5 "$sentences" 2>&1)"
+done
+echo "  $(curl -fsS --max-time 5 "$sentences")"
+
+step "4. Prometheus: istio_requests_total to age by response code"
+# prom_series <query> <label...>: one line per series, the labels' values then the value.
+prom_series() {
+    local q=$1
+    shift
+    curl -fsS --max-time 5 -G "$prometheus/api/v1/query" --data-urlencode "query=$q" |
+        python3 -c 'import json,sys; ls=sys.argv[1:]; r=json.load(sys.stdin)["data"]["result"]; print("\n".join(sorted(" ".join([m["metric"].get(l,"?") for l in ls]+[m["value"][1]]) for m in r)))' "$@"
+}
+codes_query='sum by (response_code) (istio_requests_total{reporter="destination",destination_workload="age"})'
+sources_query='sum by (response_code, source_workload, connection_security_policy) (istio_requests_total{reporter="destination",destination_workload="age"})'
+codes_seen() {
+    local c s
+    c="$(prom_series "$codes_query" response_code)"
+    s="$(prom_series "$sources_query" response_code source_workload connection_security_policy)"
+    grep -q "^200 " <<<"$c" && grep -q "^403 " <<<"$c" &&
+        grep -q "^200 sentences mutual_tls " <<<"$s" && grep -q "^403 unknown none " <<<"$s" &&
+        ! grep -q "^403 sentences " <<<"$s"
+}
+wait_for 60 "a 200 series (sentences, mutual_tls) and a 403 series (the intruder, none) for age in Prometheus" codes_seen
+prom_series "$codes_query" response_code | sed 's/^/  response_code /'
+prom_series "$sources_query" response_code source_workload connection_security_policy | sed 's/^/  by source: /'
+
+step "4. the dashboard still draws the intruder's plaintext edge to age (its requests are denied, still counted)"
+intruder_edge() {
+    local e
+    e="$(dashboard_edges)" && grep -qx "unknown -> age plaintext" <<<"$e"
+}
+wait_for 60 "the dashboard's edge unknown -> age plaintext" intruder_edge
+dashboard_edges | grep "age" | sed 's/^/  dashboard: /'
+
+step "5. STRICT: cp policies/strict.yaml into the mounted folder"
 cp deploy/compose/policies/strict.yaml "$mesh_dir/peer-authentication.yaml"
 intruder_reset() { ! out="$(intruder_fetch)" && grep -qi "reset" <<<"$out"; }
 wait_for 30 "the intruder is reset under STRICT" intruder_reset
 echo "  intruder: $(intruder_fetch || true)"
 
-step "4. STRICT: the mesh still works"
+step "5. STRICT: the mesh still works"
 for _ in 1 2 3 4 5; do
     sentence_ok || fail "sentences failed under STRICT: $(curl -sS --max-time 5 "$sentences" 2>&1)"
 done

@@ -3,8 +3,9 @@
 //! It makes a CA and one SVID per service account, writes a mesh configuration, starts the
 //! sample app (`sentences` → `age`, `name` v1/v2) as real processes each beside its own
 //! sidecar process, and a plaintext "intruder" without a sidecar. Then it plays the story —
-//! PERMISSIVE, STRICT, a DestinationRule that turns mTLS off for one subset — printing what
-//! happened at each step. Every process and file it made is gone when it exits.
+//! PERMISSIVE, STRICT, a DestinationRule that turns mTLS off for one subset, an
+//! AuthorizationPolicy that lets only `sentences` call `age` — printing what happened at each
+//! step. Every process and file it made is gone when it exits.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -152,6 +153,19 @@ spec:
           weight: 50
         - destination: { host: name, subset: v2 }
           weight: 50
+";
+
+/// Only `sentences` may call `age` (the labs' first AuthorizationPolicy). A plaintext client
+/// has no principal, so under PERMISSIVE it reaches age's sidecar and is answered 403.
+const AGE_CALLERS: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: { name: age-callers, namespace: default }
+spec:
+  selector: { matchLabels: { app: age } }
+  action: ALLOW
+  rules:
+    - from:
+        - source: { principals: [cluster.local/ns/default/sa/sentences] }
 ";
 
 async fn demo(args: DemoOptions) -> anyhow::Result<()> {
@@ -321,6 +335,14 @@ async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
     traffic(&front, args.requests * 2).await;
     edges(d).await;
 
+    println!("\n4. AuthorizationPolicy default/age-callers (selector app: age): ALLOW only principal cluster.local/ns/default/sa/sentences");
+    std::fs::write(config.join("authorization-policy.yaml"), AGE_CALLERS)?;
+    wait_policy(age, "default/age-callers").await?;
+    traffic(&front, args.requests).await;
+    intruder(age).await;
+    edges(d).await;
+    requests_by_code(age).await;
+
     println!("\nThe metrics show every edge: connection_security_policy=\"mutual_tls\" or \"none\", reported by the destination sidecar.");
     if args.once {
         println!(
@@ -382,6 +404,23 @@ async fn wait_mode(d: &Demo, mode: &str) -> anyhow::Result<()> {
     bail!("sidecars did not pick up the {mode} policy")
 }
 
+/// Waits until `m`'s sidecar applies the AuthorizationPolicy `name` (`namespace/name`).
+async fn wait_policy(m: &Member, name: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let dump = fetch_path(&Member::addr(m.admin), "/config_dump")
+            .await
+            .unwrap_or_default();
+        if dump.contains(&format!("\"name\": \"{name}\"")) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!(
+        "{}'s sidecar did not pick up the AuthorizationPolicy {name}",
+        m.workload
+    )
+}
+
 async fn wait_subsets(d: &Demo) -> anyhow::Result<()> {
     for _ in 0..100 {
         let dump = fetch_path(&Member::addr(d.members[0].admin), "/config_dump")
@@ -411,10 +450,23 @@ async fn traffic(front: &str, n: usize) {
 }
 
 async fn intruder(age: &Member) {
-    match fetch_path(&Member::addr(age.inbound), "/").await {
-        Ok(body) => {
-            println!("   intruder (no sidecar, plaintext) → age: got through, read \"{body}\"")
+    let answer = crate::fetch::get(&Member::addr(age.inbound), "/", Duration::from_secs(5)).await;
+    match answer {
+        Ok(a) if a.status == 200 => {
+            println!(
+                "   intruder (no sidecar, plaintext) → age: got through, read \"{}\"",
+                a.body
+            )
         }
+        Ok(a) if a.status == 403 => println!(
+            "   intruder (no sidecar, plaintext) → age: 403 \"{}\" — no principal, denied by the AuthorizationPolicy",
+            a.body.trim_end()
+        ),
+        Ok(a) => println!(
+            "   intruder (no sidecar, plaintext) → age: HTTP {} \"{}\"",
+            a.status,
+            a.body.trim_end()
+        ),
         Err(e) if e.is_reset() => {
             println!(
                 "   intruder (no sidecar, plaintext) → age: connection reset by peer — blocked"
@@ -462,6 +514,43 @@ async fn edges(d: &Demo) {
     println!(
         "   edges (cumulative, reported by the destination): {}",
         lines.join("; ")
+    );
+}
+
+/// Prints `age`'s destination-reported `istio_requests_total` by response code and source, as
+/// `sum by (response_code) (...)` in Prometheus would.
+async fn requests_by_code(m: &Member) {
+    let text = fetch_path(&Member::addr(m.metrics), "/stats/prometheus")
+        .await
+        .unwrap_or_default();
+    let mut counts: std::collections::BTreeMap<(String, String), f64> = Default::default();
+    for line in text.lines().filter(|l| {
+        l.starts_with("istio_requests_total{") && l.contains("reporter=\"destination\"")
+    }) {
+        let label = |k: &str| {
+            line.split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("?")
+                .to_string()
+        };
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0);
+        *counts
+            .entry((label("response_code"), label("source_workload")))
+            .or_default() += count;
+    }
+    let shown: Vec<String> = counts
+        .iter()
+        .map(|((code, source), n)| format!("{code} from {source} ×{n}"))
+        .collect();
+    println!(
+        "   {}'s istio_requests_total by response_code (reported by the destination): {}",
+        m.workload,
+        shown.join("; ")
     );
 }
 

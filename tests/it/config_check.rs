@@ -1,5 +1,6 @@
 //! `outrider check` on the example configurations of `examples/mesh/`: the mode printed per
-//! port for each case of issue 3's "Done when", and a failing configuration's exit code.
+//! port for each case of issue 3's "Done when", and a failing configuration's exit code; and on
+//! the compose lab's folder with its AuthorizationPolicy step.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -259,4 +260,43 @@ fn invalid_configuration_fails_with_location() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// The compose lab's mesh folder with its AuthorizationPolicy step copied in
+/// (`deploy/compose/policies/age-callers.yaml`): only `age` is selected, and `check` warns that
+/// under PERMISSIVE a plaintext client never matches the principal (the lab's 403 step).
+#[test]
+fn compose_lab_age_callers_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(root.join("mesh"))
+        .arg("--config")
+        .arg(root.join("policies/age-callers.yaml"))
+        .output()
+        .expect("run outrider check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let section = |w: &str| {
+        stdout
+            .split("\nworkload ")
+            .find(|s| s.starts_with(&format!("{w} ")))
+            .unwrap_or_else(|| panic!("no workload {w} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(
+        section("age").contains("authorization on port 8080: ALLOW default/age-callers"),
+        "{stdout}"
+    );
+    for w in ["sentences", "name-v1", "name-v2"] {
+        assert!(
+            section(w).contains("authorization on port 8080: none (everything allowed)"),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("age-callers rule 0 uses principals on workload age port 8080 (HTTP), whose mode PERMISSIVE accepts plaintext"),
+        "{stdout}"
+    );
 }

@@ -761,29 +761,43 @@ fn the_demo_mesh_in_a_browser_before_and_after_strict() {
     let age_inbound = demo.addr("age", "sidecar");
     let dashboard = Dashboard::start(&["--scrape", &scrape, "--interval", "1s"]);
 
-    // The user's requests and the intruder's, until every edge has been seen.
-    let traffic = |intruder_gets_through: bool| {
+    // The user's requests and the intruder's, until every edge has been seen. The demo ends
+    // PERMISSIVE with its AuthorizationPolicy (only sentences may call age): the intruder's
+    // plaintext reaches age's sidecar and is answered 403.
+    let traffic = |strict: bool| {
         // Under STRICT, sentences' calls to name v1 (DestinationRule: plaintext) are reset
         // too, so the front page fails when it picks v1: the demo's third step shows why.
         let status = http_get(front, "/").unwrap().0;
-        assert!(
-            status == 200 || (!intruder_gets_through && status == 502),
-            "{status}"
-        );
+        assert!(status == 200 || (strict && status == 502), "{status}");
         let direct = http_get(age_inbound, "/");
-        let through = matches!(&direct, Ok((200, _)));
-        assert_eq!(through, intruder_gets_through, "{direct:?}");
+        if strict {
+            assert!(!matches!(&direct, Ok((200 | 403, _))), "{direct:?}");
+        } else {
+            assert!(
+                matches!(&direct, Ok((403, body)) if body.trim_end() == "RBAC: access denied"),
+                "{direct:?}"
+            );
+        }
     };
     let all = eventually(Duration::from_secs(30), || {
-        traffic(true);
+        traffic(false);
         let g = dashboard.graph("1m");
         ["default/age", "default/name-v2"]
             .iter()
             .all(|d| edge(&g, "default/sentences", d).is_some())
-            && edge(&g, "unknown/127.0.0.1", "default/age").is_some()
+            && edge(&g, "unknown/127.0.0.1", "default/age")
+                .is_some_and(|e| e["error_percent"] == 100.0)
     });
     let g = dashboard.graph("1m");
     assert!(all, "{g:#}");
+    // The denied requests are still plaintext traffic on the edge, every one an error.
+    let denied = edge(&g, "unknown/127.0.0.1", "default/age").unwrap();
+    assert_eq!(denied["security"], "plaintext", "{denied}");
+    assert_eq!(
+        edge(&g, "default/sentences", "default/age").unwrap()["error_percent"],
+        0.0,
+        "{g:#}"
+    );
     // Every edge between sidecars is mutual TLS; the intruder's is plaintext.
     for e in g["edges"].as_array().unwrap() {
         if e["source"] != "unknown" {
@@ -838,7 +852,7 @@ fn the_demo_mesh_in_a_browser_before_and_after_strict() {
         node(&dashboard.graph("1m"), "default/age").is_some_and(|n| n["mode"] == "STRICT")
     }));
     let blocked = eventually(Duration::from_secs(30), || {
-        traffic(false);
+        traffic(true);
         // Once the plaintext of before has left the window, none is left at all.
         let g = dashboard.graph("8s");
         edge(&g, "unknown/127.0.0.1", "default/age").is_some_and(|e| e["security"] == "blocked")

@@ -39,9 +39,32 @@ fn demo_plays_the_storyline_and_cleans_up() {
         stdout.contains("sentences → name-v2: mutual_tls"),
         "{stdout}"
     );
+    // AuthorizationPolicy (only sentences may call age), still PERMISSIVE: the intruder's
+    // plaintext request reaches age's sidecar and is answered 403; sentences is still answered;
+    // age's request metrics count both, by response code.
+    let step4 = stdout
+        .split("\n4. AuthorizationPolicy default/age-callers")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no step 4: {stdout}"));
+    assert!(
+        step4.contains(r#"intruder (no sidecar, plaintext) → age: 403 "RBAC: access denied""#),
+        "{stdout}"
+    );
+    assert!(!step4.contains("got through"), "{stdout}");
+    assert!(
+        step4.contains("a plaintext client (no identity) → age: none"),
+        "{stdout}"
+    );
+    let by_code = step4
+        .lines()
+        .find(|l| l.contains("age's istio_requests_total by response_code"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(by_code.contains("200 from sentences ×"), "{by_code}");
+    assert!(by_code.contains("403 from unknown ×"), "{by_code}");
+    assert!(!by_code.contains("403 from sentences"), "{by_code}");
     // Every request of every step was answered.
     let steps: Vec<&str> = stdout.lines().filter(|l| l.contains(" answered")).collect();
-    assert_eq!(steps.len(), 3, "{stdout}");
+    assert_eq!(steps.len(), 4, "{stdout}");
     for line in steps {
         let counts = line
             .split(": ")
