@@ -468,35 +468,21 @@ pub const REQUEST_BUCKETS: &[f64] = &[
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
-/// The request label names: the TCP ones up to `destination_cluster`, then the per-request
-/// ones, in the order of [`RequestLabels::handles`].
-const REQUEST_LABELS: &[&str] = &[
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-];
+/// The request label names: the TCP ones up to `destination_cluster` ([`TCP_LABELS`]), then
+/// the per-request ones, in the order of [`RequestLabels::handles`].
+fn request_labels() -> Vec<&'static str> {
+    TCP_LABELS[..SHARED_LABELS]
+        .iter()
+        .copied()
+        .chain([
+            "request_protocol",
+            "response_code",
+            "grpc_response_status",
+            "response_flags",
+            "connection_security_policy",
+        ])
+        .collect()
+}
 
 /// Labels shared with the TCP families (everything before `request_protocol`).
 const SHARED_LABELS: usize = 20;
@@ -511,10 +497,11 @@ struct RequestFamilies {
 
 impl RequestFamilies {
     fn register(r: &Registry) -> RequestFamilies {
+        let labels = request_labels();
         let histogram = |name: &str, help: &str| {
             let h = prometheus::HistogramVec::new(
                 prometheus::HistogramOpts::new(name, help).buckets(REQUEST_BUCKETS.to_vec()),
-                REQUEST_LABELS,
+                &labels,
             )
             .expect("valid metric definition");
             r.register(Box::new(h.clone()))
@@ -526,7 +513,7 @@ impl RequestFamilies {
                 r,
                 "istio_requests_total",
                 "HTTP and gRPC requests.",
-                REQUEST_LABELS,
+                &labels,
             ),
             duration: histogram(
                 "istio_request_duration_milliseconds",

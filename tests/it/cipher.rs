@@ -11,24 +11,11 @@ use rustls::{CipherSuite, ClientConfig, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use outrider::ca::Authority;
-use outrider::identity::{CertStore, SpiffeId};
 use outrider::tls::{client_config, client_config_with_provider, server_config};
 
-const TD: &str = "cluster.local";
+use crate::resumption::store;
 
-fn store(ca: &Authority, sa: &str) -> (CertStore, SpiffeId) {
-    let id = SpiffeId::istio(TD, "default", sa).unwrap();
-    let svid = ca.issue(&id, Duration::from_secs(3600), &[]).unwrap();
-    let store = CertStore::new(TD);
-    store
-        .publish_pem(
-            svid.chain_pem.as_bytes(),
-            svid.key_pem.as_bytes(),
-            svid.root_pem.as_bytes(),
-        )
-        .unwrap();
-    (store, id)
-}
+const TD: &str = "cluster.local";
 
 /// The suite both sides agreed on, over an in-memory pipe.
 async fn negotiated(

@@ -15,7 +15,8 @@ use outrider::tls::{client_config, peer_spiffe_id, server_config, without_resump
 
 const TD: &str = "cluster.local";
 
-fn store(ca: &Authority, sa: &str) -> (CertStore, SpiffeId) {
+/// A workload's certificate store with an SVID for `sa` from `ca`.
+pub(crate) fn store(ca: &Authority, sa: &str) -> (CertStore, SpiffeId) {
     let id = SpiffeId::istio(TD, "default", sa).unwrap();
     let svid = ca.issue(&id, Duration::from_secs(3600), &[]).unwrap();
     let store = CertStore::new(TD);
