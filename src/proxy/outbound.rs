@@ -292,25 +292,7 @@ async fn connect(
     // empty, so one more attempt is a full handshake with the server's current certificate.
     for attempt in 0..2 {
         let tcp = tcp_connect(ep, shared).await?;
-        let handshake = tokio::time::timeout(
-            shared.settings.handshake_timeout,
-            connector.connect(server_name.clone(), tcp),
-        )
-        .await;
-        let mut stream = match handshake {
-            Err(_) => {
-                shared.metrics.handshake_failed("outbound", "timeout");
-                return Err(("tls_timeout", "TLS handshake timed out".into()));
-            }
-            Ok(Err(e)) => {
-                let reason = tls_error(&e)
-                    .map(crate::tls::failure_reason)
-                    .unwrap_or("io");
-                shared.metrics.handshake_failed("outbound", reason);
-                return Err(("tls_failed", format!("{reason}: {e}")));
-            }
-            Ok(Ok(s)) => s,
-        };
+        let mut stream = tls_handshake(connector, server_name, tcp, shared).await?;
         let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         let Some(store) = mesh else {
             shared.metrics.handshake_completed("outbound", resumed);
@@ -343,7 +325,36 @@ async fn connect(
     Err(("tls_failed", "resumed session refused twice".into()))
 }
 
-async fn tcp_connect(
+/// The TLS handshake towards an upstream, under the handshake deadline; failures counted.
+pub(crate) async fn tls_handshake(
+    connector: &TlsConnector,
+    server_name: &ServerName<'static>,
+    tcp: TcpStream,
+    shared: &Shared,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, (&'static str, String)> {
+    let handshake = tokio::time::timeout(
+        shared.settings.handshake_timeout,
+        connector.connect(server_name.clone(), tcp),
+    )
+    .await;
+    match handshake {
+        Err(_) => {
+            shared.metrics.handshake_failed("outbound", "timeout");
+            Err(("tls_timeout", "TLS handshake timed out".into()))
+        }
+        Ok(Err(e)) => {
+            let reason = tls_error(&e)
+                .map(crate::tls::failure_reason)
+                .unwrap_or("io");
+            shared.metrics.handshake_failed("outbound", reason);
+            Err(("tls_failed", format!("{reason}: {e}")))
+        }
+        Ok(Ok(s)) => Ok(s),
+    }
+}
+
+/// TCP connect to the endpoint: each resolved address in turn.
+pub(crate) async fn tcp_connect(
     ep: &UpstreamEndpoint,
     shared: &Shared,
 ) -> Result<TcpStream, (&'static str, String)> {

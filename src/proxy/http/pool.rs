@@ -31,8 +31,8 @@ use super::io::Counted;
 use super::server::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::identity::{PeerRole, SpiffeId};
 use crate::metrics::TcpLabels;
-use crate::proxy::outbound::{UpstreamEndpoint, UpstreamTls};
-use crate::proxy::{tls_error, tune, Shared};
+use crate::proxy::outbound::{tcp_connect, tls_handshake, UpstreamEndpoint, UpstreamTls};
+use crate::proxy::Shared;
 
 /// The ALPN by which two outrider sidecars agree on pooled HTTP/2.
 pub const ALPN: &[u8] = b"outrider-h2";
@@ -347,45 +347,8 @@ async fn connect_tls(
     else {
         return Err(("not_mesh", "the endpoint is not mesh mTLS".into()));
     };
-    let addrs = shared
-        .resolver
-        .addrs(&ep.target, ep.port)
-        .await
-        .map_err(|e| ("resolve_failed", format!("cannot resolve {}: {e}", ep.host)))?;
-    let mut last = ("connect_failed", format!("{} has no address", ep.host));
-    let mut tcp = None;
-    for addr in addrs {
-        match tokio::time::timeout(shared.settings.connect_timeout, TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => {
-                tune(&s);
-                tcp = Some(s);
-                break;
-            }
-            Ok(Err(e)) => last = ("connect_failed", format!("{addr}: {e}")),
-            Err(_) => last = ("connect_timeout", format!("{addr}: connect timed out")),
-        }
-    }
-    let tcp = tcp.ok_or(last)?;
-    let stream = match tokio::time::timeout(
-        shared.settings.handshake_timeout,
-        connector.connect(server_name.clone(), tcp),
-    )
-    .await
-    {
-        Err(_) => {
-            shared.metrics.handshake_failed("outbound", "timeout");
-            return Err(("tls_timeout", "TLS handshake timed out".into()));
-        }
-        Ok(Err(e)) => {
-            let reason = tls_error(&e)
-                .map(crate::tls::failure_reason)
-                .unwrap_or("io");
-            shared.metrics.handshake_failed("outbound", reason);
-            return Err(("tls_failed", format!("{reason}: {e}")));
-        }
-        Ok(Ok(s)) => s,
-    };
+    let tcp = tcp_connect(ep, shared).await?;
+    let stream = tls_handshake(connector, server_name, tcp, shared).await?;
     let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     if let Some(store) = mesh {
         // A refused resumption empties the ticket cache: the next attempt is a full handshake.
