@@ -21,7 +21,7 @@ use crate::config::Plan;
 use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
 use crate::metrics::Metrics;
-use crate::proxy::listeners::{Bound, ListenerAddrs, ListenerSettings, Listeners};
+use crate::proxy::listeners::{Bound, CaptureAddrs, ListenerAddrs, ListenerSettings, Listeners};
 use crate::proxy::resolve::{system_lookup, Resolver};
 use crate::proxy::runtime::MeshConnectors;
 use crate::proxy::{plaintext::PlaintextLog, CopyConfig, ProxySettings, Runtime, Shared};
@@ -66,6 +66,18 @@ pub struct SidecarConfig {
     pub resumption: bool,
     /// Limits of the pooled HTTP/2 connections between sidecars.
     pub h2_pool: crate::proxy::http::pool::PoolSettings,
+    /// Transparent capture (`--capture`): the capture listeners instead of per-port inbound
+    /// listeners. The process must run as the UID or GID the nat rules exempt.
+    pub capture: Option<CaptureConfig>,
+}
+
+/// `--capture` and the addresses and identity it goes with.
+#[derive(Debug, Clone, Copy)]
+pub struct CaptureConfig {
+    pub addrs: CaptureAddrs,
+    /// The UID and GID `outrider iptables -u/-g` exempted (1337).
+    pub proxy_uid: u32,
+    pub proxy_gid: u32,
 }
 
 /// Where the workload's certificate comes from.
@@ -144,6 +156,9 @@ impl Sidecar {
         for w in mesh.warnings() {
             tracing::warn!("{w}");
         }
+        if let Some(capture) = &args.capture {
+            crate::capture::check_proxy_identity(capture.proxy_uid, capture.proxy_gid)?;
+        }
         let plan = Arc::new(mesh.plan(&args.workload)?);
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
         let store = CertStore::for_workload(&plan.workload.spiffe_id);
@@ -180,10 +195,12 @@ impl Sidecar {
             resolver.clone(),
         );
         let connectors = Arc::new(MeshConnectors::new(store.clone(), args.resumption));
+        let capture = args.capture.is_some();
         let runtime = Arc::new(crate::proxy::runtime::build(
             plan.clone(),
             &connectors,
             &resolver,
+            capture,
         )?);
         let (runtime_tx, _) = watch::channel(runtime);
         let listeners = Bound::bind(
@@ -192,6 +209,7 @@ impl Sidecar {
                 inbound_ip: args.inbound_ip,
                 app_host: args.app_host,
                 drain_timeout: args.drain_timeout,
+                capture: args.capture.map(|c| c.addrs),
             },
         )
         .await?;
@@ -269,6 +287,7 @@ impl Sidecar {
         let (addrs_tx, addrs_rx) = watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
         let reloads = tokio::spawn(follow_reloads(Reloads {
             plan_rx,
+            capture: args.capture.is_some(),
             connectors,
             resolver: shared.resolver.clone(),
             runtime_tx: runtime_tx.clone(),
@@ -313,6 +332,8 @@ const ORIGINATION_POLL: Duration = Duration::from_secs(1);
 /// What the reload follower owns.
 struct Reloads {
     plan_rx: watch::Receiver<Arc<Plan>>,
+    /// The runtime includes the capture table.
+    capture: bool,
     connectors: Arc<MeshConnectors>,
     resolver: Arc<Resolver>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
@@ -325,7 +346,12 @@ impl Reloads {
     /// Builds the runtime of `plan` and hands it to the data path; `false` (logged) when it
     /// cannot be built, and the old runtime stays.
     fn publish(&self, plan: &Arc<Plan>) -> bool {
-        match crate::proxy::runtime::build(plan.clone(), &self.connectors, &self.resolver) {
+        match crate::proxy::runtime::build(
+            plan.clone(),
+            &self.connectors,
+            &self.resolver,
+            self.capture,
+        ) {
             Ok(rt) => {
                 self.runtime_tx.send_replace(Arc::new(rt));
                 true

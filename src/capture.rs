@@ -46,11 +46,50 @@ pub enum CaptureError {
     Rules(#[from] RuleError),
     #[error(transparent)]
     Netfilter(#[from] NetfilterError),
+    #[error("--capture: this process runs as UID {uid} / GID {gid}, but the nat rules exempt only UID {proxy_uid} / GID {proxy_gid}: its own connections would be captured again (a loop). Run it as {proxy_uid}:{proxy_gid} (compose `user: \"1337:1337\"`, or `setpriv --reuid {proxy_uid} --regid {proxy_gid} --clear-groups`)")]
+    NotProxyIdentity {
+        uid: u32,
+        gid: u32,
+        proxy_uid: u32,
+        proxy_gid: u32,
+    },
+    #[error("cannot read this process's UID and GID from /proc/self/status: {0}")]
+    Identity(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// Checks that this process runs as the UID or GID the nat rules exempt (`-u`, `-g`): a
+/// captured sidecar running as anyone else would capture its own connections.
+pub fn check_proxy_identity(proxy_uid: u32, proxy_gid: u32) -> Result<(), CaptureError> {
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| CaptureError::Identity(e.to_string()))?;
+    let (uid, gid) = effective_ids(&status)
+        .ok_or_else(|| CaptureError::Identity("no Uid:/Gid: lines".into()))?;
+    if uid == proxy_uid || gid == proxy_gid {
+        return Ok(());
+    }
+    Err(CaptureError::NotProxyIdentity {
+        uid,
+        gid,
+        proxy_uid,
+        proxy_gid,
+    })
+}
+
+/// The effective UID and GID of a `/proc/<pid>/status` text (`Uid:` real, effective, ...).
+fn effective_ids(status: &str) -> Option<(u32, u32)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    Some((field("Uid:")?, field("Gid:")?))
 }
 
 impl IptablesOptions {
@@ -97,5 +136,25 @@ impl IptablesOptions {
             }
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_effective_ids_are_the_second_column() {
+        let status = "Name:\toutrider\nUid:\t0\t1337\t0\t0\nGid:\t5\t1338\t5\t5\n";
+        assert_eq!(effective_ids(status), Some((1337, 1338)));
+        assert_eq!(effective_ids("Name: x\n"), None);
+    }
+
+    #[test]
+    fn a_process_not_running_as_the_proxy_is_refused_with_the_fix() {
+        // The test runs as whoever runs cargo; an identity nobody has is refused.
+        let err = check_proxy_identity(u32::MAX - 1, u32::MAX - 1).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("setpriv --reuid"), "{text}");
     }
 }

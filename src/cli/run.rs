@@ -4,8 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use outrider::app::{IdentityConfig, SidecarConfig};
+use outrider::app::{CaptureConfig, IdentityConfig, SidecarConfig};
 use outrider::identity::ca_client::CaClientConfig;
+use outrider::proxy::listeners::CaptureAddrs;
 
 use super::{boolish, duration};
 
@@ -85,6 +86,32 @@ pub struct RunArgs {
     /// HTTP between sidecars: most pooled HTTP/2 connections per destination endpoint.
     #[arg(long, env = "OUTRIDER_H2_MAX_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub h2_max_connections: u32,
+    /// Transparent capture: serve the connections `outrider iptables` redirects (outbound to
+    /// --capture-outbound-addr, inbound to --capture-inbound-addr) instead of one inbound
+    /// listener per port; the app listens on its own ports. Needs --proxy-uid/--proxy-gid.
+    #[arg(long, env = "OUTRIDER_CAPTURE", value_parser = boolish())]
+    pub capture: bool,
+    /// Where redirected outbound connections arrive (`outrider iptables -p`).
+    #[arg(
+        long,
+        env = "OUTRIDER_CAPTURE_OUTBOUND_ADDR",
+        default_value = "0.0.0.0:15001"
+    )]
+    pub capture_outbound_addr: SocketAddr,
+    /// Where redirected inbound connections arrive (`outrider iptables -z`).
+    #[arg(
+        long,
+        env = "OUTRIDER_CAPTURE_INBOUND_ADDR",
+        default_value = "0.0.0.0:15006"
+    )]
+    pub capture_inbound_addr: SocketAddr,
+    /// With --capture: the UID the nat rules exempt (`outrider iptables -u`); the sidecar
+    /// must run as it (or as --proxy-gid).
+    #[arg(long, env = "OUTRIDER_PROXY_UID", default_value_t = 1337)]
+    pub proxy_uid: u32,
+    /// With --capture: the GID the nat rules exempt (`outrider iptables -g`; default: the UID).
+    #[arg(long, env = "OUTRIDER_PROXY_GID")]
+    pub proxy_gid: Option<u32>,
 }
 
 /// Flags of the `ca` identity source.
@@ -158,6 +185,14 @@ impl RunArgs {
                 idle_timeout: self.h2_idle_timeout,
                 max_connections: self.h2_max_connections as usize,
             },
+            capture: self.capture.then(|| CaptureConfig {
+                addrs: CaptureAddrs {
+                    outbound: self.capture_outbound_addr,
+                    inbound: self.capture_inbound_addr,
+                },
+                proxy_uid: self.proxy_uid,
+                proxy_gid: self.proxy_gid.unwrap_or(self.proxy_uid),
+            }),
         })
     }
 }

@@ -13,10 +13,11 @@ use super::authorization_policy::{self, AuthzPolicy};
 use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
 use super::peer_authn::PeerPolicy;
-use super::plan::{ForwardClientCert, Protocol};
+use super::plan::{ForwardClientCert, OutboundTrafficPolicy, Protocol};
 use super::resources::{
     AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, MeshSpec,
-    PeerAuthenticationSpec, ProtocolSpec, Resource, VirtualServiceSpec, WorkloadSpec,
+    OutboundTrafficModeSpec, PeerAuthenticationSpec, ProtocolSpec, Resource, VirtualServiceSpec,
+    WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};
@@ -210,6 +211,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         trust_domain: mesh.trust_domain,
         root_namespace: mesh.root_namespace,
         enable_auto_mtls: mesh.enable_auto_mtls,
+        outbound_traffic_policy: mesh.outbound_traffic_policy,
         workloads,
         peer_policies,
         authorization_policies,
@@ -227,6 +229,7 @@ struct MeshSettings {
     trust_domain: String,
     root_namespace: String,
     enable_auto_mtls: bool,
+    outbound_traffic_policy: OutboundTrafficPolicy,
 }
 
 fn validate_mesh(mesh: Option<(Document, MeshSpec)>) -> Result<MeshSettings, ConfigError> {
@@ -235,6 +238,7 @@ fn validate_mesh(mesh: Option<(Document, MeshSpec)>) -> Result<MeshSettings, Con
             trust_domain: "cluster.local".to_string(),
             root_namespace: "istio-system".to_string(),
             enable_auto_mtls: true,
+            outbound_traffic_policy: OutboundTrafficPolicy::AllowAny,
         });
     };
     let td = spec.trust_domain.as_deref().unwrap_or("cluster.local");
@@ -251,6 +255,10 @@ fn validate_mesh(mesh: Option<(Document, MeshSpec)>) -> Result<MeshSettings, Con
         trust_domain,
         root_namespace,
         enable_auto_mtls: spec.enable_auto_mtls.unwrap_or(true),
+        outbound_traffic_policy: match spec.outbound_traffic_policy.map(|p| p.mode) {
+            None | Some(OutboundTrafficModeSpec::AllowAny) => OutboundTrafficPolicy::AllowAny,
+            Some(OutboundTrafficModeSpec::RegistryOnly) => OutboundTrafficPolicy::RegistryOnly,
+        },
     })
 }
 
@@ -568,6 +576,7 @@ fn build_workload(
         ports,
         outbound,
         sidecar: spec.sidecar,
+        capture: spec.capture,
         num_trusted_proxies: spec.num_trusted_proxies.unwrap_or(0),
         forward_client_cert: match spec.forward_client_cert_details {
             None | Some(ForwardClientCertSpec::AppendForward) => ForwardClientCert::AppendForward,

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::identity::SpiffeId;
 
 mod authorization_policy;
+mod capture;
 pub mod check;
 pub mod destination_rule;
 pub mod error;
@@ -47,6 +48,7 @@ pub struct MeshConfig {
     trust_domain: String,
     root_namespace: String,
     enable_auto_mtls: bool,
+    outbound_traffic_policy: OutboundTrafficPolicy,
     workloads: Vec<Workload>,
     peer_policies: Vec<PeerPolicy>,
     authorization_policies: Vec<authorization_policy::AuthzPolicy>,
@@ -73,6 +75,8 @@ pub(crate) struct Workload {
     /// X-Forwarded-For entries trusted from the right (`remote.ip`).
     pub num_trusted_proxies: u32,
     pub forward_client_cert: ForwardClientCert,
+    /// `spec.capture`: the workload's traffic is captured.
+    pub capture: bool,
     pub doc: Document,
 }
 
@@ -215,6 +219,7 @@ impl MeshConfig {
             inbound,
             outbound,
             forward_client_cert: w.forward_client_cert,
+            capture: capture::plan(self, w, &applicable, warnings),
             peers: self.workloads.iter().map(workload_info).collect(),
         })
     }

@@ -94,11 +94,47 @@ pub(crate) fn plan_outbound(
         at.line,
         client.name
     );
-    let (destination, protocol) = config.describe(&target);
+    plan_target(config, client, &target, to, &context, bind, warnings)
+}
+
+/// What a captured connection from `client` to `service.namespace` on port number `port`
+/// gets: the plan an `outbound` entry `to: <service>.<namespace>:<port>` would have (routes,
+/// subsets, TLS), with an unspecified `bind` (no listener of its own).
+pub(crate) fn plan_service_port(
+    config: &MeshConfig,
+    client: &Workload,
+    service: &str,
+    namespace: &str,
+    port: u16,
+    warnings: &mut Vec<String>,
+) -> Result<OutboundPlan, ConfigError> {
+    let to = format!("{service}.{namespace}:{port}");
+    let target = Target::Mesh {
+        service: service.to_string(),
+        namespace: namespace.to_string(),
+        port: PortRef::Number(port),
+    };
+    let context = format!("workload {} -> {to} (captured)", client.name);
+    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
+    plan_target(config, client, &target, &to, &context, bind, warnings)
+}
+
+/// The plan of traffic from `client` to a parsed target: the VirtualService rule that
+/// matches (or the default route) and each route's endpoints.
+fn plan_target(
+    config: &MeshConfig,
+    client: &Workload,
+    target: &Target,
+    to: &str,
+    context: &str,
+    bind: SocketAddr,
+    warnings: &mut Vec<String>,
+) -> Result<OutboundPlan, ConfigError> {
+    let (destination, protocol) = config.describe(target);
     let http_first = matches!(protocol, Protocol::Http | Protocol::Http2 | Protocol::Grpc);
     let vs = config.find_virtual_service(&destination.host, &client.namespace);
     let Some((vs, rule)) = vs.and_then(|vs| pick_rule(vs, http_first).map(|r| (vs, r))) else {
-        let route = config.route(client, &context, &target, None, 100, warnings)?;
+        let route = config.route(client, context, target, None, 100, warnings)?;
         return Ok(OutboundPlan {
             bind,
             to: to.to_string(),
@@ -121,7 +157,7 @@ pub(crate) fn plan_outbound(
         .destinations
         .iter()
         .map(|d| {
-            let dest = config.destination_target(vs, d, &target, destination.port);
+            let dest = config.destination_target(vs, d, target, destination.port);
             let weight = destination_weight(d, rule.destinations.len());
             let subset = d.destination.subset.as_deref();
             config.route(client, &vs_context, &dest, subset, weight, warnings)

@@ -27,6 +27,9 @@ pub struct Plan {
     pub outbound: Vec<OutboundPlan>,
     /// What inbound HTTP requests tell the app about an mTLS client (XFCC).
     pub forward_client_cert: ForwardClientCert,
+    /// What the capture listeners (`outrider run --capture`) need: every service by the
+    /// addresses that reach it, and the inbound rule for undeclared ports.
+    pub capture: CapturePlan,
     /// Every workload of the mesh (this one included): who is behind a peer's SPIFFE ID, for
     /// the metrics' source/destination labels (no control plane exchanges this metadata).
     #[serde(skip)]
@@ -148,6 +151,44 @@ fn authorization_summary<S: serde::Serializer>(
         fingerprint: format!("{:016x}", a.fingerprint()),
     }
     .serialize(s)
+}
+
+/// Transparent capture (SEMANTICS §10): where captured connections go.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapturePlan {
+    /// Whether the workload says it is captured (`spec.capture`); `--capture` captures
+    /// regardless.
+    pub declared: bool,
+    /// What an outbound connection to an address no service has gets.
+    pub outbound_traffic_policy: OutboundTrafficPolicy,
+    /// Every port of every service of the mesh, routed as an `outbound` entry to it would
+    /// be. A captured connection to one of `addresses` is sent along `route`.
+    pub services: Vec<CapturedService>,
+    /// An inbound connection to a port the workload does not declare: the workload-level
+    /// mode, carried as TCP to the app on the port it was headed for (`port` and
+    /// `target_port` are 0: "the original port").
+    pub undeclared: InboundPlan,
+}
+
+/// One service port as captured outbound traffic finds it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CapturedService {
+    /// `(host, port)` of every member workload: its `address` (a name, resolved by the data
+    /// path, or an IP) and its `port`.
+    pub addresses: Vec<(String, u16)>,
+    pub route: OutboundPlan,
+}
+
+/// Istio's `outboundTrafficPolicy.mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficPolicy {
+    /// Pass the connection through to where it was going, in plaintext
+    /// (`destination_service="PassthroughCluster"`).
+    #[default]
+    AllowAny,
+    /// Refuse it (`destination_service="BlackHoleCluster"`).
+    RegistryOnly,
 }
 
 /// One outbound listener: the app connects to `bind` in plaintext; the sidecar carries the

@@ -45,6 +45,26 @@ pub struct MeshSpec {
     pub trust_domain: Option<String>,
     pub root_namespace: Option<String>,
     pub enable_auto_mtls: Option<bool>,
+    /// Istio's `outboundTrafficPolicy`: what a captured connection to a destination outside
+    /// the mesh's registry gets.
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
+}
+
+/// `outboundTrafficPolicy` of the `Mesh` document, as Istio's MeshConfig spells it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTrafficPolicySpec {
+    #[serde(default)]
+    pub mode: OutboundTrafficModeSpec,
+}
+
+/// `ALLOW_ANY` (Istio's default): passed through in plaintext; `REGISTRY_ONLY`: refused.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutboundTrafficModeSpec {
+    #[default]
+    AllowAny,
+    RegistryOnly,
 }
 
 /// `kind: Workload` (outrider.dev/v1alpha1).
@@ -72,6 +92,11 @@ pub struct WorkloadSpec {
     /// (`x-forwarded-client-cert`); Istio's `forwardClientCertDetails`, default
     /// `APPEND_FORWARD`.
     pub forward_client_cert_details: Option<ForwardClientCertSpec>,
+    /// The workload's traffic is captured (`outrider iptables` in its network namespace, its
+    /// sidecar started with `--capture`): the app listens on its own `port` on any address
+    /// and calls other services at their addresses; `outrider check` shows the capture map.
+    #[serde(default)]
+    pub capture: bool,
 }
 
 /// Istio's `ForwardClientCertDetails` enum, as written.

@@ -370,7 +370,8 @@ pub fn expand_principal(value: &str, trust_domains: &[String]) -> Vec<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortFacts {
     /// The app's port (`ports`, `destination.port`): the workload's `targetPort`, as Istio
-    /// matches the container port.
+    /// matches the container port; 0: the port of the connection's destination (a captured
+    /// workload's undeclared ports).
     pub port: u16,
     /// TCP/TLS port: HTTP-only fields are dropped ([`tcp_effect`]).
     pub tcp: bool,
@@ -512,6 +513,17 @@ impl Authorizer {
         &self.applied
     }
 
+    /// The port `ports` and `destination.port` match: the one compiled in, or, for the
+    /// authorizer of a captured workload's undeclared ports (compiled for port 0), the port
+    /// the connection was headed for.
+    fn port_of(&self, connection: &Connection<'_>) -> u16 {
+        if self.port == 0 {
+            connection.destination.port()
+        } else {
+            self.port
+        }
+    }
+
     /// A TCP port's decision, once per connection, before any byte reaches the app.
     pub fn check_connection(&self, connection: &Connection<'_>) -> Outcome {
         if self.is_empty() {
@@ -521,7 +533,7 @@ impl Authorizer {
             connection,
             request: None,
             path: None,
-            port: self.port,
+            port: self.port_of(connection),
             remote: connection.source.ip(),
         };
         self.decide(&facts)
@@ -543,7 +555,7 @@ impl Authorizer {
             connection,
             request: Some(request),
             path: Some(&path),
-            port: self.port,
+            port: self.port_of(connection),
             remote: self.remote_ip(connection, request),
         };
         self.decide(&facts)

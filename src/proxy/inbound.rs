@@ -101,6 +101,7 @@ impl Inbound {
                 peer,
                 port: self.port,
                 app_host: self.app_host,
+                original_dst: None,
             };
             let (shared, runtime, tls) = (shared.clone(), runtime.clone(), tls.clone());
             self.live.spawn(move |registration| async move {
@@ -113,11 +114,43 @@ impl Inbound {
 }
 
 /// An accepted connection and where it came in.
-struct Accepted {
-    stream: TcpStream,
-    peer: SocketAddr,
-    port: u16,
-    app_host: IpAddr,
+pub(super) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// The workload port it is for: the listener's, or the port a captured connection was
+    /// headed for.
+    pub port: u16,
+    pub app_host: IpAddr,
+    /// Captured (accepted on the capture listener): where the client was connecting. A port
+    /// the workload does not declare is then served under the capture plan's rule for
+    /// undeclared ports, to the app on that same port.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// The plan entry of a connection for `port`: the workload's port, or for a captured
+/// connection to a port it does not declare, the rule for those (`None` if neither).
+fn plan_index(rt: &Runtime, port: u16, captured: bool) -> Option<PlanIndex> {
+    match rt.plan.inbound.iter().position(|p| p.port == port) {
+        Some(index) => Some(PlanIndex::Declared(index)),
+        None if captured => Some(PlanIndex::Undeclared),
+        None => None,
+    }
+}
+
+/// Where a connection's plan entry is in the runtime's plan.
+#[derive(Debug, Clone, Copy)]
+enum PlanIndex {
+    Declared(usize),
+    Undeclared,
+}
+
+impl PlanIndex {
+    fn of(self, rt: &Runtime) -> &InboundPlan {
+        match self {
+            PlanIndex::Declared(index) => &rt.plan.inbound[index],
+            PlanIndex::Undeclared => &rt.plan.capture.undeclared,
+        }
+    }
 }
 
 /// What to do with a connection, decided from what detection saw and the port's mode.
@@ -171,7 +204,7 @@ fn decide(detected: &Detected, mode: MtlsMode, protocol: Protocol) -> Decision {
     }
 }
 
-async fn serve(
+pub(super) async fn serve(
     accepted: Accepted,
     runtime: watch::Receiver<Arc<Runtime>>,
     shared: &Shared,
@@ -183,19 +216,22 @@ async fn serve(
         peer,
         port,
         app_host,
+        original_dst,
     } = accepted;
     tune(&stream);
-    let local = stream
-        .local_addr()
-        .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port));
+    let captured = original_dst.is_some();
+    // What the client connected to: authorization's `destination.ip`, the L7 engine's local
+    // address.
+    let local = original_dst.unwrap_or_else(|| {
+        stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port))
+    });
     let settings = shared.settings;
-    let inspect = runtime
-        .borrow()
-        .plan
-        .inbound
-        .iter()
-        .find(|p| p.port == port)
-        .is_some_and(|p| p.mode != MtlsMode::Disable);
+    let inspect = {
+        let rt = runtime.borrow();
+        plan_index(&rt, port, captured).is_some_and(|i| i.of(&rt).mode != MtlsMode::Disable)
+    };
     let (detected, prefix) = if !inspect {
         // DISABLE ports get no TLS inspection: everything goes to the app as it came.
         (Detected::Plaintext, Vec::new())
@@ -219,10 +255,10 @@ async fn serve(
     // live connections so a reload to STRICT either is seen here or sees this connection.
     let decided = registration.decide(|| {
         let rt = runtime.borrow().clone();
-        match rt.plan.inbound.iter().position(|p| p.port == port) {
+        match plan_index(&rt, port, captured) {
             None => (Carried::Detecting, None),
             Some(index) => {
-                let plan = &rt.plan.inbound[index];
+                let plan = index.of(&rt);
                 let decision = decide(&detected, plan.mode, plan.protocol);
                 (decision.carried(), Some((rt, index, decision)))
             }
@@ -234,8 +270,14 @@ async fn serve(
         reset(stream);
         return;
     };
-    let plan = &rt.plan.inbound[index];
-    let app = SocketAddr::new(app_host, plan.target_port);
+    let plan = index.of(&rt);
+    // Undeclared captured ports (target port 0) go to the app on the port they came for.
+    let target_port = if plan.target_port == 0 {
+        port
+    } else {
+        plan.target_port
+    };
+    let app = SocketAddr::new(app_host, target_port);
     match decision {
         Decision::Drop => return,
         Decision::Refuse(reason) => {
@@ -362,6 +404,18 @@ struct Gate<'a> {
     sni: Option<&'a str>,
 }
 
+impl Gate<'_> {
+    /// The workload port for metrics and logs: the plan's, or for a captured connection to
+    /// an undeclared port (plan port 0), the port it was headed for.
+    fn port(&self, plan: &InboundPlan) -> u16 {
+        if plan.port == 0 {
+            self.local.port()
+        } else {
+            plan.port
+        }
+    }
+}
+
 /// AuthorizationPolicy on a TCP/TLS port, once per connection before the app is dialled
 /// (HTTP ports decide per request): false ⇒ the caller closes the connection, nothing
 /// reached the app. The facts stay with the live registry, so a reload whose policy denies
@@ -377,6 +431,7 @@ fn authorized(gate: &Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Sh
         sni: gate.sni.map(str::to_string),
     };
     let outcome = gate.registration.authorize(facts, &plan.authorization);
+    let port = gate.port(plan);
     // Built only for the log lines below (most connections are allowed without one).
     let principal = || {
         gate.peer_id
@@ -386,12 +441,12 @@ fn authorized(gate: &Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Sh
     if let Some(shadow) = &outcome.shadow {
         shared
             .metrics
-            .authz_dry_run(plan.port, *shadow == Verdict::Allow);
-        tracing::debug!(%peer, port = plan.port, source_principal = principal(), shadow = ?shadow, "dry-run AuthorizationPolicy result");
+            .authz_dry_run(port, *shadow == Verdict::Allow);
+        tracing::debug!(%peer, port, source_principal = principal(), shadow = ?shadow, "dry-run AuthorizationPolicy result");
     }
     if outcome.audit {
-        shared.metrics.authz_audited(plan.port);
-        tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+        shared.metrics.authz_audited(port);
+        tracing::info!(target: "access", direction = "inbound", %peer, port, source_principal = principal(), verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
     }
     let policy: &str = match &outcome.verdict {
         Verdict::Allow => return true,
@@ -399,8 +454,8 @@ fn authorized(gate: &Gate<'_>, peer: SocketAddr, plan: &InboundPlan, shared: &Sh
         // Not an answer for a connection; closed all the same.
         Verdict::BadRequest { reason } => reason,
     };
-    shared.metrics.authz_denied(plan.port, policy);
-    tracing::info!(target: "access", direction = "inbound", %peer, port = plan.port, source_principal = principal(), policy = %policy, "connection denied by AuthorizationPolicy");
+    shared.metrics.authz_denied(port, policy);
+    tracing::info!(target: "access", direction = "inbound", %peer, port, source_principal = principal(), policy = %policy, "connection denied by AuthorizationPolicy");
     false
 }
 
@@ -418,6 +473,7 @@ async fn forward<S: CopyStream>(
     if !authorized(&gate, peer, plan, shared) {
         return;
     }
+    let port = gate.port(plan);
     let peer_id = gate.peer_id;
     let started = Instant::now();
     let mut upstream = match tokio::time::timeout(
@@ -428,16 +484,12 @@ async fn forward<S: CopyStream>(
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            shared
-                .metrics
-                .inbound_rejected(plan.port, "app_unreachable");
+            shared.metrics.inbound_rejected(port, "app_unreachable");
             tracing::warn!(%peer, %app, error = %e, "local app refused the connection");
             return;
         }
         Err(_) => {
-            shared
-                .metrics
-                .inbound_rejected(plan.port, "app_unreachable");
+            shared.metrics.inbound_rejected(port, "app_unreachable");
             tracing::warn!(%peer, %app, "local app connect timed out");
             return;
         }
@@ -454,7 +506,7 @@ async fn forward<S: CopyStream>(
         target: "access",
         direction = "inbound",
         %peer,
-        port = plan.port,
+        port,
         source_principal = %peer_id
             .map_or_else(|| crate::metrics::UNKNOWN.to_string(), |id| id.to_string()),
         security,

@@ -23,11 +23,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use super::captured::{CapturedInbound, CapturedOutbound, PortConnections};
 use super::inbound::Inbound;
 use super::live::{allowed_under, LiveConnections};
 use super::outbound::Outbound;
 use super::{Runtime, Shared};
-use crate::config::{Plan, Protocol};
+use crate::config::{InboundPlan, Plan, Protocol};
 
 /// Where listeners bind and how long a removed one drains.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +39,18 @@ pub struct ListenerSettings {
     pub app_host: IpAddr,
     /// How long open connections of a removed listener may go on.
     pub drain_timeout: Duration,
+    /// Transparent capture: the two capture listeners instead of one inbound listener per
+    /// port (the app listens on its own ports then); outbound entries are still bound.
+    pub capture: Option<CaptureAddrs>,
+}
+
+/// Where the capture listeners bind (`outrider iptables -p` and `-z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureAddrs {
+    /// Redirected outbound connections (Istio's 15001).
+    pub outbound: SocketAddr,
+    /// Redirected inbound connections (Istio's 15006).
+    pub inbound: SocketAddr,
 }
 
 /// Every address the data path listens on now.
@@ -47,6 +60,12 @@ pub struct ListenerAddrs {
     pub inbound: Vec<(u16, SocketAddr)>,
     /// (configured bind, bound address): they differ when the bind asks for port 0.
     pub outbound: Vec<(SocketAddr, SocketAddr)>,
+    /// The outbound capture listener (`--capture`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_outbound: Option<SocketAddr>,
+    /// The inbound capture listener (`--capture`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_inbound: Option<SocketAddr>,
 }
 
 /// Listeners bound for a plan, not serving yet.
@@ -54,24 +73,35 @@ pub struct Bound {
     settings: ListenerSettings,
     inbound: Vec<Inbound>,
     outbound: Vec<Outbound>,
+    capture: Option<(CapturedOutbound, CapturedInbound)>,
 }
 
 impl Bound {
     /// Binds every listener of `plan` now; any failure fails start-up with the address.
     pub async fn bind(plan: &Plan, settings: ListenerSettings) -> std::io::Result<Bound> {
         let mut inbound = Vec::new();
-        for p in &plan.inbound {
-            let addr = SocketAddr::new(settings.inbound_ip, p.port);
-            inbound.push(Inbound::bind(addr, p.port, settings.app_host).await?);
+        if settings.capture.is_none() {
+            for p in &plan.inbound {
+                let addr = SocketAddr::new(settings.inbound_ip, p.port);
+                inbound.push(Inbound::bind(addr, p.port, settings.app_host).await?);
+            }
         }
         let mut outbound = Vec::new();
         for o in &plan.outbound {
             outbound.push(Outbound::bind(o.bind).await?);
         }
+        let capture = match settings.capture {
+            None => None,
+            Some(addrs) => Some((
+                CapturedOutbound::bind(addrs.outbound).await?,
+                CapturedInbound::bind(addrs.inbound, settings.app_host).await?,
+            )),
+        };
         Ok(Bound {
             settings,
             inbound,
             outbound,
+            capture,
         })
     }
 
@@ -87,6 +117,8 @@ impl Bound {
                 .iter()
                 .map(|l| (l.bind_addr(), l.local_addr()))
                 .collect(),
+            capture_outbound: self.capture.as_ref().map(|(o, _)| o.local_addr()),
+            capture_inbound: self.capture.as_ref().map(|(_, i)| i.local_addr()),
         }
     }
 
@@ -104,12 +136,16 @@ impl Bound {
             tls,
             inbound: BTreeMap::new(),
             outbound: BTreeMap::new(),
+            capture: None,
         };
         for l in self.inbound {
             listeners.start_inbound(l);
         }
         for l in self.outbound {
             listeners.start_outbound(l);
+        }
+        if let Some((outbound, inbound)) = self.capture {
+            listeners.start_capture(outbound, inbound);
         }
         listeners
     }
@@ -123,6 +159,16 @@ pub struct Listeners {
     tls: TlsAcceptor,
     inbound: BTreeMap<u16, Running>,
     outbound: BTreeMap<SocketAddr, Running>,
+    capture: Option<CaptureRunning>,
+}
+
+/// The two serving capture listeners.
+struct CaptureRunning {
+    outbound: SocketAddr,
+    inbound: SocketAddr,
+    stop: watch::Sender<bool>,
+    /// Captured inbound connections by original port.
+    live: Arc<PortConnections>,
 }
 
 /// One serving listener.
@@ -165,10 +211,30 @@ impl Listeners {
         self.outbound.insert(bind, running);
     }
 
+    fn start_capture(&mut self, outbound: CapturedOutbound, inbound: CapturedInbound) {
+        let (stop, stop_rx) = watch::channel(false);
+        let running = CaptureRunning {
+            outbound: outbound.local_addr(),
+            inbound: inbound.local_addr(),
+            stop,
+            live: inbound.live(),
+        };
+        tokio::spawn(outbound.run(self.shared.clone(), self.runtime.clone(), stop_rx.clone()));
+        tokio::spawn(inbound.run(
+            self.shared.clone(),
+            self.runtime.clone(),
+            self.tls.clone(),
+            stop_rx,
+        ));
+        self.capture = Some(running);
+    }
+
     pub fn addrs(&self) -> ListenerAddrs {
         ListenerAddrs {
             inbound: self.inbound.iter().map(|(p, r)| (*p, r.local)).collect(),
             outbound: self.outbound.iter().map(|(b, r)| (*b, r.local)).collect(),
+            capture_outbound: self.capture.as_ref().map(|c| c.outbound),
+            capture_inbound: self.capture.as_ref().map(|c| c.inbound),
         }
     }
 
@@ -198,7 +264,7 @@ impl Listeners {
             }
         }
         for p in &plan.inbound {
-            if self.inbound.contains_key(&p.port) {
+            if self.settings.capture.is_some() || self.inbound.contains_key(&p.port) {
                 continue;
             }
             let addr = SocketAddr::new(self.settings.inbound_ip, p.port);
@@ -224,47 +290,62 @@ impl Listeners {
                 }
             }
         }
-        // Open connections the port's new mode refuses.
+        // Open connections the port's new mode and policy refuse.
         for p in &plan.inbound {
-            let Some(running) = self.inbound.get(&p.port) else {
-                continue;
-            };
-            let closed = running
-                .live
-                .close_where(|carried| allowed_under(carried, p.mode, p.protocol));
-            if closed > 0 {
-                let port = p.port.to_string();
-                self.shared
-                    .metrics
-                    .closed_on_reload("inbound", &port, "refused_by_mode", closed);
-                tracing::warn!(
-                    port = p.port,
-                    closed,
-                    mode = ?p.mode,
-                    decided_by = %p.decided_by,
-                    "closed open connections that the port's new mode refuses"
-                );
+            if let Some(running) = self.inbound.get(&p.port) {
+                self.enforce(p.port, &running.live, p);
             }
-            if matches!(p.protocol, Protocol::Tcp | Protocol::Tls) {
-                let denied = running.live.reauthorize(p.authorization.clone());
-                if !denied.is_empty() {
-                    let port = p.port.to_string();
-                    self.shared.metrics.closed_on_reload(
-                        "inbound",
-                        &port,
-                        "denied_by_authorization",
-                        denied.len(),
-                    );
-                    for policy in &denied {
-                        self.shared.metrics.authz_denied(p.port, policy);
-                    }
-                    tracing::warn!(
-                        port = p.port,
-                        closed = denied.len(),
-                        policy = %denied[0],
-                        "closed open connections that the port's new AuthorizationPolicy denies"
-                    );
+        }
+        if let Some(capture) = &self.capture {
+            for (port, live) in capture.live.ports() {
+                let p = plan
+                    .inbound
+                    .iter()
+                    .find(|p| p.port == port)
+                    .unwrap_or(&plan.capture.undeclared);
+                self.enforce(port, &live, p);
+            }
+        }
+    }
+
+    /// Closes the open connections to `port` that its plan entry `p` no longer admits: the
+    /// mode refuses how they came (plaintext after a move to STRICT), or, on TCP/TLS ports,
+    /// the AuthorizationPolicy denies them.
+    fn enforce(&self, port: u16, live: &LiveConnections, p: &InboundPlan) {
+        let closed = live.close_where(|carried| allowed_under(carried, p.mode, p.protocol));
+        if closed > 0 {
+            self.shared.metrics.closed_on_reload(
+                "inbound",
+                &port.to_string(),
+                "refused_by_mode",
+                closed,
+            );
+            tracing::warn!(
+                port,
+                closed,
+                mode = ?p.mode,
+                decided_by = %p.decided_by,
+                "closed open connections that the port's new mode refuses"
+            );
+        }
+        if matches!(p.protocol, Protocol::Tcp | Protocol::Tls) {
+            let denied = live.reauthorize(p.authorization.clone());
+            if !denied.is_empty() {
+                self.shared.metrics.closed_on_reload(
+                    "inbound",
+                    &port.to_string(),
+                    "denied_by_authorization",
+                    denied.len(),
+                );
+                for policy in &denied {
+                    self.shared.metrics.authz_denied(port, policy);
                 }
+                tracing::warn!(
+                    port,
+                    closed = denied.len(),
+                    policy = %denied[0],
+                    "closed open connections that the port's new AuthorizationPolicy denies"
+                );
             }
         }
     }
@@ -297,6 +378,9 @@ impl Listeners {
     pub fn stop(&self) {
         for r in self.inbound.values().chain(self.outbound.values()) {
             r.stop.send_replace(true);
+        }
+        if let Some(capture) = &self.capture {
+            capture.stop.send_replace(true);
         }
     }
 }

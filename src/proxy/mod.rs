@@ -5,6 +5,7 @@
 //! ([`runtime::build`]) — through a `watch` channel, so a reload swaps it between two
 //! connections.
 
+pub mod captured;
 pub mod copy;
 pub mod http;
 pub mod inbound;

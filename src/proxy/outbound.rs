@@ -215,7 +215,7 @@ impl Outbound {
     }
 }
 
-async fn serve(
+pub(super) async fn serve(
     mut app: TcpStream,
     peer: SocketAddr,
     out: &OutboundRuntime,

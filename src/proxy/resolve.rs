@@ -124,6 +124,18 @@ impl Resolver {
     }
 }
 
+impl Target {
+    /// Whether the target is, or last resolved to, `ip` (never waits for DNS: a name not
+    /// resolved yet points nowhere).
+    pub fn points_at(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match self {
+            Target::Ip(own) => own.to_canonical() == ip,
+            Target::Name(name) => name.current().iter().any(|a| a.to_canonical() == ip),
+        }
+    }
+}
+
 impl Name {
     fn current(&self) -> Arc<[IpAddr]> {
         self.addrs.read().unwrap_or_else(|p| p.into_inner()).clone()

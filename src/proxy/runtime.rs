@@ -13,11 +13,11 @@ use anyhow::Context as _;
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
-use crate::config::{Endpoint, Plan, TlsOrigination, WorkloadInfo};
+use crate::config::{Endpoint, OutboundPlan, Plan, TlsOrigination, WorkloadInfo};
 use crate::identity::{CertStore, SpiffeId};
 use crate::metrics::{Metrics, Peer, Reporter, SeriesByPeer, TcpLabels, TcpSeries, UNKNOWN};
 use crate::proxy::outbound::{OutboundRuntime, UpstreamEndpoint, UpstreamRoute, UpstreamTls};
-use crate::proxy::resolve::Resolver;
+use crate::proxy::resolve::{Resolver, Target};
 use crate::tls::origination::{client_config, FileTls};
 
 /// Everything the listeners need for one version of the plan.
@@ -33,6 +33,60 @@ pub struct Runtime {
     /// plaintext (and passed-through TLS) under no identity.
     inbound_mtls: SeriesByPeer,
     inbound_plain: SeriesByPeer,
+    /// Captured outbound destinations (empty unless the sidecar captures).
+    pub captured: CaptureTable,
+}
+
+/// Where captured outbound connections go: every service port of the plan's capture
+/// section, found by the address the connection was headed for (SEMANTICS §10).
+#[derive(Default)]
+pub struct CaptureTable {
+    services: Vec<Arc<OutboundRuntime>>,
+    /// Members whose `address` is an IP.
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Members whose `address` is a name: compared with its last answer per lookup (names
+    /// are resolved off the connection path, like endpoints).
+    by_name: Vec<(Target, u16, usize)>,
+}
+
+impl CaptureTable {
+    fn build(
+        plan: &Plan,
+        connectors: &MeshConnectors,
+        resolver: &Resolver,
+        used: &mut Vec<ConnectorKey>,
+    ) -> anyhow::Result<CaptureTable> {
+        let mut table = CaptureTable::default();
+        for (index, captured) in plan.capture.services.iter().enumerate() {
+            let entry = outbound_runtime(&captured.route, plan, connectors, resolver, used)?;
+            table.services.push(Arc::new(entry));
+            for (host, port) in &captured.addresses {
+                match resolver.target(host) {
+                    Target::Ip(ip) => {
+                        // The first service to claim an address keeps it.
+                        let addr = SocketAddr::new(ip.to_canonical(), *port);
+                        table.by_addr.entry(addr).or_insert(index);
+                    }
+                    named => table.by_name.push((named, *port, index)),
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The service a captured connection to `destination` belongs to, if any.
+    pub fn lookup(&self, destination: SocketAddr) -> Option<&Arc<OutboundRuntime>> {
+        let destination = SocketAddr::new(destination.ip().to_canonical(), destination.port());
+        let index = self.by_addr.get(&destination).copied().or_else(|| {
+            self.by_name
+                .iter()
+                .find(|(target, port, _)| {
+                    *port == destination.port() && target.points_at(destination.ip())
+                })
+                .map(|(_, _, index)| *index)
+        })?;
+        self.services.get(index)
+    }
 }
 
 impl Runtime {
@@ -115,90 +169,27 @@ impl PeerDirectory {
 
 /// Builds the runtime of `plan`: TLS client configurations per endpoint (mesh ones resume
 /// sessions unless `resumption` is false), the peer directory for metrics.
+/// With `capture`, the plan's capture section is built too (every service's endpoints, for
+/// the capture listeners); without, it is left out.
 pub fn build(
     plan: Arc<Plan>,
     connectors: &MeshConnectors,
     resolver: &Resolver,
+    capture: bool,
 ) -> anyhow::Result<Runtime> {
-    let store = &connectors.store;
     let mut used = Vec::new();
     let mut outbound = HashMap::new();
     for o in &plan.outbound {
-        let mut routes = Vec::new();
-        for r in &o.routes {
-            let mut endpoints = Vec::new();
-            for e in &r.endpoints {
-                let tls = match &e.tls {
-                    TlsOrigination::Disable => UpstreamTls::Plain,
-                    TlsOrigination::IstioMutual { allowed_ids, sni } => {
-                        let server_name = ServerName::try_from(sni.clone()).with_context(|| {
-                            format!("SNI {sni:?} for {} is not a valid name", o.to)
-                        })?;
-                        UpstreamTls::Tls {
-                            connector: connectors.get(allowed_ids, &e.host, e.port, &mut used),
-                            server_name,
-                            mesh: Some(store.clone()),
-                        }
-                    }
-                    TlsOrigination::Simple {
-                        ca_certificates,
-                        subject_alt_names,
-                        sni,
-                        insecure_skip_verify,
-                    } => file_origination(
-                        FileTls {
-                            ca_certificates: ca_certificates.as_deref(),
-                            subject_alt_names,
-                            sni: sni.as_deref(),
-                            insecure_skip_verify: *insecure_skip_verify,
-                            client: None,
-                        },
-                        e,
-                    )?,
-                    TlsOrigination::Mutual {
-                        client_certificate,
-                        private_key,
-                        ca_certificates,
-                        subject_alt_names,
-                        sni,
-                        insecure_skip_verify,
-                    } => file_origination(
-                        FileTls {
-                            ca_certificates: ca_certificates.as_deref(),
-                            subject_alt_names,
-                            sni: sni.as_deref(),
-                            insecure_skip_verify: *insecure_skip_verify,
-                            client: Some((client_certificate, private_key)),
-                        },
-                        e,
-                    )?,
-                };
-                let peer = e
-                    .workload
-                    .as_ref()
-                    .and_then(|name| plan.peers.iter().find(|w| &w.name == name))
-                    .map(peer_of)
-                    .unwrap_or_else(Peer::unknown);
-                endpoints.push(UpstreamEndpoint {
-                    host: e.host.clone(),
-                    port: e.port,
-                    target: resolver.target(&e.host),
-                    tls,
-                    peer,
-                    series: SeriesByPeer::default(),
-                });
-            }
-            routes.push(UpstreamRoute::new(r.weight, endpoints));
-        }
-        let entry = OutboundRuntime {
-            bind: o.bind,
-            destination: o.destination.clone(),
-            routes,
-        };
+        let entry = outbound_runtime(o, &plan, connectors, resolver, &mut used)?;
         if outbound.insert(o.bind, Arc::new(entry)).is_some() {
             anyhow::bail!("two outbound entries bind {}", o.bind);
         }
     }
+    let captured = if capture {
+        CaptureTable::build(&plan, connectors, resolver, &mut used)?
+    } else {
+        CaptureTable::default()
+    };
     connectors.keep_only(&used);
     let mut peers = PeerDirectory::default();
     for w in &plan.peers {
@@ -211,6 +202,89 @@ pub fn build(
         peers,
         inbound_mtls: SeriesByPeer::default(),
         inbound_plain: SeriesByPeer::default(),
+        captured,
+    })
+}
+
+/// The data path's form of one outbound plan entry: each endpoint's TLS client
+/// configuration (connectors used are recorded in `used`), resolver target and metric labels.
+fn outbound_runtime(
+    o: &OutboundPlan,
+    plan: &Plan,
+    connectors: &MeshConnectors,
+    resolver: &Resolver,
+    used: &mut Vec<ConnectorKey>,
+) -> anyhow::Result<OutboundRuntime> {
+    let store = &connectors.store;
+    let mut routes = Vec::new();
+    for r in &o.routes {
+        let mut endpoints = Vec::new();
+        for e in &r.endpoints {
+            let tls = match &e.tls {
+                TlsOrigination::Disable => UpstreamTls::Plain,
+                TlsOrigination::IstioMutual { allowed_ids, sni } => {
+                    let server_name = ServerName::try_from(sni.clone())
+                        .with_context(|| format!("SNI {sni:?} for {} is not a valid name", o.to))?;
+                    UpstreamTls::Tls {
+                        connector: connectors.get(allowed_ids, &e.host, e.port, used),
+                        server_name,
+                        mesh: Some(store.clone()),
+                    }
+                }
+                TlsOrigination::Simple {
+                    ca_certificates,
+                    subject_alt_names,
+                    sni,
+                    insecure_skip_verify,
+                } => file_origination(
+                    FileTls {
+                        ca_certificates: ca_certificates.as_deref(),
+                        subject_alt_names,
+                        sni: sni.as_deref(),
+                        insecure_skip_verify: *insecure_skip_verify,
+                        client: None,
+                    },
+                    e,
+                )?,
+                TlsOrigination::Mutual {
+                    client_certificate,
+                    private_key,
+                    ca_certificates,
+                    subject_alt_names,
+                    sni,
+                    insecure_skip_verify,
+                } => file_origination(
+                    FileTls {
+                        ca_certificates: ca_certificates.as_deref(),
+                        subject_alt_names,
+                        sni: sni.as_deref(),
+                        insecure_skip_verify: *insecure_skip_verify,
+                        client: Some((client_certificate, private_key)),
+                    },
+                    e,
+                )?,
+            };
+            let peer = e
+                .workload
+                .as_ref()
+                .and_then(|name| plan.peers.iter().find(|w| &w.name == name))
+                .map(peer_of)
+                .unwrap_or_else(Peer::unknown);
+            endpoints.push(UpstreamEndpoint {
+                host: e.host.clone(),
+                port: e.port,
+                target: resolver.target(&e.host),
+                tls,
+                peer,
+                series: SeriesByPeer::default(),
+            });
+        }
+        routes.push(UpstreamRoute::new(r.weight, endpoints));
+    }
+    Ok(OutboundRuntime {
+        bind: o.bind,
+        destination: o.destination.clone(),
+        routes,
     })
 }
 
