@@ -410,3 +410,89 @@ fn peer_of(w: &WorkloadInfo) -> Peer {
         version: w.version.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::net::IpAddr;
+
+    const MESH: &str = "\
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: client, labels: { app: client } }
+spec: { serviceAccount: client, address: 10.0.0.1, capture: true }
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: age-v1, labels: { app: age } }
+spec:
+  serviceAccount: age
+  address: 10.0.0.2
+  ports: [{ name: http, port: 8080, protocol: HTTP }]
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: age-v2, labels: { app: age } }
+spec:
+  serviceAccount: age
+  address: age-two.example
+  ports: [{ name: http, port: 8080, protocol: HTTP }, { name: admin, port: 9000 }]
+";
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn captured_destinations_are_found_by_member_ip_or_resolved_name_and_port() {
+        let config = crate::config::load_str("mesh.yaml", MESH).unwrap();
+        let plan = Arc::new(config.plan("client").unwrap());
+        let lookup: crate::proxy::resolve::Lookup = Arc::new(|host: String| {
+            Box::pin(async move {
+                match host.as_str() {
+                    "age-two.example" => Ok(vec!["10.0.0.3".parse::<IpAddr>().unwrap()]),
+                    _ => Err(std::io::Error::other("unknown")),
+                }
+            })
+        });
+        let resolver = Resolver::new(lookup);
+        let store = CertStore::for_workload(&plan.workload.spiffe_id);
+        let connectors = MeshConnectors::new(store, true);
+        let rt = build(plan.clone(), &connectors, &resolver, true).unwrap();
+        let service = |a: &str| {
+            rt.captured
+                .lookup(addr(a))
+                .map(|o| format!("{}:{}", o.destination.host, o.destination.port))
+        };
+        let age = Some("age.default.svc.cluster.local:8080".to_string());
+        assert_eq!(service("10.0.0.2:8080"), age, "an IP member");
+        assert_eq!(service("[::ffff:10.0.0.2]:8080"), age, "IPv4-mapped");
+        assert_eq!(service("10.0.0.2:9000"), None, "v1 has no port 9000");
+        assert_eq!(service("10.0.0.3:8080"), None, "a name not resolved yet");
+        resolver.refresh().await;
+        assert_eq!(
+            service("10.0.0.3:8080"),
+            age,
+            "a named member, once resolved"
+        );
+        assert_eq!(
+            service("10.0.0.3:9000"),
+            Some("age.default.svc.cluster.local:9000".to_string())
+        );
+        assert_eq!(service("10.0.0.9:8080"), None, "not a member");
+        // Each service port routes over every member that has the port.
+        let endpoints: Vec<String> = rt
+            .captured
+            .lookup(addr("10.0.0.2:8080"))
+            .unwrap()
+            .routes
+            .iter()
+            .flat_map(|r| r.endpoints.iter().map(|e| format!("{}:{}", e.host, e.port)))
+            .collect();
+        assert_eq!(endpoints, ["10.0.0.2:8080", "age-two.example:8080"]);
+        // Without capture, the table is empty.
+        let plain = build(plan, &connectors, &resolver, false).unwrap();
+        assert!(plain.captured.lookup(addr("10.0.0.2:8080")).is_none());
+    }
+}

@@ -20,6 +20,7 @@ mod ca_hardening;
 mod ca_service;
 mod ca_token_out;
 mod capture;
+mod capture_mesh;
 mod cipher;
 mod config_check;
 mod config_errors;

@@ -3,6 +3,7 @@
 //! apps (echo, HTTP, server-first).
 
 pub mod ca;
+pub mod netns;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
