@@ -3,13 +3,15 @@
 //! outbound endpoint and why, the AuthorizationPolicies that apply to each inbound port, and
 //! the warnings.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::plan::{MtlsMode, Plan, TlsOrigination};
+use super::plan::{MtlsMode, OutboundTrafficPolicy, Plan, TlsOrigination};
 
 /// What `outrider check` validates and how it prints the result.
 #[derive(Debug, Clone)]
@@ -35,7 +37,88 @@ struct Report<'a> {
     trust_domain: &'a str,
     plans: &'a [Plan],
     workloads_without_sidecar: Vec<String>,
+    /// For each captured workload (`spec.capture`): which destinations its captured
+    /// connections are recognised at.
+    capture_maps: Vec<CaptureMap>,
     warnings: &'a [String],
+}
+
+/// Where a captured workload's outbound connections go, by destination.
+#[derive(Serialize)]
+struct CaptureMap {
+    workload: String,
+    outbound_traffic_policy: OutboundTrafficPolicy,
+    destinations: Vec<CapturedDestination>,
+    /// Member addresses that do not resolve now (their connections cannot be recognised).
+    unresolved: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct CapturedDestination {
+    /// `IP:port` as resolved now.
+    destination: String,
+    /// The member address it came from (`age:8080`).
+    address: String,
+    /// `age.default.svc.cluster.local:8080`.
+    service: String,
+    routes: String,
+}
+
+/// Resolves every member address of `plan`'s capture section (once per host name, with the
+/// system resolver: what the sidecar will see, give or take DNS changes).
+fn capture_map(plan: &Plan, resolve: &mut impl FnMut(&str) -> Option<Vec<IpAddr>>) -> CaptureMap {
+    let mut destinations = Vec::new();
+    let mut unresolved = Vec::new();
+    for s in &plan.capture.services {
+        for (host, port) in &s.addresses {
+            let ips = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => match resolve(host) {
+                    Some(ips) if !ips.is_empty() => ips,
+                    _ => {
+                        if !unresolved.contains(host) {
+                            unresolved.push(host.clone());
+                        }
+                        continue;
+                    }
+                },
+            };
+            for ip in ips {
+                destinations.push(CapturedDestination {
+                    destination: SocketAddr::new(ip, *port).to_string(),
+                    address: format!("{host}:{port}"),
+                    service: format!("{}:{}", s.route.destination.host, s.route.destination.port),
+                    routes: s.route.decided_by.clone(),
+                });
+            }
+        }
+    }
+    CaptureMap {
+        workload: plan.workload.name.clone(),
+        outbound_traffic_policy: plan.capture.outbound_traffic_policy,
+        destinations,
+        unresolved,
+    }
+}
+
+/// The system resolver, remembering each host's answer for one check.
+fn system_resolver() -> impl FnMut(&str) -> Option<Vec<IpAddr>> {
+    let mut seen: BTreeMap<String, Option<Vec<IpAddr>>> = BTreeMap::new();
+    move |host: &str| {
+        seen.entry(host.to_string())
+            .or_insert_with(|| {
+                (host, 0)
+                    .to_socket_addrs()
+                    .ok()
+                    .map(|addrs| {
+                        let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                        ips.sort();
+                        ips.dedup();
+                        ips
+                    })
+            })
+            .clone()
+    }
 }
 
 impl CheckOptions {
@@ -67,6 +150,14 @@ impl CheckOptions {
                 Vec::new()
             } else {
                 config.sidecarless_workload_names()
+            },
+            capture_maps: {
+                let mut resolve = system_resolver();
+                plans
+                    .iter()
+                    .filter(|p| p.capture.declared)
+                    .map(|p| capture_map(p, &mut resolve))
+                    .collect()
             },
             warnings: config.warnings(),
         };
@@ -121,6 +212,41 @@ fn columns(out: &mut String, indent: &str, rows: &[Vec<String>]) {
     }
 }
 
+/// The capture section of a captured workload: what its captured inbound connections get
+/// on undeclared ports, and which destinations its outbound ones are recognised at.
+fn captured_section(out: &mut String, plan: &Plan, map: &CaptureMap) {
+    let u = &plan.capture.undeclared;
+    let _ = writeln!(
+        out,
+        "  captured (outrider iptables + run --capture): inbound on undeclared ports: {} ({}), to the app on the same port",
+        mode_name(u.mode),
+        u.decided_by
+    );
+    let policy = match map.outbound_traffic_policy {
+        OutboundTrafficPolicy::AllowAny => "ALLOW_ANY: any other destination is passed through",
+        OutboundTrafficPolicy::RegistryOnly => "REGISTRY_ONLY: any other destination is refused",
+    };
+    let _ = writeln!(out, "  captured outbound ({policy}):");
+    let mut rows = vec![vec![
+        "DESTINATION".into(),
+        "ADDRESS".into(),
+        "SERVICE".into(),
+        "ROUTES".into(),
+    ]];
+    for d in &map.destinations {
+        rows.push(vec![
+            d.destination.clone(),
+            d.address.clone(),
+            d.service.clone(),
+            d.routes.clone(),
+        ]);
+    }
+    for host in &map.unresolved {
+        rows.push(vec!["(does not resolve)".into(), host.clone()]);
+    }
+    columns(out, "    ", &rows);
+}
+
 fn table(report: &Report<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "trust domain: {}", report.trust_domain);
@@ -171,6 +297,9 @@ fn table(report: &Report<'_>) -> String {
                 let _ = writeln!(out, "    authorization on port {}: {list}", p.port);
             }
         }
+        if let Some(map) = report.capture_maps.iter().find(|m| m.workload == w.name) {
+            captured_section(&mut out, plan, map);
+        }
         if plan.outbound.is_empty() {
             out.push_str("  outbound: none\n");
             continue;
@@ -219,6 +348,21 @@ fn table(report: &Report<'_>) -> String {
             "\nworkloads without a sidecar (endpoints only): {}",
             report.workloads_without_sidecar.join(", ")
         );
+    }
+    let unresolved: Vec<String> = report
+        .capture_maps
+        .iter()
+        .flat_map(|m| {
+            m.unresolved.iter().map(move |h| {
+                format!(
+                    "workload {}: address {h:?} does not resolve: captured connections to it are not recognised as its service until it does",
+                    m.workload
+                )
+            })
+        })
+        .collect();
+    for u in &unresolved {
+        let _ = writeln!(out, "\nwarning: {u}");
     }
     if report.warnings.is_empty() {
         out.push_str("\nno warnings\n");
