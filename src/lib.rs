@@ -20,6 +20,8 @@
 //!   outbound, the copy loop, the live connections a reload may close.
 //! - [`policy`] holds pure decisions over small fact structs (authorization), compiled by
 //!   [`config`] and asked by [`proxy`].
+//! - [`jwks`] fetches the JWKS documents of RequestAuthentication's issuers in the
+//!   background and hands them to the JWT validator; the data path never waits for it.
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
 //! - [`capture`] is transparent capture: `outrider iptables` (Istio's init step: the nat
 //!   rules that send the app's traffic to the proxy) and the original destination of a
@@ -41,6 +43,7 @@ pub mod demo;
 pub mod duration;
 pub mod fetch;
 pub mod identity;
+pub mod jwks;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

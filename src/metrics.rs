@@ -12,7 +12,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::identity::SpiffeId;
@@ -152,6 +153,7 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     authz: AuthzMetrics,
     requests: RequestFamilies,
+    jwks: JwksMetrics,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -288,6 +290,7 @@ impl Metrics {
             ),
             authz: AuthzMetrics::new(r),
             requests: RequestFamilies::register(r),
+            jwks: JwksMetrics::register(r),
             registry,
         }
     }
@@ -612,6 +615,85 @@ impl RequestLabels {
 }
 
 // ---- end of HTTP request metrics ----------------------------------------------------------
+
+// ---- JWKS fetcher metrics (RequestAuthentication keys), kept in one block -----------------
+
+/// The JWKS fetcher's families ([`crate::jwks`]), labelled by `source`: the JWKS URI, or the
+/// issuer for a source found by OIDC discovery. Updated once per fetch, never per request.
+#[derive(Clone)]
+pub struct JwksMetrics {
+    fetches: IntCounterVec,
+    keys: IntGaugeVec,
+    last_success: GaugeVec,
+}
+
+impl JwksMetrics {
+    fn register(r: &Registry) -> JwksMetrics {
+        let keys = IntGaugeVec::new(
+            Opts::new(
+                "outrider_jwks_keys",
+                "Usable keys in the last JWKS document fetched successfully, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(keys.clone()))
+            .expect("metric registered once");
+        let last_success = GaugeVec::new(
+            Opts::new(
+                "outrider_jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful JWKS fetch, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(last_success.clone()))
+            .expect("metric registered once");
+        JwksMetrics {
+            fetches: counter_vec(
+                r,
+                "outrider_jwks_fetches_total",
+                "JWKS fetches, by source and result (success|error).",
+                &["source", "result"],
+            ),
+            keys,
+            last_success,
+        }
+    }
+
+    /// A successful fetch of `source` at `at` whose document holds `keys` usable keys.
+    pub fn fetch_succeeded(&self, source: &str, keys: usize, at: SystemTime) {
+        self.fetches.with_label_values(&[source, "success"]).inc();
+        self.keys
+            .with_label_values(&[source])
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        let secs = at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.last_success.with_label_values(&[source]).set(secs);
+    }
+
+    /// A failed fetch of `source` (the keys gauge keeps the last good document's count).
+    pub fn fetch_failed(&self, source: &str) {
+        self.fetches.with_label_values(&[source, "error"]).inc();
+    }
+
+    /// Drops the gauges of a source that is no longer configured (its counters stay).
+    pub fn forget(&self, source: &str) {
+        let _ = self.keys.remove_label_values(&[source]);
+        let _ = self.last_success.remove_label_values(&[source]);
+    }
+}
+
+impl Metrics {
+    /// The JWKS fetcher's families, for [`crate::jwks::Jwks::spawn`].
+    pub fn jwks(&self) -> JwksMetrics {
+        self.jwks.clone()
+    }
+}
+
+// ---- end of JWKS fetcher metrics ----------------------------------------------------------
 
 /// The metric handles of one TCP label set (the four `istio_tcp_*` series and the
 /// direction's active gauge).

@@ -31,6 +31,7 @@ mod endpoints;
 mod fuzz_regressions;
 mod hardening;
 mod identity_rotation;
+mod jwks;
 mod kubernetes_manifests;
 mod l7;
 mod policy_enforced;
