@@ -107,15 +107,12 @@ fn system_resolver() -> impl FnMut(&str) -> Option<Vec<IpAddr>> {
     move |host: &str| {
         seen.entry(host.to_string())
             .or_insert_with(|| {
-                (host, 0)
-                    .to_socket_addrs()
-                    .ok()
-                    .map(|addrs| {
-                        let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                        ips.sort();
-                        ips.dedup();
-                        ips
-                    })
+                (host, 0).to_socket_addrs().ok().map(|addrs| {
+                    let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                    ips.sort();
+                    ips.dedup();
+                    ips
+                })
             })
             .clone()
     }

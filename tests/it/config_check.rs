@@ -300,3 +300,109 @@ fn compose_lab_age_callers_policy() {
         "{stdout}"
     );
 }
+
+/// A captured workload's plan shows where its captured connections go, by destination, and
+/// an address that does not resolve is a warning (not an error: DNS may come later).
+#[test]
+fn check_prints_the_capture_map_of_a_captured_workload() {
+    let dir = temp_dir("check-capture");
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        "\
+apiVersion: outrider.dev/v1alpha1
+kind: Mesh
+metadata: { name: mesh }
+spec: { outboundTrafficPolicy: { mode: REGISTRY_ONLY } }
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: client, labels: { app: client } }
+spec: { serviceAccount: client, address: 10.0.0.1, capture: true }
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: age, labels: { app: age } }
+spec:
+  serviceAccount: age
+  address: 10.0.0.2
+  ports: [{ name: http, port: 8080, protocol: HTTP }]
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: name, labels: { app: name } }
+spec:
+  serviceAccount: name
+  address: name.does-not-resolve.invalid
+  ports: [{ name: http, port: 8080, protocol: HTTP }]
+",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let client = stdout
+        .split("\nworkload ")
+        .find(|s| s.starts_with("client "))
+        .unwrap();
+    assert!(
+        client.contains("captured outbound (REGISTRY_ONLY: any other destination is refused)"),
+        "{client}"
+    );
+    assert!(
+        client.contains("inbound on undeclared ports: PERMISSIVE (default PERMISSIVE"),
+        "{client}"
+    );
+    let row: Vec<&str> = client
+        .lines()
+        .find(|l| l.trim_start().starts_with("10.0.0.2:8080"))
+        .unwrap_or_else(|| panic!("no row for 10.0.0.2:8080:\n{client}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..3],
+        [
+            "10.0.0.2:8080",
+            "10.0.0.2:8080",
+            "age.default.svc.cluster.local:8080"
+        ]
+    );
+    assert!(
+        stdout.contains("address \"name.does-not-resolve.invalid\" does not resolve"),
+        "{stdout}"
+    );
+    // Workloads that are not captured print no capture section.
+    let age = stdout
+        .split("\nworkload ")
+        .find(|s| s.starts_with("age "))
+        .unwrap();
+    assert!(!age.contains("captured"), "{age}");
+    // JSON carries the same map.
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            file.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["capture_maps"][0]["workload"], "client");
+    assert_eq!(
+        json["capture_maps"][0]["destinations"][0]["service"],
+        "age.default.svc.cluster.local:8080"
+    );
+    assert_eq!(
+        json["capture_maps"][0]["unresolved"][0],
+        "name.does-not-resolve.invalid"
+    );
+}
