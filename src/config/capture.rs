@@ -9,6 +9,9 @@ use super::peer_authn::{self, Applicable};
 use super::plan::{CapturePlan, CapturedService, InboundPlan, Protocol};
 use super::{authorization_policy, outbound, MeshConfig, Workload, WorkloadPort};
 
+/// The `(address, port)` of a service port's members.
+type Members = BTreeSet<(String, u16)>;
+
 /// The capture plan of `w` (planned for every workload, used by captured sidecars).
 ///
 /// A service port whose routes cannot be planned (a VirtualService naming a host the mesh
@@ -24,8 +27,7 @@ pub(crate) fn plan(
     let mut unused = Vec::new();
     let warnings = if w.capture { warnings } else { &mut unused };
     // (namespace, service) → port → member addresses, in a stable order.
-    let mut services: BTreeMap<(&str, &str), BTreeMap<u16, BTreeSet<(String, u16)>>> =
-        BTreeMap::new();
+    let mut services: BTreeMap<(&str, &str), BTreeMap<u16, Members>> = BTreeMap::new();
     for member in &config.workloads {
         let ports = services
             .entry((member.namespace.as_str(), member.service.as_str()))
