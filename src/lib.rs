@@ -28,7 +28,7 @@
 //!   captured connection.
 //! - Around them: [`shutdown`] (drain), [`logging`], [`duration`] (the one duration syntax),
 //!   and the tools the FROM-scratch image needs besides the sidecar: [`demo`], [`samples`]
-//!   (the labs' sample app), [`fetch`] (a plaintext GET), [`dashboard`] (the live mesh
+//!   (the labs' sample app and their small OIDC issuer), [`fetch`] (a plaintext GET), [`dashboard`] (the live mesh
 //!   graph, drawn from the sidecars' metrics). The data path never imports these.
 #![forbid(unsafe_code)]
 

@@ -2,6 +2,11 @@
 //! and `name`; `name` runs as two versions. They know nothing about the mesh: they talk plain
 //! HTTP to 127.0.0.1 and their sidecars do the rest. Used by `outrider demo`, the
 //! docker-compose file (`outrider sample-app`) and `cargo run --example <service>`.
+//!
+//! Beside them, [`auth`] is the labs' identity provider: a small OIDC issuer of access tokens
+//! for RequestAuthentication (a sample, not a product identity provider).
+
+pub mod auth;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +29,8 @@ pub enum Service {
     Name,
     /// Calls `name` and `age` and answers a sentence.
     Sentences,
+    /// A small OIDC issuer for the labs ([`auth`]).
+    Auth,
 }
 
 impl std::str::FromStr for Service {
@@ -34,8 +41,9 @@ impl std::str::FromStr for Service {
             "age" => Ok(Service::Age),
             "name" => Ok(Service::Name),
             "sentences" => Ok(Service::Sentences),
+            "auth" => Ok(Service::Auth),
             other => Err(format!(
-                "{other:?} is not a sample service (age, name, sentences)"
+                "{other:?} is not a sample service (age, name, sentences, auth)"
             )),
         }
     }
@@ -53,6 +61,8 @@ pub struct SampleConfig {
     pub name_addr: Option<String>,
     /// For `sentences`: where `age` is reached.
     pub age_addr: Option<String>,
+    /// For `auth`: realm, issuer, users, key and token lifetime.
+    pub auth: auth::AuthConfig,
 }
 
 impl SampleConfig {
@@ -61,6 +71,18 @@ impl SampleConfig {
             .enable_all()
             .build()?;
         rt.block_on(async move {
+            if self.service == Service::Auth {
+                let issuer = auth::Issuer::bind(self.listen, &self.auth).await?;
+                // The address last: a test that bound port 0 reads it from this line.
+                println!(
+                    "auth: issuer {} (kid {}), listening on {}",
+                    issuer.issuer(),
+                    issuer.kid(),
+                    issuer.local_addr()
+                );
+                issuer.run().await;
+                return Ok(());
+            }
             let listener = TcpListener::bind(self.listen).await?;
             serve(listener, self).await;
             Ok(())
@@ -119,6 +141,8 @@ async fn answer(args: &SampleConfig, path: &str) -> Response<Full<Bytes>> {
                 (_, Err(e)) => reply(502, format!("age failed: {e}")),
             }
         }
+        // Served by `auth::Issuer` instead (see `SampleConfig::run`).
+        Service::Auth => reply(404, "not found".into()),
     }
 }
 

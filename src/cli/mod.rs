@@ -37,7 +37,14 @@ pub enum Command {
     Check(tools::CheckArgs),
     /// The one-command local mesh on loopback: CA, sample app, sidecars, a plaintext intruder.
     Demo(tools::DemoArgs),
-    /// One service of the labs' sample app (age, name, sentences): a tiny HTTP server.
+    /// One service of the labs' sample app (age, name, sentences, auth): a tiny HTTP server.
+    ///
+    /// `auth` is a small OpenID Connect issuer for the labs, at Keycloak's URLs: discovery at
+    /// /auth/realms/<realm>/.well-known/openid-configuration, the JWKS at
+    /// .../protocol/openid-connect/certs, RS256 access tokens from the password grant at
+    /// .../protocol/openid-connect/token, a new signing key on POST .../rotate or SIGHUP. It is a
+    /// sample for the labs, not a product identity provider: plain-text passwords, no
+    /// clients, no refresh or ID tokens, and anyone who reaches it may rotate its key.
     SampleApp(sample::SampleArgs),
     /// A plaintext HTTP GET (health checks and the intruder in a FROM-scratch image).
     Fetch(tools::FetchArgs),

@@ -11,6 +11,7 @@
 
 mod common;
 
+mod auth_sample;
 mod authz;
 mod authz_http;
 mod bad_certs;
