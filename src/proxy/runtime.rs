@@ -55,10 +55,20 @@ impl CaptureTable {
         connectors: &MeshConnectors,
         resolver: &Resolver,
         used: &mut Vec<ConnectorKey>,
-    ) -> anyhow::Result<CaptureTable> {
+    ) -> CaptureTable {
         let mut table = CaptureTable::default();
-        for (index, captured) in plan.capture.services.iter().enumerate() {
-            let entry = outbound_runtime(&captured.route, plan, connectors, resolver, used)?;
+        for captured in &plan.capture.services {
+            // One service whose TLS cannot be built (a DestinationRule's certificate file
+            // missing, say) does not take the others down: its connections get the outbound
+            // traffic policy, and the reason is logged on every rebuild.
+            let entry = match outbound_runtime(&captured.route, plan, connectors, resolver, used) {
+                Ok(entry) => entry,
+                Err(e) => {
+                    tracing::error!(service = %captured.route.to, error = %format!("{e:#}"), "captured connections to this service cannot be routed");
+                    continue;
+                }
+            };
+            let index = table.services.len();
             table.services.push(Arc::new(entry));
             for (host, port) in &captured.addresses {
                 match resolver.target(host) {
@@ -71,7 +81,7 @@ impl CaptureTable {
                 }
             }
         }
-        Ok(table)
+        table
     }
 
     /// The service a captured connection to `destination` belongs to, if any.
@@ -186,7 +196,7 @@ pub fn build(
         }
     }
     let captured = if capture {
-        CaptureTable::build(&plan, connectors, resolver, &mut used)?
+        CaptureTable::build(&plan, connectors, resolver, &mut used)
     } else {
         CaptureTable::default()
     };
@@ -298,6 +308,7 @@ pub fn origination_material(plan: &Plan) -> u64 {
     for e in plan
         .outbound
         .iter()
+        .chain(plan.capture.services.iter().map(|s| &s.route))
         .flat_map(|o| &o.routes)
         .flat_map(|r| &r.endpoints)
     {
