@@ -4,7 +4,9 @@
 # its sidecar's outbound bind 127.0.0.1:9181) and once captured (`outrider iptables` in both
 # pods, `run --capture`, the client calls the server pod's IP:8080 unchanged). wrk in the
 # client pod measures keep-alive requests/s and new connections/s (`Connection: close`);
-# the two modes alternate, ROUNDS times each, and the medians are printed side by side.
+# the modes alternate, ROUNDS times each, and the medians are printed side by side. A third
+# mode, explicit+nat, installs the rules but leaves the server port out of them: the explicit
+# path with conntrack and the nat hooks active, i.e. what the kernel's part of capture costs.
 #
 # Usage (root; ip, iptables, setpriv, wrk): scripts/bench-capture.sh [outrider binary]
 #   PROTOCOL=HTTP|TCP (default HTTP; the server port's declared protocol)
@@ -111,19 +113,27 @@ rate() {
 }
 measure() {
     local mode="$1" url
-    if [[ "$mode" == captured ]]; then
+    case "$mode" in
+    captured)
         ip netns exec "$a" "$bin" iptables >/dev/null
         ip netns exec "$b" "$bin" iptables >/dev/null
         url=http://10.79.0.2:8080/
-    else
+        ;;
+    explicit+nat)
+        # The same rules, with the server's port left out, so nothing is redirected: what
+        # conntrack and the nat hooks cost by themselves (the kernel's share of capture).
+        ip netns exec "$a" "$bin" iptables >/dev/null
+        ip netns exec "$b" "$bin" iptables -d 15090,15021,15020,8080 >/dev/null
         url=http://127.0.0.1:9181/
-    fi
-    start "$mode"
+        ;;
+    *) url=http://127.0.0.1:9181/ ;;
+    esac
+    start "${mode%+nat}"
     rate "$url" >/dev/null # warm-up: pools, sessions
     keepalive=$(rate "$url")
     close=$(rate -H "Connection: close" "$url")
     stop
-    if [[ "$mode" == captured ]]; then
+    if [[ "$mode" != explicit ]]; then
         ip netns exec "$a" "$bin" iptables --cleanup >/dev/null
         ip netns exec "$b" "$bin" iptables --cleanup >/dev/null
     fi
@@ -132,7 +142,7 @@ measure() {
 
 results="$work/results"
 for round in $(seq 1 "$rounds"); do
-    for mode in explicit captured; do
+    for mode in explicit explicit+nat captured; do
         line=$(measure "$mode")
         echo "round $round: $line"
         echo "$line" >>"$results"
@@ -140,9 +150,9 @@ for round in $(seq 1 "$rounds"); do
 done
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 printf '\n%s port, %s connections, %ss per run, median of %s rounds (same run):\n' "$protocol" "$conns" "$secs" "$rounds"
-printf '%-10s %18s %18s\n' mode "keep-alive req/s" "new conn/s"
-for mode in explicit captured; do
+printf '%-12s %18s %18s\n' mode "keep-alive req/s" "new conn/s"
+for mode in explicit explicit+nat captured; do
     k=$(awk -v m="$mode" '$1==m {print $2}' "$results" | median)
     c=$(awk -v m="$mode" '$1==m {print $3}' "$results" | median)
-    printf '%-10s %18s %18s\n' "$mode" "$k" "$c"
+    printf '%-12s %18s %18s\n' "$mode" "$k" "$c"
 done

@@ -43,7 +43,7 @@ fn redirected_to(stream: &TcpStream, listener: SocketAddr) -> Result<SocketAddr,
     let dst = original_dst(stream).map_err(|_| "no_original_destination")?;
     // Conntrack answers for every connection: one that came straight to the listener
     // reports the listener's own address.
-    if dst == listener || Some(dst) == stream.local_addr().ok() {
+    if dst.port() == listener.port() && Some(dst) == stream.local_addr().ok() {
         return Err("not_redirected");
     }
     Ok(dst)
