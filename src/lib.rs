@@ -18,8 +18,8 @@
 //!   resumption that never outlives the peer's identity.
 //! - [`proxy`] is the data path: the listener set that follows the plan, sniffing, inbound,
 //!   outbound, the copy loop, the live connections a reload may close.
-//! - [`policy`] holds pure decisions over small fact structs (authorization), compiled by
-//!   [`config`] and asked by [`proxy`].
+//! - [`policy`] holds pure decisions over small fact structs (authorization, JWT
+//!   authentication), compiled by [`config`] and asked by [`proxy`].
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.
 //! - [`capture`] is transparent capture: `outrider iptables` (Istio's init step: the nat
 //!   rules that send the app's traffic to the proxy) and the original destination of a

@@ -560,7 +560,10 @@ fn request_principal(value: &str) -> Matcher {
     } else if let Some(rest) = value.strip_suffix('*') {
         match split {
             Some(_) if sub == "*" => (exact(iss), StrMatch::Present),
-            Some(_) => (exact(iss), StrMatch::Prefix(sub[..sub.len() - 1].to_string())),
+            Some(_) => (
+                exact(iss),
+                StrMatch::Prefix(sub[..sub.len() - 1].to_string()),
+            ),
             None => (StrMatch::Prefix(rest.to_string()), StrMatch::Present),
         }
     } else {

@@ -17,8 +17,8 @@ use super::plan::{ForwardClientCert, Protocol};
 use super::request_authentication::{self, AuthnPolicy};
 use super::resources::{
     AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, MeshSpec,
-    PeerAuthenticationSpec, ProtocolSpec, RequestAuthenticationSpec, Resource,
-    VirtualServiceSpec, WorkloadSpec,
+    PeerAuthenticationSpec, ProtocolSpec, RequestAuthenticationSpec, Resource, VirtualServiceSpec,
+    WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};

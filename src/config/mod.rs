@@ -204,6 +204,14 @@ impl MeshConfig {
                     p,
                     warnings,
                 );
+                request_authentication::warn_unauthenticated(
+                    &self.authorization_policies,
+                    &self.root_namespace,
+                    w,
+                    p,
+                    &authentication,
+                    warnings,
+                );
                 InboundPlan {
                     name: p.name.clone(),
                     port: p.port,

@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::authorization_policy::{self, AuthzPolicy};
 use super::error::ConfigError;
 use super::resources::{JwtRuleSpec, RequestAuthenticationSpec, Resource};
 use super::source::Document;
 use super::{Workload, WorkloadPort};
+use crate::policy::authz::Matcher;
 use crate::policy::jwt::{
     Authenticator, ClaimToHeader, JwksSource, KeySet, KeySlot, Keys, Provider, TokenLocation,
 };
@@ -263,9 +265,7 @@ fn check_jwks_uri(uri: &str) -> Result<(), String> {
             uri.len()
         ));
     }
-    let parsed: http::Uri = uri
-        .parse()
-        .map_err(|_| format!("{uri:?} is not a URL"))?;
+    let parsed: http::Uri = uri.parse().map_err(|_| format!("{uri:?} is not a URL"))?;
     match parsed.scheme_str() {
         Some("http" | "https") => {}
         Some(s) => return Err(format!("{uri:?}: scheme {s:?} is not http or https")),
@@ -350,6 +350,53 @@ pub(crate) fn authenticator(
         .flat_map(|a| a.providers.iter().cloned())
         .collect();
     Arc::new(Authenticator::new(providers))
+}
+
+/// Warns about AuthorizationPolicy rules of an HTTP port that read the request's JWT
+/// (`requestPrincipals`, `request.auth.*`) when no RequestAuthentication applies there: no
+/// request has a JWT identity, so those fields never match (their `not*` forms always do).
+pub(crate) fn warn_unauthenticated(
+    authz: &[AuthzPolicy],
+    root_namespace: &str,
+    w: &Workload,
+    p: &WorkloadPort,
+    authentication: &Authenticator,
+    warnings: &mut Vec<String>,
+) {
+    if !p.protocol.is_http() || !authentication.is_empty() {
+        return;
+    }
+    let reads_jwt = |m: &Matcher| {
+        matches!(
+            m,
+            Matcher::RequestPrincipal { .. }
+                | Matcher::RequestAudience(_)
+                | Matcher::RequestPresenter(_)
+                | Matcher::RequestClaim { .. }
+        )
+    };
+    for a in authz
+        .iter()
+        .filter(|a| authorization_policy::applies_to(a, root_namespace, w))
+    {
+        for (i, rule) in a.policy.rules.iter().enumerate() {
+            let fields: Vec<&str> = rule
+                .from
+                .iter()
+                .flatten()
+                .chain(rule.to.iter().flatten())
+                .chain(&rule.when)
+                .filter(|f| f.matchers.iter().any(reads_jwt))
+                .map(|f| f.name.as_str())
+                .collect();
+            if !fields.is_empty() {
+                warnings.push(format!(
+                    "{}: AuthorizationPolicy {} rule {i} uses {} on workload {} port {}, but no RequestAuthentication applies there: no request has a JWT identity, so these never match (not* forms always do)",
+                    a.origin, a.policy.name, fields.join(", "), w.name, p.port
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -248,7 +248,11 @@ fn yaml_path(lines: &[&str], at: usize) -> Option<String> {
     let here = yaml_line(lines[at])?;
     let key = here.key?;
     if here.item {
-        return Some(format!("{}.{key}", item_path(lines, at, &here)?).trim_start_matches('.').to_string());
+        return Some(
+            format!("{}.{key}", item_path(lines, at, &here)?)
+                .trim_start_matches('.')
+                .to_string(),
+        );
     }
     // A sibling key inside a list item (`- from: ...` then `  to: ...`), or a nested one.
     for j in (0..at).rev() {
@@ -256,7 +260,11 @@ fn yaml_path(lines: &[&str], at: usize) -> Option<String> {
             continue;
         };
         if l.item && l.key_col == here.key_col {
-            return Some(format!("{}.{key}", item_path(lines, j, &l)?).trim_start_matches('.').to_string());
+            return Some(
+                format!("{}.{key}", item_path(lines, j, &l)?)
+                    .trim_start_matches('.')
+                    .to_string(),
+            );
         }
         if l.key_col < here.key_col {
             return Some(format!("{}.{key}", yaml_path(lines, j)?));
@@ -434,12 +442,21 @@ mod tests {
         let text = "---\nkind: X\nspec:\n  action: ALLOW\n    selector:\n      a: b\n";
         let (field, hint) = misindented(text, 5).unwrap();
         assert_eq!(field, "spec.action");
-        assert!(hint.starts_with("`selector` is indented under `action: ALLOW`"), "{hint}");
+        assert!(
+            hint.starts_with("`selector` is indented under `action: ALLOW`"),
+            "{hint}"
+        );
         let lists = "spec:\n  rules:\n  - from: []\n  - to:\n    - operation:\n        paths: x\n          y: z\n";
-        assert_eq!(misindented(lists, 7).unwrap().0, "spec.rules[1].to[0].operation.paths");
+        assert_eq!(
+            misindented(lists, 7).unwrap().0,
+            "spec.rules[1].to[0].operation.paths"
+        );
         // a key without a value above: not this mistake
         assert_eq!(misindented("a:\n  b:\n   c: d: e\n", 3), None);
-        assert_eq!(yaml_path(&["spec:", "  rules:", "    - from: x", "      to: y"], 3).unwrap(), "spec.rules[0].to");
+        assert_eq!(
+            yaml_path(&["spec:", "  rules:", "    - from: x", "      to: y"], 3).unwrap(),
+            "spec.rules[0].to"
+        );
     }
 
     #[test]

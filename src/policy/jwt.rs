@@ -301,7 +301,9 @@ impl RequestAuth {
     /// Whether `matches` holds for the claim at `path` (`["a", "b"]` for `claims[a][b]`): a
     /// string claim (split on spaces when space-delimited) or any string of a list claim.
     pub fn claim_matches(&self, path: &[String], matches: impl Fn(&str) -> bool) -> bool {
-        let Some(mut value) = path.first().and_then(|first| self.claims.get(first.as_str()))
+        let Some(mut value) = path
+            .first()
+            .and_then(|first| self.claims.get(first.as_str()))
         else {
             return false;
         };
@@ -438,8 +440,10 @@ impl Authenticator {
                     .collect();
                 indices.sort_unstable();
                 indices.dedup();
-                let mut delimited: Vec<String> =
-                    ALWAYS_SPACE_DELIMITED.iter().map(|s| s.to_string()).collect();
+                let mut delimited: Vec<String> = ALWAYS_SPACE_DELIMITED
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
                 for c in &p.space_delimited_claims {
                     if !delimited.contains(c) {
                         delimited.push(c.clone());
@@ -850,7 +854,11 @@ fn realm(uri: &Uri, headers: &HeaderMap) -> String {
     let host = uri
         .authority()
         .map(|a| a.as_str())
-        .or_else(|| headers.get(http::header::HOST).and_then(|v| v.to_str().ok()))
+        .or_else(|| {
+            headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+        })
         .unwrap_or("");
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut cut = path.len().min(MAX_REALM_PATH);

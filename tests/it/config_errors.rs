@@ -310,7 +310,10 @@ fn misindented_lab_policy_is_refused_and_the_intended_one_loads() {
         "{message}"
     );
 
-    let fixed = REQUIRE_JWT.replace("    selector:\n      matchLabels:\n        app: age\n", "  selector:\n    matchLabels:\n      app: age\n");
+    let fixed = REQUIRE_JWT.replace(
+        "    selector:\n      matchLabels:\n        app: age\n",
+        "  selector:\n    matchLabels:\n      app: age\n",
+    );
     let tmp = temp_dir("config-lab-policy");
     std::fs::write(tmp.path().join("base.yaml"), BASE).unwrap();
     std::fs::write(tmp.path().join("policy.yaml"), fixed).unwrap();

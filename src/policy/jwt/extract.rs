@@ -213,8 +213,13 @@ mod tests {
         headers.append("authorization", "Bearer   a.b.c".parse().unwrap());
         headers.append("authorization", "xBearer d.e.f".parse().unwrap());
         headers.append("x-token", "raw".parse().unwrap());
-        headers.append("cookie", "a=1; session=\"s.t.u\"; session=no".parse().unwrap());
-        let uri: Uri = "/p?x=1&access%5Ftoken=q%2Er.s&access_token=second".parse().unwrap();
+        headers.append(
+            "cookie",
+            "a=1; session=\"s.t.u\"; session=no".parse().unwrap(),
+        );
+        let uri: Uri = "/p?x=1&access%5Ftoken=q%2Er.s&access_token=second"
+            .parse()
+            .unwrap();
         let found: Vec<(usize, String)> = extract(&locations, &uri, &headers)
             .into_iter()
             .map(|f| (f.location, f.token.into_owned()))
@@ -237,7 +242,10 @@ mod tests {
             remove_param("/p?x=1&access_token=t&y=2", "access_token").unwrap(),
             "/p?x=1&y=2"
         );
-        assert_eq!(remove_param("/p?access_token=t", "access_token").unwrap(), "/p");
+        assert_eq!(
+            remove_param("/p?access_token=t", "access_token").unwrap(),
+            "/p"
+        );
         assert_eq!(remove_param("/p?access_token=t", "other"), None);
         assert_eq!(remove_param("/p", "access_token"), None);
         assert_eq!(percent_decode("a%2"), "a%2");

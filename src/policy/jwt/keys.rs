@@ -214,7 +214,10 @@ fn parse_key(entry: &Value) -> Result<Key, String> {
             (KeyType::Ec { p256 }, DecodingKey::from_ec_der(&point))
         }
         "oct" => {
-            alg_is(&|a| matches!(a, "HS256" | "HS384" | "HS512"), "HS256/384/512")?;
+            alg_is(
+                &|a| matches!(a, "HS256" | "HS384" | "HS512"),
+                "HS256/384/512",
+            )?;
             (KeyType::Oct, DecodingKey::from_secret(&bytes("k")?))
         }
         "OKP" => {
@@ -335,7 +338,10 @@ mod tests {
         ));
         assert_eq!(KeySet::from_json(b"{}").unwrap_err(), JwksError::NoKeys);
         let err = set("").unwrap_err();
-        assert_eq!(err.to_string(), "the JWKS has no usable key (\"keys\" is empty)");
+        assert_eq!(
+            err.to_string(),
+            "the JWKS has no usable key (\"keys\" is empty)"
+        );
         let err = set(r#"{"kty":"RSA"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -84,23 +84,21 @@ pub(crate) mod fixtures {
         let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
         let rsa_enc = EncodingKey::from_rsa_pem(rsa.serialize_pem().as_bytes()).unwrap();
         let jwk = |enc: &EncodingKey, alg: Algorithm, kid: &str| {
-            let mut v = serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(enc, alg).unwrap())
-                .unwrap();
+            let mut v =
+                serde_json::to_value(jsonwebtoken::jwk::Jwk::from_encoding_key(enc, alg).unwrap())
+                    .unwrap();
             // No `alg` on the JWK: one RSA key serves RS* and PS*.
             v.as_object_mut().unwrap().remove("alg");
             v["kid"] = json!(kid);
             v
         };
-        let ec = |alg: &'static rcgen::SignatureAlgorithm, jwt_alg: Algorithm, kid: &'static str| {
-            let pair = rcgen::KeyPair::generate_for(alg).unwrap();
-            let encoding = EncodingKey::from_ec_der(pair.serialized_der());
-            let jwk = jwk(&encoding, jwt_alg, kid);
-            TestKey {
-                kid,
-                encoding,
-                jwk,
-            }
-        };
+        let ec =
+            |alg: &'static rcgen::SignatureAlgorithm, jwt_alg: Algorithm, kid: &'static str| {
+                let pair = rcgen::KeyPair::generate_for(alg).unwrap();
+                let encoding = EncodingKey::from_ec_der(pair.serialized_der());
+                let jwk = jwk(&encoding, jwt_alg, kid);
+                TestKey { kid, encoding, jwk }
+            };
         let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let secret = b"a shared secret of at least 32 bytes!!";
         TestKeys {
@@ -253,7 +251,11 @@ fn every_algorithm_verifies() {
         RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512,
     ] {
         let token = mint(alg, &alice());
-        assert_eq!(outcome(&get("/").bearer(&token).run(&a)), ALICE(), "{alg:?}");
+        assert_eq!(
+            outcome(&get("/").bearer(&token).run(&a)),
+            ALICE(),
+            "{alg:?}"
+        );
         // the same token with another payload fails
         let bad = tampered(&token, &with(alice(), json!({"sub": "mallory"})));
         assert_eq!(
@@ -365,9 +367,8 @@ fn locations_and_header_edits() {
         AuthnOutcome::Authenticated(_, e) | AuthnOutcome::Anonymous(e) => e,
         other => panic!("{other:?}"),
     };
-    let names = |e: &HeaderEdits| -> Vec<String> {
-        e.remove.iter().map(|h| h.to_string()).collect()
-    };
+    let names =
+        |e: &HeaderEdits| -> Vec<String> { e.remove.iter().map(|h| h.to_string()).collect() };
     // default: the Authorization header is removed after success
     let a = Authenticator::new(vec![inline()]);
     let e = edits(get("/").bearer(&valid).run(&a));
@@ -398,13 +399,24 @@ fn locations_and_header_edits() {
     assert_eq!(outcome(&get("/").header("x-jwt", &valid).run(&a)), ALICE());
     assert_eq!(outcome(&get(format!("/?token={valid}")).run(&a)), ALICE());
     assert_eq!(
-        outcome(&get("/").header("cookie", format!("a=b; session={valid}")).run(&a)),
+        outcome(
+            &get("/")
+                .header("cookie", format!("a=b; session={valid}"))
+                .run(&a)
+        ),
         ALICE()
     );
     assert_eq!(outcome(&get("/").bearer(&valid).run(&a)), Want::Anonymous);
-    assert_eq!(outcome(&get(format!("/?access_token={valid}")).run(&a)), Want::Anonymous);
+    assert_eq!(
+        outcome(&get(format!("/?access_token={valid}")).run(&a)),
+        Want::Anonymous
+    );
     // a cookie token stays (Envoy does not remove cookies)
-    let e = edits(get("/").header("cookie", format!("session={valid}")).run(&a));
+    let e = edits(
+        get("/")
+            .header("cookie", format!("session={valid}"))
+            .run(&a),
+    );
     assert!(e.remove.is_empty() && e.path_and_query.is_none());
 }
 
@@ -512,7 +524,10 @@ fn several_providers() {
         outcome(&get("/").bearer(&from_b).run(&a)),
         principal("https://other.example/alice")
     );
-    assert_eq!(outcome(&get("/").bearer(&mint(Algorithm::RS256, &alice())).run(&a)), ALICE());
+    assert_eq!(
+        outcome(&get("/").bearer(&mint(Algorithm::RS256, &alice())).run(&a)),
+        ALICE()
+    );
     // Istio's AND(OR(P1, allow_missing), ...): P1's allow_missing sees B's token at the shared
     // location first and refuses its issuer.
     assert_eq!(
@@ -535,11 +550,19 @@ fn several_providers() {
         },
     ]);
     assert_eq!(
-        outcome(&get("/").header("x-other", format!("Bearer {b_expired}")).run(&a)),
+        outcome(
+            &get("/")
+                .header("x-other", format!("Bearer {b_expired}"))
+                .run(&a)
+        ),
         unauthorized("Jwt is expired")
     );
     assert_eq!(
-        outcome(&get("/").header("x-other", format!("Bearer {from_b}")).run(&a)),
+        outcome(
+            &get("/")
+                .header("x-other", format!("Bearer {from_b}"))
+                .run(&a)
+        ),
         principal("https://other.example/alice")
     );
     // a provider without issuer accepts any
@@ -577,7 +600,10 @@ fn remote_keys_fail_closed_until_published() {
         outcome(&get("/").bearer(&rotated).run(&a)),
         unauthorized("Jwks doesn't have key to match kid or alg from Jwt")
     );
-    assert!(slot.take_refresh_request(), "an unknown kid asks for a refresh");
+    assert!(
+        slot.take_refresh_request(),
+        "an unknown kid asks for a refresh"
+    );
     assert_eq!(
         JwksSource::Discovery {
             issuer: "https://issuer.example/".into()
@@ -599,7 +625,10 @@ fn key_matching_by_kid_and_alg() {
         ))
     };
     let a = Authenticator::new(vec![provider(set(vec![rsa_rs256]))]);
-    assert_eq!(outcome(&get("/").bearer(&mint(Algorithm::RS256, &alice())).run(&a)), ALICE());
+    assert_eq!(
+        outcome(&get("/").bearer(&mint(Algorithm::RS256, &alice())).run(&a)),
+        ALICE()
+    );
     assert_eq!(
         outcome(&get("/").bearer(&mint(Algorithm::PS256, &alice())).run(&a)),
         unauthorized("Jwks doesn't have key to match kid or alg from Jwt"),
@@ -629,9 +658,8 @@ fn request_auth_claims() {
         space_delimited_claims: vec!["roles".into()],
         ..inline()
     }]);
-    let AuthnOutcome::Authenticated(auth, _) = get("/")
-        .bearer(&mint(Algorithm::RS256, &claims))
-        .run(&a)
+    let AuthnOutcome::Authenticated(auth, _) =
+        get("/").bearer(&mint(Algorithm::RS256, &claims)).run(&a)
     else {
         panic!()
     };

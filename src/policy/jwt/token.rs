@@ -131,7 +131,9 @@ impl<'t> Jwt<'t> {
         let signature = base64url::decode(signature_b64).ok_or(TokenError::SignatureBadBase64)?;
         let contiguous = header_b64.len() + payload_b64.len() + 1;
         let signed = if token.get(..contiguous).is_some_and(|s| {
-            s.starts_with(header_b64) && s.ends_with(payload_b64) && s.as_bytes()[header_b64.len()] == b'.'
+            s.starts_with(header_b64)
+                && s.ends_with(payload_b64)
+                && s.as_bytes()[header_b64.len()] == b'.'
         }) {
             Cow::Borrowed(&token[..contiguous])
         } else {
@@ -189,8 +191,7 @@ impl<'t> Jwt<'t> {
             }
             matched = true;
             let alg = self.alg;
-            if key.kty == KeyType::Ed25519 && alg == Algorithm::EdDSA && self.signature_len != 64
-            {
+            if key.kty == KeyType::Ed25519 && alg == Algorithm::EdDSA && self.signature_len != 64 {
                 return Err(TokenError::Ed25519SignatureWrongLength);
             }
             if !fits(key.kty, alg) {
@@ -288,9 +289,18 @@ mod tests {
             (token("[]", "{}"), Some(TokenError::HeaderBadJson)),
             (token("{}", "{}"), Some(TokenError::HeaderBadAlg)),
             (token(r#"{"alg":1}"#, "{}"), Some(TokenError::HeaderBadAlg)),
-            (token(r#"{"alg":"none"}"#, "{}"), Some(TokenError::HeaderNotImplementedAlg)),
-            (token(r#"{"alg":"RS256","kid":1}"#, "{}"), Some(TokenError::HeaderBadKid)),
-            (format!("{}.!!.c2ln", b64(h)), Some(TokenError::PayloadBadBase64)),
+            (
+                token(r#"{"alg":"none"}"#, "{}"),
+                Some(TokenError::HeaderNotImplementedAlg),
+            ),
+            (
+                token(r#"{"alg":"RS256","kid":1}"#, "{}"),
+                Some(TokenError::HeaderBadKid),
+            ),
+            (
+                format!("{}.!!.c2ln", b64(h)),
+                Some(TokenError::PayloadBadBase64),
+            ),
             (token(h, "[1]"), Some(TokenError::PayloadBadJson)),
             (token(h, r#"{"iss":1}"#), Some(TokenError::IssNotString)),
             (token(h, r#"{"sub":true}"#), Some(TokenError::SubNotString)),
@@ -301,8 +311,14 @@ mod tests {
             (token(h, r#"{"jti":2}"#), Some(TokenError::JtiNotString)),
             (token(h, r#"{"aud":[1]}"#), Some(TokenError::AudNotString)),
             (token(h, r#"{"aud":{}}"#), Some(TokenError::AudNotString)),
-            (format!("{}.{}.!!", b64(h), b64("{}")), Some(TokenError::SignatureBadBase64)),
-            (token(r#"{"alg":"ES512"}"#, "{}"), Some(TokenError::HeaderNotImplementedAlg)),
+            (
+                format!("{}.{}.!!", b64(h), b64("{}")),
+                Some(TokenError::SignatureBadBase64),
+            ),
+            (
+                token(r#"{"alg":"ES512"}"#, "{}"),
+                Some(TokenError::HeaderNotImplementedAlg),
+            ),
             (token(h, r#"{"exp":1.9,"aud":"a"}"#), None),
             // empty parts are skipped, as absl::SkipEmpty does
             (format!("{}..{}.c2ln", b64(h), b64("{}")), None),
@@ -312,7 +328,10 @@ mod tests {
         }
         let t = token(h, r#"{"exp":1.9,"aud":"a","nbf":3}"#);
         let jwt = Jwt::parse(&t).unwrap();
-        assert_eq!((jwt.exp, jwt.nbf, jwt.audiences.as_slice()), (1, 3, &["a".to_string()][..]));
+        assert_eq!(
+            (jwt.exp, jwt.nbf, jwt.audiences.as_slice()),
+            (1, 3, &["a".to_string()][..])
+        );
     }
 
     #[test]
