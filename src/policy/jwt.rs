@@ -221,7 +221,7 @@ pub enum Keys {
 }
 
 /// `outputClaimToHeaders[]`: `claim` (nested with `.`) copied into `header`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClaimToHeader {
     pub header: HeaderName,
     pub claim: String,
@@ -468,8 +468,28 @@ impl Authenticator {
                 }
             }
         }
+        // The configuration only: not what a fetcher has published into a slot since.
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        format!("{providers:?}").hash(&mut hasher);
+        for p in &providers {
+            let keys = match &p.keys {
+                Keys::Inline(set) => format!("inline {:016x}", set.digest()),
+                Keys::Remote {
+                    source, timeout, ..
+                } => format!("{source} {timeout:?}"),
+            };
+            (
+                &p.origin,
+                &p.issuer,
+                &p.audiences,
+                &p.locations,
+                p.forward_original_token,
+                &p.output_payload_to_header,
+                &p.output_claim_to_headers,
+                &p.space_delimited_claims,
+                keys,
+            )
+                .hash(&mut hasher);
+        }
         Authenticator {
             providers,
             compiled,

@@ -694,4 +694,22 @@ fn empty_authenticator_is_anonymous() {
         Authenticator::new(vec![inline()]).fingerprint(),
         Authenticator::new(vec![inline()]).fingerprint()
     );
+    let other_keys =
+        KeySet::from_json(json!({ "keys": [keys().hmac.jwk] }).to_string().as_bytes()).unwrap();
+    assert_ne!(
+        Authenticator::new(vec![inline()]).fingerprint(),
+        Authenticator::new(vec![provider(Keys::Inline(Arc::new(other_keys)))]).fingerprint()
+    );
+    // publishing keys into a slot does not change the configuration's fingerprint
+    let slot = Arc::new(KeySlot::new());
+    let remote = || {
+        Authenticator::new(vec![provider(Keys::Remote {
+            source: JwksSource::Uri("https://issuer.example/jwks".into()),
+            timeout: Duration::from_secs(5),
+            slot: slot.clone(),
+        })])
+    };
+    let before = remote().fingerprint();
+    slot.publish(keys().key_set());
+    assert_eq!(remote().fingerprint(), before);
 }
