@@ -18,8 +18,8 @@
 //!   resumption that never outlives the peer's identity.
 //! - [`proxy`] is the data path: the listener set that follows the plan, sniffing, inbound,
 //!   outbound, the copy loop, the live connections a reload may close.
-//! - [`policy`] holds pure decisions over small fact structs (authorization), compiled by
-//!   [`config`] and asked by [`proxy`].
+//! - [`policy`] holds pure decisions over small fact structs (authorization, JWT
+//!   authentication), compiled by [`config`] and asked by [`proxy`].
 //! - [`jwks`] fetches the JWKS documents of RequestAuthentication's issuers in the
 //!   background and hands them to the JWT validator; the data path never waits for it.
 //! - [`metrics`] and [`admin`] expose Istio-named Prometheus metrics and the admin endpoints.

@@ -316,7 +316,8 @@ fn source_clause(
             ));
         }
     }
-    let absent = |values: &[String]| values.iter().map(|_| Matcher::Absent).collect();
+    let request_principals =
+        |values: &[String]| values.iter().map(|v| request_principal(v)).collect();
     let namespaces = |values: &[String]| {
         values
             .iter()
@@ -335,11 +336,15 @@ fn source_clause(
             true,
             principals(&s.not_principals, trust_domains),
         ),
-        field("requestPrincipals", false, absent(&s.request_principals)),
+        field(
+            "requestPrincipals",
+            false,
+            request_principals(&s.request_principals),
+        ),
         field(
             "notRequestPrincipals",
             true,
-            absent(&s.not_request_principals),
+            request_principals(&s.not_request_principals),
         ),
         field("namespaces", false, namespaces(&s.namespaces)),
         field("notNamespaces", true, namespaces(&s.not_namespaces)),
@@ -496,14 +501,26 @@ fn condition(
             "source.trustDomain" => each(&|v| Ok(trust_domain(v))),
             "destination.port" => each(&|v| port_number(doc, field_at, v).map(Matcher::Port)),
             "connection.sni" => each(&|v| Ok(Matcher::Sni(StrMatch::parse(v)))),
-            "request.auth.principal" | "request.auth.audiences" | "request.auth.presenter" => {
-                each(&|_| Ok(Matcher::Absent))
+            "request.auth.principal" => each(&|v| Ok(request_principal(v))),
+            "request.auth.audiences" => each(&|v| Ok(Matcher::RequestAudience(StrMatch::parse(v)))),
+            "request.auth.presenter" => {
+                each(&|v| Ok(Matcher::RequestPresenter(StrMatch::parse(v))))
             }
-            k if (k.starts_with("request.auth.claims[") && k.ends_with(']'))
-                || k.starts_with("experimental.envoy.filters.") =>
-            {
-                each(&|_| Ok(Matcher::Absent))
+            k if k.starts_with("request.auth.claims") => {
+                let path = claim_path(&k["request.auth.claims".len()..]).ok_or_else(|| {
+                    doc.error(
+                        &format!("{at}.key"),
+                        format!("{k:?} is not request.auth.claims[<name>] (nested: [<a>][<b>])"),
+                    )
+                })?;
+                each(&|v| {
+                    Ok(Matcher::RequestClaim {
+                        path: path.clone(),
+                        value: StrMatch::parse(v),
+                    })
+                })
             }
+            k if k.starts_with("experimental.envoy.filters.") => each(&|_| Ok(Matcher::Absent)),
             _ => Err(doc.error(
                 &format!("{at}.key"),
                 format!("unknown condition key {key:?} (see istio.io/latest/docs/reference/config/security/conditions/)"),
@@ -519,6 +536,57 @@ fn condition(
         compile(&c.not_values, &format!("{at}.notValues"))?,
     ));
     Ok(out)
+}
+
+/// A `requestPrincipals` (or `request.auth.principal`) value as Istio's generator reads it:
+/// split at the last `/` into `iss` and `sub`; `*` = both present; a leading `*` makes the
+/// issuer a suffix (or, without `/`, the subject), a trailing `*` the subject a prefix (or,
+/// without `/`, the issuer); `*` alone on either side = present.
+fn request_principal(value: &str) -> Matcher {
+    let split = value.rfind('/');
+    let (iss, sub) = match split {
+        Some(i) => (&value[..i], &value[i + 1..]),
+        None => (value, ""),
+    };
+    let exact = |s: &str| StrMatch::Exact(s.to_string());
+    let (iss, sub) = if value == "*" {
+        (StrMatch::Present, StrMatch::Present)
+    } else if let Some(rest) = value.strip_prefix('*') {
+        match split {
+            Some(_) if iss == "*" => (StrMatch::Present, exact(sub)),
+            Some(_) => (StrMatch::Suffix(iss[1..].to_string()), exact(sub)),
+            None => (StrMatch::Present, StrMatch::Suffix(rest.to_string())),
+        }
+    } else if let Some(rest) = value.strip_suffix('*') {
+        match split {
+            Some(_) if sub == "*" => (exact(iss), StrMatch::Present),
+            Some(_) => (
+                exact(iss),
+                StrMatch::Prefix(sub[..sub.len() - 1].to_string()),
+            ),
+            None => (StrMatch::Prefix(rest.to_string()), StrMatch::Present),
+        }
+    } else {
+        (exact(iss), exact(sub))
+    };
+    Matcher::RequestPrincipal { iss, sub }
+}
+
+/// `[a][b]` (after `request.auth.claims`) → `["a", "b"]`, as Istio's
+/// `extractNameInNestedBrackets`; `None` when it is not a sequence of bracketed names.
+fn claim_path(mut rest: &str) -> Option<Vec<String>> {
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        path.push(name.to_string());
+        rest = &inner[end + 1..];
+    }
+    (!path.is_empty()).then_some(path)
 }
 
 /// Whether `p` applies to `w`: root namespace (any workload namespace) or `w`'s namespace,
@@ -673,6 +741,7 @@ mod tests {
     use super::super::{load_str, MeshConfig};
     use crate::identity::SpiffeId;
     use crate::policy::authz::{Connection, Outcome, Request, Verdict};
+    use crate::policy::jwt::RequestAuth;
 
     use super::*;
 
@@ -730,6 +799,8 @@ spec:
         authority: &'a str,
         path: &'a str,
         headers: &'a [(&'a str, &'a str)],
+        /// The request's JWT identity (`None`: no token).
+        auth: Option<&'a RequestAuth>,
     }
 
     const CALL: Call<'static> = Call {
@@ -740,7 +811,25 @@ spec:
         authority: "age.default:8081",
         path: "/api/items?x=1",
         headers: &[],
+        auth: None,
     };
+
+    /// A validated token of alice at `https://issuer.example` (`principal: false`: several
+    /// tokens, so no principal).
+    fn jwt(principal: bool) -> RequestAuth {
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "alice", "azp": "frontend",
+            "aud": ["age", "name"], "scope": "openid profile", "groups": ["dev", "ops"],
+            "org": { "team": "blue" }, "level": 3
+        });
+        RequestAuth {
+            principal: principal.then(|| "https://issuer.example/alice".to_string()),
+            audiences: vec!["age".into(), "name".into()],
+            presenter: Some("frontend".into()),
+            claims,
+            space_delimited_claims: vec!["scope".to_string(), "permission".to_string()].into(),
+        }
+    }
 
     fn connection_of<'a>(call: &Call<'a>, id: Option<&'a SpiffeId>) -> Connection<'a> {
         Connection {
@@ -766,7 +855,7 @@ spec:
             path: call.path,
             headers: &headers,
         };
-        a.check_request(&connection_of(call, id.as_ref()), &req)
+        a.check_request_with_auth(&connection_of(call, id.as_ref()), &req, call.auth)
     }
 
     fn connection(a: &Authorizer, call: &Call<'_>) -> Outcome {
@@ -789,6 +878,16 @@ spec:
         };
         let foreign = Call {
             peer: Some(FOREIGN_TD),
+            ..CALL
+        };
+        let alice = jwt(true);
+        let two_tokens = jwt(false);
+        let with_jwt = Call {
+            auth: Some(&alice),
+            ..CALL
+        };
+        let with_two = Call {
+            auth: Some(&two_tokens),
             ..CALL
         };
         let src = |s: &str| format!("[{{ from: [{{ source: {{ {s} }} }}] }}]");
@@ -830,6 +929,19 @@ spec:
             ("remoteIpBlocks = source without trusted proxies", src("remoteIpBlocks: [127.0.0.5]"), &CALL, true),
             ("requestPrincipals without a JWT", src("requestPrincipals: [\"*\"]"), &CALL, false),
             ("notRequestPrincipals without a JWT", src("notRequestPrincipals: [\"*\"]"), &CALL, true),
+            ("requestPrincipals * with a JWT", src("requestPrincipals: [\"*\"]"), &with_jwt, true),
+            ("requestPrincipals exact", src("requestPrincipals: [https://issuer.example/alice]"), &with_jwt, true),
+            ("requestPrincipals other subject", src("requestPrincipals: [https://issuer.example/bob]"), &with_jwt, false),
+            ("requestPrincipals split at the last /", src("requestPrincipals: [\"https://issuer.example/*\"]"), &with_jwt, true),
+            ("requestPrincipals subject prefix", src("requestPrincipals: [\"https://issuer.example/al*\"]"), &with_jwt, true),
+            ("requestPrincipals any issuer", src("requestPrincipals: [\"*/alice\"]"), &with_jwt, true),
+            ("requestPrincipals issuer suffix", src("requestPrincipals: [\"*.example/alice\"]"), &with_jwt, true),
+            ("requestPrincipals issuer suffix, other subject", src("requestPrincipals: [\"*.example/bob\"]"), &with_jwt, false),
+            ("requestPrincipals: the last / splits, even in https://", src("requestPrincipals: [\"https://issuer*\"]"), &with_jwt, false),
+            ("requestPrincipals other issuer", src("requestPrincipals: [\"https://other.example/*\"]"), &with_jwt, false),
+            ("requestPrincipals * with several tokens (no principal)", src("requestPrincipals: [\"*\"]"), &with_two, false),
+            ("notRequestPrincipals * with a JWT", src("notRequestPrincipals: [\"*\"]"), &with_jwt, false),
+            ("notRequestPrincipals other", src("notRequestPrincipals: [https://issuer.example/bob]"), &with_jwt, true),
             ("fields of a source AND", src("principals: [cluster.local/ns/default/sa/sentences], ipBlocks: [10.0.0.0/8]"), &CALL, false),
             ("ports = the app port", op("ports: [\"9081\"]"), &CALL, true),
             ("ports: the sidecar port is not it", op("ports: [\"8081\"]"), &CALL, false),
@@ -866,6 +978,18 @@ spec:
             ("when connection.sni absent", when("key: connection.sni, values: [\"*\"]"), &CALL, false),
             ("when request.auth.principal without a JWT", when("key: request.auth.principal, values: [\"*\"]"), &CALL, false),
             ("when request.auth.claims notValues", when("key: \"request.auth.claims[groups]\", notValues: [admin]"), &CALL, true),
+            ("when request.auth.principal", when("key: request.auth.principal, values: [https://issuer.example/alice]"), &with_jwt, true),
+            ("when request.auth.principal prefix", when("key: request.auth.principal, values: [\"https://issuer.example/*\"]"), &with_jwt, true),
+            ("when request.auth.audiences", when("key: request.auth.audiences, values: [name]"), &with_jwt, true),
+            ("when request.auth.audiences miss", when("key: request.auth.audiences, values: [other]"), &with_jwt, false),
+            ("when request.auth.presenter", when("key: request.auth.presenter, values: [\"front*\"]"), &with_jwt, true),
+            ("when request.auth.presenter without a JWT", when("key: request.auth.presenter, notValues: [frontend]"), &CALL, true),
+            ("when request.auth.claims list element", when("key: \"request.auth.claims[groups]\", values: [ops]"), &with_jwt, true),
+            ("when request.auth.claims notValues list element", when("key: \"request.auth.claims[groups]\", notValues: [dev]"), &with_jwt, false),
+            ("when request.auth.claims nested", when("key: \"request.auth.claims[org][team]\", values: [blue]"), &with_jwt, true),
+            ("when request.auth.claims scope is split", when("key: \"request.auth.claims[scope]\", values: [profile]"), &with_jwt, true),
+            ("when request.auth.claims a number never matches", when("key: \"request.auth.claims[level]\", values: [\"3\"]"), &with_jwt, false),
+            ("when request.auth.claims with several tokens", when("key: \"request.auth.claims[groups]\", values: [dev]"), &with_two, true),
             ("when values and notValues both hold", when("key: source.namespace, values: [default], notValues: [default]"), &CALL, false),
             ("from OR", "[{ from: [{ source: { namespaces: [x] } }, { source: { namespaces: [default] } }] }]".into(), &CALL, true),
             ("from AND to", "[{ from: [{ source: { namespaces: [default] } }], to: [{ operation: { methods: [POST] } }] }]".into(), &CALL, false),
@@ -875,6 +999,35 @@ spec:
             let a = authorizer(&ap("p", "ALLOW", &rules), 0);
             let got = request(&a, call);
             assert_eq!(allowed(&got), want, "{case}: {rules} -> {got:?}");
+        }
+    }
+
+    /// Istio's `requestPrincipalGenerator`, value by value.
+    #[test]
+    fn request_principal_values() {
+        let m = |iss: StrMatch, sub: StrMatch| Matcher::RequestPrincipal { iss, sub };
+        let ex = |s: &str| StrMatch::Exact(s.into());
+        let table = [
+            ("*", m(StrMatch::Present, StrMatch::Present)),
+            ("iss/sub", m(ex("iss"), ex("sub"))),
+            ("https://a.b/c/sub", m(ex("https://a.b/c"), ex("sub"))),
+            ("iss/*", m(ex("iss"), StrMatch::Present)),
+            ("iss/su*", m(ex("iss"), StrMatch::Prefix("su".into()))),
+            ("*/sub", m(StrMatch::Present, ex("sub"))),
+            ("*ss/sub", m(StrMatch::Suffix("ss".into()), ex("sub"))),
+            ("iss*", m(StrMatch::Prefix("iss".into()), StrMatch::Present)),
+            ("*sub", m(StrMatch::Present, StrMatch::Suffix("sub".into()))),
+            ("iss", m(ex("iss"), ex(""))),
+        ];
+        for (value, want) in table {
+            assert_eq!(request_principal(value), want, "{value}");
+        }
+        assert_eq!(
+            claim_path("[a][b.c]"),
+            Some(vec!["a".to_string(), "b.c".to_string()])
+        );
+        for bad in ["", "[a", "a]", "[]", "[a]x", "[[a]]"] {
+            assert_eq!(claim_path(bad), None, "{bad}");
         }
     }
 
@@ -1188,6 +1341,7 @@ spec:
             ("unknown when key", bad("  rules:\n    - when:\n        - key: request.header[x]\n          values: [a]\n"), 8, "spec.rules[0].when[0].key", "unknown condition key \"request.header[x]\""),
             ("when without values", bad("  rules:\n    - when:\n        - key: source.ip\n"), 8, "spec.rules[0].when[0]", "needs values or notValues"),
             ("bad when port", bad("  rules:\n    - when:\n        - key: destination.port\n          values: [http]\n"), 9, "spec.rules[0].when[0].values", "port \"http\""),
+            ("bad claim key", bad("  rules:\n    - when:\n        - key: \"request.auth.claims[groups\"\n          values: [a]\n"), 8, "spec.rules[0].when[0].key", "is not request.auth.claims[<name>]"),
             ("selector with targetRefs", bad("  selector: { matchLabels: { app: age } }\n  targetRefs: [{ kind: Service, name: age }]\n"), 6, "spec.selector", "mutually exclusive"),
             ("unknown field", bad("  rules:\n    - from:\n        - source:\n            principal: [a]\n"), 9, "spec.rules[0].from[0].source.principal", "unknown field \"principal\""),
             ("unknown action", bad("  action: ALOW\n"), 6, "spec.action", "unknown variant \"ALOW\""),

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::peer_authn::{self, Applicable};
 use super::plan::{CapturePlan, CapturedService, InboundPlan, Protocol};
 use super::{authorization_policy, outbound, MeshConfig, Workload, WorkloadPort};
+use crate::policy::jwt::Authenticator;
 
 /// The `(address, port)` of a service port's members.
 type Members = BTreeSet<(String, u16)>;
@@ -81,6 +82,8 @@ pub(crate) fn plan(
             mode: decision.mode,
             decided_by: decision.decided_by,
             authorization,
+            // TCP: no request to authenticate.
+            authentication: Authenticator::none(),
         },
     }
 }

@@ -1,7 +1,7 @@
 //! `outrider check`: validate the configuration and print the plan of every workload (or of
 //! one): the mode of each inbound port and the resource that decided it, the TLS of each
-//! outbound endpoint and why, the AuthorizationPolicies that apply to each inbound port, and
-//! the warnings.
+//! outbound endpoint and why, the AuthorizationPolicies and RequestAuthentication rules that
+//! apply to each inbound port, and the warnings.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::plan::{MtlsMode, OutboundTrafficPolicy, Plan, TlsOrigination};
+use super::plan::{keys_text, MtlsMode, OutboundTrafficPolicy, Plan, TlsOrigination};
 
 /// What `outrider check` validates and how it prints the result.
 #[derive(Debug, Clone)]
@@ -292,6 +292,25 @@ fn table(report: &Report<'_>) -> String {
                     list.join(", ")
                 };
                 let _ = writeln!(out, "    authorization on port {}: {list}", p.port);
+                let providers: Vec<String> = p
+                    .authentication
+                    .providers()
+                    .iter()
+                    .map(|pr| {
+                        let issuer = if pr.issuer.is_empty() {
+                            "any issuer".to_string()
+                        } else {
+                            format!("issuer {}", pr.issuer)
+                        };
+                        format!("{} ({issuer}, {})", pr.origin, keys_text(&pr.keys))
+                    })
+                    .collect();
+                let providers = if providers.is_empty() {
+                    "none (no JWT checked)".to_string()
+                } else {
+                    providers.join(", ")
+                };
+                let _ = writeln!(out, "    authentication on port {}: {providers}", p.port);
             }
         }
         if let Some(map) = report.capture_maps.iter().find(|m| m.workload == w.name) {

@@ -14,10 +14,11 @@ use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
 use super::peer_authn::PeerPolicy;
 use super::plan::{ForwardClientCert, OutboundTrafficPolicy, Protocol};
+use super::request_authentication::{self, AuthnPolicy};
 use super::resources::{
     AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, MeshSpec,
-    OutboundTrafficModeSpec, PeerAuthenticationSpec, ProtocolSpec, Resource, VirtualServiceSpec,
-    WorkloadSpec,
+    OutboundTrafficModeSpec, PeerAuthenticationSpec, ProtocolSpec, RequestAuthenticationSpec,
+    Resource, VirtualServiceSpec, WorkloadSpec,
 };
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};
@@ -30,7 +31,6 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Istio kinds accepted and ignored (with a warning), by API group.
 const IGNORED_KINDS: &[(&str, &str)] = &[
-    ("security.istio.io", "RequestAuthentication"),
     ("networking.istio.io", "Gateway"),
     ("networking.istio.io", "ServiceEntry"),
     ("networking.istio.io", "Sidecar"),
@@ -48,6 +48,7 @@ struct Parsed {
     workloads: Vec<(Document, Resource<WorkloadSpec>)>,
     peer: Vec<(Document, Resource<PeerAuthenticationSpec>)>,
     authz: Vec<(Document, Resource<AuthorizationPolicySpec>)>,
+    authn: Vec<(Document, Resource<RequestAuthenticationSpec>)>,
     rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
     services: Vec<(Document, Resource<VirtualServiceSpec>)>,
     warnings: Vec<String>,
@@ -144,6 +145,14 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
             }
             parsed.authz.push((doc.clone(), doc.typed()?));
         }
+        "RequestAuthentication" => {
+            if group != "security.istio.io" || !matches!(version, "v1beta1" | "v1") {
+                return Err(bad_version(
+                    "security.istio.io/v1 or security.istio.io/v1beta1",
+                ));
+            }
+            parsed.authn.push((doc.clone(), doc.typed()?));
+        }
         "DestinationRule" | "VirtualService" => {
             if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1") {
                 return Err(bad_version(
@@ -195,6 +204,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         workloads,
         peer,
         authz,
+        authn,
         rules,
         services,
         mut warnings,
@@ -205,6 +215,8 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         validate_peer_authentications(peer, &workloads, &mesh.root_namespace, &mut warnings)?;
     let authorization_policies =
         validate_authorization_policies(authz, &workloads, &mesh, &mut warnings)?;
+    let request_authentications =
+        validate_request_authentications(authn, &workloads, &mesh, &mut warnings)?;
     let destination_rules = validate_destination_rules(rules, &mut warnings)?;
     let virtual_services = validate_virtual_services(services, &mut warnings)?;
     let mut config = MeshConfig {
@@ -215,6 +227,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         workloads,
         peer_policies,
         authorization_policies,
+        request_authentications,
         destination_rules,
         virtual_services,
         warnings: Vec::new(),
@@ -410,6 +423,25 @@ fn validate_authorization_policies(
         )?);
     }
     authorization_policy::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
+    Ok(policies)
+}
+
+/// Each RequestAuthentication on its own (remote sources share one key slot per source),
+/// then the selectors that match no workload.
+fn validate_request_authentications(
+    raw: Vec<(Document, Resource<RequestAuthenticationSpec>)>,
+    workloads: &[Workload],
+    mesh: &MeshSettings,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<AuthnPolicy>, ConfigError> {
+    let mut slots = request_authentication::Slots::new();
+    let mut policies = Vec::new();
+    for (doc, r) in raw {
+        policies.push(request_authentication::validate(
+            &doc, r, &mut slots, warnings,
+        )?);
+    }
+    request_authentication::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
     Ok(policies)
 }
 

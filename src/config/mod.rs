@@ -5,6 +5,9 @@
 //! - [`resources`] is the YAML schema (strict in `spec`, lenient in `metadata`);
 //! - [`load`] turns documents into a validated [`MeshConfig`];
 //! - [`peer_authn`] is the pure resolution rule of PeerAuthentication (inbound modes);
+//!   `authorization_policy` and `request_authentication` compile AuthorizationPolicy and
+//!   RequestAuthentication into the per-port authorizer and authenticator of
+//!   [`crate::policy`];
 //! - [`hosts`], [`destination_rule`], [`virtual_service`] and [`outbound`] are those of §3:
 //!   host names, the TLS a DestinationRule sets, the routes a VirtualService splits, and the
 //!   outbound plan that combines them (with auto mTLS);
@@ -30,6 +33,7 @@ pub mod outbound;
 pub mod peer_authn;
 pub mod plan;
 pub mod reload;
+mod request_authentication;
 pub mod resources;
 pub mod source;
 pub mod virtual_service;
@@ -52,6 +56,7 @@ pub struct MeshConfig {
     workloads: Vec<Workload>,
     peer_policies: Vec<PeerPolicy>,
     authorization_policies: Vec<authorization_policy::AuthzPolicy>,
+    request_authentications: Vec<request_authentication::AuthnPolicy>,
     destination_rules: Vec<DestinationRule>,
     virtual_services: Vec<VirtualService>,
     warnings: Vec<String>,
@@ -196,6 +201,21 @@ impl MeshConfig {
                     decision.mode,
                     warnings,
                 );
+                let authentication = request_authentication::authenticator(
+                    &self.request_authentications,
+                    &self.root_namespace,
+                    w,
+                    p,
+                    warnings,
+                );
+                request_authentication::warn_unauthenticated(
+                    &self.authorization_policies,
+                    &self.root_namespace,
+                    w,
+                    p,
+                    &authentication,
+                    warnings,
+                );
                 InboundPlan {
                     name: p.name.clone(),
                     port: p.port,
@@ -204,6 +224,7 @@ impl MeshConfig {
                     mode: decision.mode,
                     decided_by: decision.decided_by,
                     authorization,
+                    authentication,
                 }
             })
             .collect();
@@ -577,7 +598,7 @@ spec:
     #[test]
     fn empty_subset_and_ignored_kinds_warn() {
         let c = config(&format!(
-            "{}apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{ name: jwt }}\nspec: {{}}\n",
+            "{}apiVersion: telemetry.istio.io/v1\nkind: Telemetry\nmetadata: {{ name: jwt }}\nspec: {{}}\n",
             dr("default", "name", "name", "  subsets: [{ name: v3, labels: { version: v3 } }]"),
         ));
         let w = c.warnings().join("\n");
@@ -588,7 +609,7 @@ spec:
             "{w}"
         );
         assert!(
-            w.contains("RequestAuthentication jwt is not acted on by outrider yet"),
+            w.contains("Telemetry jwt is not acted on by outrider yet"),
             "{w}"
         );
     }

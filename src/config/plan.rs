@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::identity::SpiffeId;
 use crate::policy::authz::Authorizer;
+use crate::policy::jwt::{Authenticator, Keys};
 
 /// One sidecar's view of the mesh.
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +122,56 @@ pub struct InboundPlan {
         serialize_with = "authorization_summary"
     )]
     pub authorization: Arc<Authorizer>,
+    /// The RequestAuthentication rules that apply to this port (HTTP ports only), compiled
+    /// (serialized as the list of providers and a fingerprint).
+    #[serde(
+        rename = "request_authentication",
+        serialize_with = "authentication_summary"
+    )]
+    pub authentication: Arc<Authenticator>,
+}
+
+fn authentication_summary<S: serde::Serializer>(
+    a: &Arc<Authenticator>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Provider<'a> {
+        origin: &'a str,
+        issuer: &'a str,
+        keys: String,
+    }
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        providers: Vec<Provider<'a>>,
+        fingerprint: String,
+    }
+    Summary {
+        providers: a
+            .providers()
+            .iter()
+            .map(|p| Provider {
+                origin: &p.origin,
+                issuer: &p.issuer,
+                keys: keys_text(&p.keys),
+            })
+            .collect(),
+        fingerprint: format!("{:016x}", a.fingerprint()),
+    }
+    .serialize(s)
+}
+
+/// Where a provider's keys come from, for people (`inline jwks (2 keys)`,
+/// `jwksUri https://...`).
+pub fn keys_text(keys: &Keys) -> String {
+    match keys {
+        Keys::Inline(set) => format!(
+            "inline jwks ({} key{})",
+            set.len(),
+            if set.len() == 1 { "" } else { "s" }
+        ),
+        Keys::Remote { source, .. } => source.to_string(),
+    }
 }
 
 fn authorization_summary<S: serde::Serializer>(

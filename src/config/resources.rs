@@ -1,5 +1,6 @@
 //! The YAML schema, as users write it: outrider's `Mesh` and `Workload` kinds and the parts of
-//! Istio's `PeerAuthentication`, `DestinationRule` and `VirtualService` that outrider reads.
+//! Istio's `PeerAuthentication`, `AuthorizationPolicy`, `RequestAuthentication`,
+//! `DestinationRule` and `VirtualService` that outrider reads.
 //!
 //! Strict in `spec` (`deny_unknown_fields`: a typo is an error, not a silently ignored line),
 //! lenient in `metadata` (users carry annotations, uids, timestamps from `kubectl get -o yaml`).
@@ -293,6 +294,62 @@ pub struct ConditionSpec {
     pub values: Vec<String>,
     #[serde(default)]
     pub not_values: Vec<String>,
+}
+
+/// `RequestAuthentication` (security.istio.io v1beta1 and v1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    pub selector: Option<Selector>,
+    /// Gateways and waypoints only; a sidecar ignores the policy.
+    pub target_ref: Option<Value>,
+    pub target_refs: Option<Vec<Value>>,
+    #[serde(default)]
+    pub jwt_rules: Vec<JwtRuleSpec>,
+}
+
+/// `jwtRules[]`: one token issuer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtRuleSpec {
+    #[serde(default)]
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<String>,
+    #[serde(default)]
+    pub from_headers: Vec<JwtHeaderSpec>,
+    #[serde(default)]
+    pub from_params: Vec<String>,
+    #[serde(default)]
+    pub from_cookies: Vec<String>,
+    pub output_payload_to_header: Option<String>,
+    #[serde(default)]
+    pub forward_original_token: bool,
+    #[serde(default)]
+    pub output_claim_to_headers: Vec<ClaimToHeaderSpec>,
+    #[serde(default)]
+    pub space_delimited_claims: Vec<String>,
+    /// JWKS fetch timeout in outrider's duration syntax (`5s`, `500ms`).
+    pub timeout: Option<String>,
+}
+
+/// `jwtRules[].fromHeaders[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtHeaderSpec {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// `jwtRules[].outputClaimToHeaders[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeaderSpec {
+    pub header: String,
+    pub claim: String,
 }
 
 /// `DestinationRule` (networking.istio.io v1alpha3, v1beta1, v1).

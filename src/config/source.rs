@@ -131,7 +131,17 @@ impl Document {
             }
             parent = parent.rfind(['.', '[']).map_or("", |i| &parent[..i]);
         }
-        let message = tidy_serde_message(&message);
+        let mut message = tidy_serde_message(&message);
+        // A syntax error has no field; when a key is indented under one that already holds
+        // a value (`action: ALLOW` followed by an indented `selector:`), name that key.
+        if field.is_empty() {
+            if let Some(l) = err.location() {
+                if let Some((parent, hint)) = misindented(&self.text, l.line()) {
+                    field = parent;
+                    message = format!("{message} ({hint})");
+                }
+            }
+        }
         if let Some(missing) = message
             .strip_prefix("missing field \"")
             .and_then(|m| m.strip_suffix('"'))
@@ -159,6 +169,124 @@ impl Document {
             message,
         }
     }
+}
+
+/// One line of block YAML as the indentation walk sees it.
+struct YamlLine<'t> {
+    /// Column of the first character (a `- ` included).
+    indent: usize,
+    /// Starts with `- ` (a list item).
+    item: bool,
+    /// Column of the key (after `- ` on an item line).
+    key_col: usize,
+    /// `key` of `key:` / `key: value`, if the line is one.
+    key: Option<&'t str>,
+    /// The inline value after `key:`, if any (comments excluded).
+    value: &'t str,
+}
+
+fn yaml_line(line: &str) -> Option<YamlLine<'_>> {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with("---") {
+        return None;
+    }
+    let indent = line.len() - trimmed.len();
+    let (item, body) = match trimmed.strip_prefix("- ") {
+        Some(rest) => (true, rest.trim_start()),
+        None => (false, trimmed),
+    };
+    let key_col = if item {
+        line.len() - body.len()
+    } else {
+        indent
+    };
+    let (key, value) = match body.split_once(':') {
+        Some((k, v))
+            if !k.is_empty()
+                && !k.contains([' ', '{', '[', '"', '\'', ','])
+                && (v.is_empty() || v.starts_with(' ')) =>
+        {
+            let v = v.split(" #").next().unwrap_or("").trim();
+            (Some(k), v)
+        }
+        _ => (None, ""),
+    };
+    Some(YamlLine {
+        indent,
+        item,
+        key_col,
+        key,
+        value,
+    })
+}
+
+/// For a YAML syntax error on (1-based) `line` of `text` whose key sits under a key that
+/// already has an inline value: that key's field path and a hint.
+fn misindented(text: &str, line: usize) -> Option<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = line.checked_sub(1)?;
+    let here = yaml_line(lines.get(at)?)?;
+    let child = here.key?;
+    let parent = (0..at)
+        .rev()
+        .find(|&j| yaml_line(lines[j]).is_some_and(|l| l.key_col < here.indent))?;
+    let p = yaml_line(lines[parent])?;
+    let parent_key = p.key?;
+    if p.value.is_empty() || p.value.starts_with(['|', '>', '&', '!']) {
+        return None;
+    }
+    let path = yaml_path(&lines, parent)?;
+    let hint = format!(
+        "`{child}` is indented under `{parent_key}: {}`, which already has a value; if `{child}` is a field beside `{parent_key}`, indent it like `{parent_key}`",
+        p.value
+    );
+    Some((path, hint))
+}
+
+/// The field path (`spec.rules[1].to`) of the key on line `at` of block YAML.
+fn yaml_path(lines: &[&str], at: usize) -> Option<String> {
+    let here = yaml_line(lines[at])?;
+    let key = here.key?;
+    if here.item {
+        return Some(
+            format!("{}.{key}", item_path(lines, at, &here)?)
+                .trim_start_matches('.')
+                .to_string(),
+        );
+    }
+    // A sibling key inside a list item (`- from: ...` then `  to: ...`), or a nested one.
+    for j in (0..at).rev() {
+        let Some(l) = yaml_line(lines[j]) else {
+            continue;
+        };
+        if l.item && l.key_col == here.key_col {
+            return Some(
+                format!("{}.{key}", item_path(lines, j, &l)?)
+                    .trim_start_matches('.')
+                    .to_string(),
+            );
+        }
+        if l.key_col < here.key_col {
+            return Some(format!("{}.{key}", yaml_path(lines, j)?));
+        }
+    }
+    Some(key.to_string())
+}
+
+/// The path of the list item on line `at` (`spec.rules[1]`).
+fn item_path(lines: &[&str], at: usize, item: &YamlLine<'_>) -> Option<String> {
+    let mut index = 0;
+    for j in (0..at).rev() {
+        let Some(l) = yaml_line(lines[j]) else {
+            continue;
+        };
+        if l.item && l.indent == item.indent {
+            index += 1;
+        } else if l.key_col <= item.indent {
+            return Some(format!("{}[{index}]", yaml_path(lines, j)?));
+        }
+    }
+    None
 }
 
 /// serde writes `unknown variant `STRIKT`, expected one of `UNSET`, `DISABLE``; we print the
@@ -307,6 +435,28 @@ mod tests {
         assert_eq!(locate_in(flow_list, "spec.subsets[0]"), (2, 3));
         let flow = "metadata: { name: age, namespace: default }\n";
         assert_eq!(locate_in(flow, "metadata.namespace"), (1, 24));
+    }
+
+    #[test]
+    fn names_the_key_a_misindented_one_sits_under() {
+        let text = "---\nkind: X\nspec:\n  action: ALLOW\n    selector:\n      a: b\n";
+        let (field, hint) = misindented(text, 5).unwrap();
+        assert_eq!(field, "spec.action");
+        assert!(
+            hint.starts_with("`selector` is indented under `action: ALLOW`"),
+            "{hint}"
+        );
+        let lists = "spec:\n  rules:\n  - from: []\n  - to:\n    - operation:\n        paths: x\n          y: z\n";
+        assert_eq!(
+            misindented(lists, 7).unwrap().0,
+            "spec.rules[1].to[0].operation.paths"
+        );
+        // a key without a value above: not this mistake
+        assert_eq!(misindented("a:\n  b:\n   c: d: e\n", 3), None);
+        assert_eq!(
+            yaml_path(&["spec:", "  rules:", "    - from: x", "      to: y"], 3).unwrap(),
+            "spec.rules[0].to"
+        );
     }
 
     #[test]

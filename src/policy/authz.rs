@@ -9,8 +9,10 @@
 //! are dropped as Envoy's network RBAC filter drops them ([`tcp_effect`]): an ALLOW rule that
 //! uses one is dropped whole, a DENY/AUDIT/CUSTOM rule loses only that field. Dry-run
 //! policies are evaluated apart into [`Outcome::shadow`]; AUDIT ones only set
-//! [`Outcome::audit`]. There is no JWT yet: `requestPrincipals` and `request.auth.*` see an
-//! empty request principal (they never match; their `not*` forms always do).
+//! [`Outcome::audit`]. `requestPrincipals` and `request.auth.*` read the identity of the
+//! request's JWT ([`RequestAuth`], from [`crate::policy::jwt`]), passed to
+//! [`Authorizer::check_request_with_auth`]; without one they never match (their `not*`
+//! forms always do).
 
 pub mod matcher;
 pub mod path;
@@ -19,6 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::identity::SpiffeId;
+use crate::policy::jwt::RequestAuth;
 use matcher::{Cidr, NamespaceMatch, PathMatch, ServiceAccountMatch, StrMatch};
 
 /// What is known about a connection when it is authorized.
@@ -173,8 +176,17 @@ pub enum Matcher {
         name: http::HeaderName,
         value: StrMatch,
     },
-    /// `requestPrincipals`, `request.auth.*`, `experimental.envoy.filters.*`: facts outrider
-    /// does not have yet (no JWT); they never match, as with no token in Istio.
+    /// `requestPrincipals`, `request.auth.principal`: the JWT's `iss` and `sub` (Istio splits
+    /// the value at its last `/`); only when the request has one token.
+    RequestPrincipal { iss: StrMatch, sub: StrMatch },
+    /// `request.auth.audiences`: one of the JWT's `aud`.
+    RequestAudience(StrMatch),
+    /// `request.auth.presenter`: the JWT's `azp`.
+    RequestPresenter(StrMatch),
+    /// `request.auth.claims[a][b]`: a nested claim; a list claim (or a space-delimited one)
+    /// matches when one of its strings does.
+    RequestClaim { path: Vec<String>, value: StrMatch },
+    /// `experimental.envoy.filters.*`: facts outrider does not have; never matches.
     Absent,
 }
 
@@ -187,6 +199,10 @@ impl Matcher {
                 | Matcher::Method(_)
                 | Matcher::Path(_)
                 | Matcher::Header { .. }
+                | Matcher::RequestPrincipal { .. }
+                | Matcher::RequestAudience(_)
+                | Matcher::RequestPresenter(_)
+                | Matcher::RequestClaim { .. }
                 | Matcher::Absent
         )
     }
@@ -229,6 +245,19 @@ impl Matcher {
             Matcher::Header { name, value } => facts
                 .request
                 .is_some_and(|r| header_matches(r.headers, name, value)),
+            Matcher::RequestPrincipal { iss, sub } => facts.auth.is_some_and(|a| {
+                a.issuer().is_some_and(|i| iss.matches(i))
+                    && a.subject().is_some_and(|s| sub.matches(s))
+            }),
+            Matcher::RequestAudience(m) => facts
+                .auth
+                .is_some_and(|a| a.audiences.iter().any(|aud| m.matches(aud))),
+            Matcher::RequestPresenter(m) => facts
+                .auth
+                .is_some_and(|a| a.presenter.as_deref().is_some_and(|p| m.matches(p))),
+            Matcher::RequestClaim { path, value } => facts
+                .auth
+                .is_some_and(|a| a.claim_matches(path, |v| value.matches(v))),
             Matcher::Absent => false,
         }
     }
@@ -431,6 +460,8 @@ struct Facts<'a> {
     request: Option<&'a Request<'a>>,
     /// The normalized path (requests only).
     path: Option<&'a str>,
+    /// The request's validated JWT, if any (requests only).
+    auth: Option<&'a RequestAuth>,
     port: u16,
     remote: IpAddr,
 }
@@ -533,14 +564,26 @@ impl Authorizer {
             connection,
             request: None,
             path: None,
+            auth: None,
             port: self.port_of(connection),
             remote: connection.source.ip(),
         };
         self.decide(&facts)
     }
 
-    /// An HTTP port's decision, once per request.
+    /// An HTTP port's decision, once per request, for a request without a JWT identity.
     pub fn check_request(&self, connection: &Connection<'_>, request: &Request<'_>) -> Outcome {
+        self.check_request_with_auth(connection, request, None)
+    }
+
+    /// An HTTP port's decision, once per request, with the identity of the request's JWT
+    /// (`AuthnOutcome::Authenticated` of [`crate::policy::jwt::Authenticator`]), if any.
+    pub fn check_request_with_auth(
+        &self,
+        connection: &Connection<'_>,
+        request: &Request<'_>,
+        auth: Option<&RequestAuth>,
+    ) -> Outcome {
         if request.method.bytes().any(|b| b.is_ascii_lowercase()) {
             return Outcome::bad_request("lower-case method");
         }
@@ -555,6 +598,7 @@ impl Authorizer {
             connection,
             request: Some(request),
             path: Some(&path),
+            auth,
             port: self.port_of(connection),
             remote: self.remote_ip(connection, request),
         };

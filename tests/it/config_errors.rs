@@ -265,3 +265,61 @@ fn unknown_workload_is_named() {
     let err = config.plan("agee").unwrap_err().to_string();
     assert!(err.contains("\"agee\""), "{err}");
 }
+
+/// The lab's `require-jwt` policy as printed (selector indented under `action`), and as meant.
+const REQUIRE_JWT: &str = "\
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata:
+  name: require-jwt
+  namespace: default
+spec:
+  action: ALLOW
+    selector:
+      matchLabels:
+        app: age
+  rules:
+  - from:
+    - source:
+        requestPrincipals: [\"*\"]
+    to:
+    - operation:
+        notPaths: [\"/health_check\"]
+  - to:
+    - operation:
+        paths: [\"/health_check\"]
+";
+
+#[test]
+fn misindented_lab_policy_is_refused_and_the_intended_one_loads() {
+    let (file, err) = load_error(REQUIRE_JWT);
+    let message = err.to_string();
+    let location = err.location().expect(&message);
+    assert_eq!(location.file, file, "{message}");
+    assert_eq!(
+        (location.line, location.field.as_str()),
+        (8, "spec.action"),
+        "{message}"
+    );
+    assert!(
+        message.starts_with(&format!("{}:8:13: spec.action: ", file.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains("`selector` is indented under `action: ALLOW`, which already has a value"),
+        "{message}"
+    );
+
+    let fixed = REQUIRE_JWT.replace(
+        "    selector:\n      matchLabels:\n        app: age\n",
+        "  selector:\n    matchLabels:\n      app: age\n",
+    );
+    let tmp = temp_dir("config-lab-policy");
+    std::fs::write(tmp.path().join("base.yaml"), BASE).unwrap();
+    std::fs::write(tmp.path().join("policy.yaml"), fixed).unwrap();
+    let config = config::load(tmp.path()).unwrap();
+    let plan = config.plan("age").unwrap();
+    let applied = plan.inbound[0].authorization.applied();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(&*applied[0].name, "default/require-jwt");
+}
