@@ -281,7 +281,8 @@ fn compose_labs_strict_keeps_the_edge_permissive() {
             .expect("run outrider check");
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{lab}: {stdout}");
-        assert!(stdout.contains("no warnings"), "{lab}: {stdout}");
+        // (The captured lab's addresses are compose service names: outside Docker `check`
+        // warns that they do not resolve, which is expected here.)
         // One workload's section, its whitespace collapsed (the tables' column widths vary).
         let section = |w: &str| {
             stdout
