@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# End-to-end test of docker-compose.yml across real containers: builds the images, brings the
-# lab up, and checks the storyline:
-#   1. the mesh works (curl sentences) and the CA service issued every sidecar's identity;
+# End-to-end test of docker-compose.yml (the captured lab) across real containers: validates
+# both compose files (docker-compose.explicit.yml, the explicit-bind lab, only by `config`),
+# builds the images, brings the captured lab up, and checks the storyline:
+#   0. every pod's init container installed the capture rules (ISTIO_* chains in its nat
+#      table) and every sidecar is healthy;
+#   1. the mesh works (curl sentences; the apps call http://age:8080 and http://name:8080,
+#      captured by their sidecars) and the CA service issued every sidecar's identity;
 #   2. Prometheus shows mutual_tls edges reported by the destination side, and the dashboard
 #      (outrider dashboard --prometheus) draws them with padlocks;
-#   3. under PERMISSIVE the intruder's plaintext request gets through;
+#   3. under PERMISSIVE the intruder's plaintext request to http://age:8080 is captured by
+#      age's sidecar, answered, and reported as plaintext (connection_security_policy="none");
 #   4. after copying policies/age-callers.yaml (AuthorizationPolicy: only sentences may call age)
 #      into the mounted folder the intruder is answered 403 RBAC: access denied, sentences still
 #      gets its answers, Prometheus shows istio_requests_total to age by response code (200 from
 #      sentences over mTLS, 403 from the plaintext intruder) and the dashboard still draws the
 #      intruder's plaintext edge;
-#   5. after copying strict.yaml into the mounted folder the intruder is reset, the mesh still works.
+#   5. after copying strict.yaml into the mounted folder the intruder is reset (age's app listens
+#      on 0.0.0.0:8080, yet there is no way around its sidecar), the mesh still works.
 # Every wait has a deadline; the project is always brought down (with its volumes), and the
 # containers' logs are printed when something failed. Skips (exit 0) without docker unless
 # OUTRIDER_REQUIRE_TOOLS=1.
@@ -31,6 +37,11 @@ done
 started=$SECONDS
 step() { printf '[compose-e2e %3ds] %s\n' "$((SECONDS - started))" "$*"; }
 fail() { echo "compose-e2e: FAILED: $*" >&2; exit 1; }
+
+step "docker-compose config: both compose files are valid"
+for file in docker-compose.yml docker-compose.explicit.yml; do
+    timeout 60 docker-compose -f "$file" config -q || fail "$file is not a valid compose file"
+done
 
 step "building the images"
 timeout 900 scripts/build-image.sh
@@ -66,7 +77,7 @@ step "docker-compose up -d (waits for the sidecars' health checks)"
 compose up -d 2>&1 | sed 's/^/  /'
 
 host_port() { compose port "$1" "$2" | tail -n1 | sed 's/.*://'; }
-sentences="http://127.0.0.1:$(host_port sentences 9080)/"
+sentences="http://127.0.0.1:$(host_port sentences 8080)/"
 prometheus="http://127.0.0.1:$(host_port prometheus 9090)"
 dashboard="http://127.0.0.1:$(host_port dashboard 20001)"
 
@@ -80,6 +91,24 @@ wait_for() {
         sleep 1
     done
 }
+
+step "0. every pod's init container installed the capture rules; every sidecar is healthy"
+# The pod's nat table, read with the init image's own iptables-save in the app's namespace.
+nat_table() {
+    docker run --rm --network "container:$(compose ps -q "$1")" --user 0:0 --cap-drop ALL \
+        --cap-add NET_ADMIN --entrypoint /usr/sbin/xtables-nft-multi \
+        "${OUTRIDER_INIT_IMAGE:-outrider-init:dev}" iptables-save -t nat
+}
+healthy() { [[ "$(docker inspect -f '{{.State.Health.Status}}' "$(compose ps -q "$1")")" == healthy ]]; }
+for app in sentences age name-v1 name-v2; do
+    nat="$(nat_table "$app")" || fail "cannot read $app's nat table"
+    grep -q -- "-A ISTIO_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006" <<<"$nat" &&
+        grep -q -- "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" <<<"$nat" &&
+        grep -q -- "-A OUTPUT -j ISTIO_OUTPUT" <<<"$nat" ||
+        fail "$app's nat table lacks the capture rules: $nat"
+    wait_for 60 "$app-sidecar is healthy" healthy "$app-sidecar"
+    echo "  $app: ISTIO_* chains installed ($(grep -c '^-A ISTIO_' <<<"$nat") rules), $app-sidecar healthy"
+done
 
 sentence_ok() { curl -fsS --max-time 5 "$sentences" | grep -Eq '^[A-Za-z]+ \(v[12]\) is [0-9]+ years old$'; }
 
@@ -134,11 +163,22 @@ dashboard_edges | sed 's/^/  dashboard: /'
 page="$(curl -fsS --max-time 5 "$dashboard/")" || fail "the dashboard page did not load"
 grep -q "<svg\|api/graph" <<<"$page" || fail "the dashboard page has no graph"
 
+# prom_series <query> <label...>: one line per series, the labels' values then the value.
+prom_series() {
+    local q=$1
+    shift
+    curl -fsS --max-time 5 -G "$prometheus/api/v1/query" --data-urlencode "query=$q" |
+        python3 -c 'import json,sys; ls=sys.argv[1:]; r=json.load(sys.stdin)["data"]["result"]; print("\n".join(sorted(" ".join([m["metric"].get(l,"?") for l in ls]+[m["value"][1]]) for m in r)))' "$@"
+}
 intruder_fetch() { compose exec -T intruder /outrider fetch --timeout 3s http://age:8080/ 2>&1; }
 
-step "3. PERMISSIVE: the intruder's plaintext request to age gets through"
+step "3. PERMISSIVE: the intruder's plaintext request to age gets through, reported as plaintext"
 out="$(intruder_fetch)" || fail "the intruder was refused under PERMISSIVE: $out"
 echo "  intruder: $out"
+plain_query='sum by (source_workload, response_code) (istio_requests_total{reporter="destination",destination_workload="age",connection_security_policy="none"})'
+plaintext_seen() { prom_series "$plain_query" source_workload response_code | grep -q "^unknown 200 "; }
+wait_for 60 "age's plaintext requests from the intruder (unknown, 200, none) in Prometheus" plaintext_seen
+prom_series "$plain_query" source_workload response_code | sed 's/^/  plaintext to age: /'
 
 step "4. AuthorizationPolicy: cp policies/age-callers.yaml into the mounted folder (only sentences may call age)"
 cp deploy/compose/policies/age-callers.yaml "$mesh_dir/"
@@ -155,13 +195,6 @@ done
 echo "  $(curl -fsS --max-time 5 "$sentences")"
 
 step "4. Prometheus: istio_requests_total to age by response code"
-# prom_series <query> <label...>: one line per series, the labels' values then the value.
-prom_series() {
-    local q=$1
-    shift
-    curl -fsS --max-time 5 -G "$prometheus/api/v1/query" --data-urlencode "query=$q" |
-        python3 -c 'import json,sys; ls=sys.argv[1:]; r=json.load(sys.stdin)["data"]["result"]; print("\n".join(sorted(" ".join([m["metric"].get(l,"?") for l in ls]+[m["value"][1]]) for m in r)))' "$@"
-}
 codes_query='sum by (response_code) (istio_requests_total{reporter="destination",destination_workload="age"})'
 sources_query='sum by (response_code, source_workload, connection_security_policy) (istio_requests_total{reporter="destination",destination_workload="age"})'
 codes_seen() {

@@ -1,6 +1,6 @@
 //! `outrider check` on the example configurations of `examples/mesh/`: the mode printed per
 //! port for each case of issue 3's "Done when", and a failing configuration's exit code; and on
-//! the compose lab's folder with its AuthorizationPolicy step.
+//! the compose labs' folders with their AuthorizationPolicy and STRICT steps.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -260,6 +260,67 @@ fn invalid_configuration_fails_with_location() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+/// The compose labs' mesh folders (captured: `mesh/`, explicit-bind: `mesh-explicit/`) with
+/// the STRICT step copied in (`policies/strict.yaml` as `peer-authentication.yaml`): age and
+/// name are STRICT, the edge `sentences` stays PERMISSIVE by its workload-level policy (the
+/// host's plaintext curl), and the captured lab declares its workloads captured on their own
+/// port with no outbound binds.
+#[test]
+fn compose_labs_strict_keeps_the_edge_permissive() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose");
+    for lab in ["mesh", "mesh-explicit"] {
+        let out = Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(root.join(lab).join("mesh.yaml"))
+            .arg("--config")
+            .arg(root.join("policies/strict.yaml"))
+            .output()
+            .expect("run outrider check");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{lab}: {stdout}");
+        // (The captured lab's addresses are compose service names: outside Docker `check`
+        // warns that they do not resolve, which is expected here.)
+        // One workload's section, its whitespace collapsed (the tables' column widths vary).
+        let section = |w: &str| {
+            stdout
+                .split("\nworkload ")
+                .find(|s| s.starts_with(&format!("{w} ")))
+                .unwrap_or_else(|| panic!("{lab}: no workload {w} in:\n{stdout}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let app_port = if lab == "mesh" { "8080" } else { "9080" };
+        assert!(
+            section("sentences").contains(&format!(
+                "8080 http {app_port} HTTP PERMISSIVE PeerAuthentication default/sentences-edge (workload)"
+            )),
+            "{lab}: {stdout}"
+        );
+        for w in ["age", "name-v1", "name-v2"] {
+            assert!(
+                section(w).contains(&format!(
+                    "8080 http {app_port} HTTP STRICT PeerAuthentication istio-system/default (mesh)"
+                )),
+                "{lab}: {w}: {stdout}"
+            );
+        }
+        let captured = std::fs::read_to_string(root.join(lab).join("mesh.yaml")).unwrap();
+        if lab == "mesh" {
+            assert_eq!(captured.matches("capture: true").count(), 4, "{captured}");
+            assert!(!captured.contains("outbound:"), "{captured}");
+            assert!(section("sentences").contains("outbound: none"), "{stdout}");
+        } else {
+            assert!(!captured.contains("capture:"), "{captured}");
+            assert!(
+                section("sentences").contains("127.0.0.1:9181 -> age.default:http"),
+                "{stdout}"
+            );
+        }
+    }
 }
 
 /// The compose lab's mesh folder with its AuthorizationPolicy step copied in
