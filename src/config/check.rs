@@ -365,26 +365,26 @@ fn table(report: &Report<'_>) -> String {
             report.workloads_without_sidecar.join(", ")
         );
     }
-    let unresolved: Vec<String> = report
-        .capture_maps
+    // The configuration's warnings, then what resolving the captured addresses found now
+    // (names that only resolve where the sidecars run, inside Docker say, show here too).
+    let warnings: Vec<String> = report
+        .warnings
         .iter()
-        .flat_map(|m| {
+        .cloned()
+        .chain(report.capture_maps.iter().flat_map(|m| {
             m.unresolved.iter().map(move |h| {
                 format!(
-                    "workload {}: address {h:?} does not resolve: captured connections to it are not recognised as its service until it does",
+                    "workload {}: address {h:?} does not resolve here: captured connections to it are not recognised as its service until it does",
                     m.workload
                 )
             })
-        })
+        }))
         .collect();
-    for u in &unresolved {
-        let _ = writeln!(out, "\nwarning: {u}");
-    }
-    if report.warnings.is_empty() {
+    if warnings.is_empty() {
         out.push_str("\nno warnings\n");
     } else {
-        let _ = writeln!(out, "\nwarnings ({}):", report.warnings.len());
-        for w in report.warnings {
+        let _ = writeln!(out, "\nwarnings ({}):", warnings.len());
+        for w in &warnings {
             let _ = writeln!(out, "  - {w}");
         }
     }

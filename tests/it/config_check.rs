@@ -436,7 +436,8 @@ spec:
         ]
     );
     assert!(
-        stdout.contains("address \"name.does-not-resolve.invalid\" does not resolve"),
+        stdout.contains("address \"name.does-not-resolve.invalid\" does not resolve here")
+            && stdout.contains("\nwarnings (1):\n"),
         "{stdout}"
     );
     // Workloads that are not captured print no capture section.
