@@ -107,9 +107,25 @@ stop() {
     for pid in "${sidecars[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     sidecars=()
 }
-# wrk's requests/s for one run.
+# CPU seconds (user + system) the two sidecars have used so far.
+hz=$(getconf CLK_TCK)
+sidecar_cpu() {
+    local total=0 pid
+    for pid in "${sidecars[@]}"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+# One wrk run: "<requests/s> <sidecar CPU microseconds per request>".
 rate() {
-    ip netns exec "$a" wrk -t1 -c"$conns" -d"${secs}s" "$@" 2>/dev/null | awk '/^Requests\/sec:/ {print $2}'
+    local before after out rps requests
+    before=$(sidecar_cpu)
+    out=$(ip netns exec "$a" wrk -t1 -c"$conns" -d"${secs}s" "$@" 2>/dev/null)
+    after=$(sidecar_cpu)
+    rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    awk -v r="$rps" -v n="$requests" -v t=$((after - before)) -v hz="$hz" \
+        'BEGIN {printf "%s %.1f\n", r, (n > 0) ? t / hz * 1e6 / n : 0}'
 }
 measure() {
     local mode="$1" url
@@ -149,10 +165,9 @@ for round in $(seq 1 "$rounds"); do
     done
 done
 median() { sort -n | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-printf '\n%s port, %s connections, %ss per run, median of %s rounds (same run):\n' "$protocol" "$conns" "$secs" "$rounds"
-printf '%-12s %18s %18s\n' mode "keep-alive req/s" "new conn/s"
+printf '\n%s port, %s connections, %ss per run, median of %s rounds (same run); CPU = both sidecars, user+system, per request:\n' "$protocol" "$conns" "$secs" "$rounds"
+printf '%-12s %17s %12s %13s %12s\n' mode "keep-alive req/s" "CPU us/req" "new conn/s" "CPU us/conn"
 for mode in explicit explicit+nat captured; do
-    k=$(awk -v m="$mode" '$1==m {print $2}' "$results" | median)
-    c=$(awk -v m="$mode" '$1==m {print $3}' "$results" | median)
-    printf '%-12s %18s %18s\n' "$mode" "$k" "$c"
+    col() { awk -v m="$mode" -v c="$1" '$1==m {print $c}' "$results" | median; }
+    printf '%-12s %17s %12s %13s %12s\n' "$mode" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)"
 done
