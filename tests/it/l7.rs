@@ -800,7 +800,8 @@ fn a_peer_without_pooled_http2_gets_dedicated_connections_until_it_speaks_it() {
             &[("reporter", "source")],
         )
     };
-    let pooled = eventually(Duration::from_secs(15), || {
+    // Generous: the reload, then an idle timeout, on a machine that may be busy.
+    let pooled = eventually(Duration::from_secs(30), || {
         let before = opened();
         let (_, body) = request_on_new_connection(mesh.sentences_out_addr(), "/probe");
         let (_, again) = request_on_new_connection(mesh.sentences_out_addr(), "/probe");

@@ -650,7 +650,7 @@ pub fn close_kind(r: std::io::Result<usize>) -> String {
 /// would only see the end of the stream), so those errors count as `"reset"` too.
 pub fn send_and_close_kind(addr: SocketAddr, msg: &[u8]) -> String {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset, NotConnected};
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let sent = s
         .write_all(msg)
