@@ -57,12 +57,7 @@ pub struct CapturedOutbound {
 
 impl CapturedOutbound {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<CapturedOutbound> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (outbound capture): {e}"),
-            )
-        })?;
+        let listener = super::bind_listener(addr, "outbound capture").await?;
         Ok(CapturedOutbound {
             listener,
             live: Arc::default(),
@@ -229,12 +224,7 @@ impl PortConnections {
 
 impl CapturedInbound {
     pub async fn bind(addr: SocketAddr, app_host: IpAddr) -> std::io::Result<CapturedInbound> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (inbound capture): {e}"),
-            )
-        })?;
+        let listener = super::bind_listener(addr, "inbound capture").await?;
         Ok(CapturedInbound {
             listener,
             app_host,

@@ -43,12 +43,7 @@ pub struct Inbound {
 impl Inbound {
     /// Binds `addr` now (a conflict fails start-up with the address in the message).
     pub async fn bind(addr: SocketAddr, port: u16, app_host: IpAddr) -> std::io::Result<Inbound> {
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("cannot listen on {addr} (inbound port {port}): {e}"),
-            )
-        })?;
+        let listener = super::bind_listener(addr, &format!("inbound port {port}")).await?;
         Ok(Inbound {
             listener,
             port,

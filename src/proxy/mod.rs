@@ -179,6 +179,17 @@ pub(crate) async fn accept(
     }
 }
 
+/// Binds a listener now; the error names the address and `what` it is for, so a conflict
+/// fails start-up (or a reload's addition) with a message that says which.
+pub(crate) async fn bind_listener(
+    addr: std::net::SocketAddr,
+    what: &str,
+) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+    })
+}
+
 /// Disables Nagle on a proxied socket; a failure is harmless and ignored.
 pub(crate) fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);

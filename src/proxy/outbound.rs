@@ -145,9 +145,7 @@ pub struct Outbound {
 
 impl Outbound {
     pub async fn bind(bind: SocketAddr) -> std::io::Result<Outbound> {
-        let listener = TcpListener::bind(bind).await.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {bind} (outbound): {e}"))
-        })?;
+        let listener = super::bind_listener(bind, "outbound").await?;
         Ok(Outbound {
             listener,
             bind,
