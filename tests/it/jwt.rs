@@ -558,6 +558,26 @@ fn tokens_from_pyjwt_get_envoys_answers() {
         "{m}"
     );
     assert_eq!(metric_sum(&m, "outrider_jwks_keys", &[]), 4.0, "{m}");
+
+    // The same through the mesh: a client sidecar carries the token over mTLS (pooled
+    // HTTP/2) and the server sidecar decides.
+    let _sentences = s.mesh.sidecar("sentences");
+    let through = s.mesh.sentences_out_addr();
+    let r = get(through, "/data", Some(&es), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.body.contains("\nauthorization:"), "{r:?}");
+    assert_rejected(
+        &get(through, "/data", Some(&expired), &[]),
+        401,
+        "Jwt is expired",
+        &format!("http://{through}/data"),
+    );
+    let r = get(through, "/data", None, &[]);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (403, "RBAC: access denied"),
+        "{r:?}"
+    );
 }
 
 #[test]
