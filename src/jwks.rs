@@ -66,6 +66,41 @@ pub trait JwksSink: Send + Sync + 'static {
     fn take_refresh_request(&self) -> bool;
 }
 
+/// The JWT validator's key slot is the fetcher's usual sink: a document is parsed into a
+/// [`KeySet`](crate::policy::jwt::KeySet) and published; one without a usable key is refused
+/// and the slot keeps the keys it had.
+impl JwksSink for crate::policy::jwt::KeySlot {
+    fn publish(&self, body: &[u8]) -> Result<usize, String> {
+        let keys = crate::policy::jwt::KeySet::from_json(body).map_err(|e| e.to_string())?;
+        let count = keys.len();
+        crate::policy::jwt::KeySlot::publish(self, Arc::new(keys));
+        Ok(count)
+    }
+
+    fn take_refresh_request(&self) -> bool {
+        crate::policy::jwt::KeySlot::take_refresh_request(self)
+    }
+}
+
+/// The fetcher's targets for the remote key sources of an authenticator (the slots stay
+/// owned by it; the fetcher keeps them filled).
+pub fn targets_of(authenticator: &crate::policy::jwt::Authenticator) -> Vec<Target> {
+    authenticator
+        .remote_sources()
+        .into_iter()
+        .map(|(source, timeout, slot)| Target {
+            source: match source {
+                crate::policy::jwt::JwksSource::Uri(uri) => JwksSource::Uri(uri.clone()),
+                crate::policy::jwt::JwksSource::Discovery { issuer } => JwksSource::Discovery {
+                    issuer: issuer.clone(),
+                },
+            },
+            timeout,
+            sink: slot.clone() as Arc<dyn JwksSink>,
+        })
+        .collect()
+}
+
 /// Where a key set is published.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JwksSource {
@@ -439,4 +474,71 @@ async fn fetch(client: &Client, state: &SourceState) -> Result<(usize, Option<us
         .await
         .map_err(|_| JwksError::Timeout(timeout))??;
     state.publish(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::jwt::{Authenticator, KeySlot, Keys, Provider};
+
+    #[test]
+    fn a_key_slot_publishes_usable_documents_and_keeps_its_keys_on_a_bad_one() {
+        let slot = KeySlot::new();
+        let sink: &dyn JwksSink = &slot;
+        let good = br#"{"keys": [{"kty":"oct","k":"c2VjcmV0","alg":"HS256","kid":"a"},
+                                 {"kty":"oct","k":"b3RoZXI","alg":"HS256","kid":"b"}]}"#;
+        assert_eq!(sink.publish(good), Ok(2));
+        let published = slot.current().expect("keys published");
+        assert!(published.matches_kid("a"));
+        assert!(sink.publish(b"not json").is_err());
+        assert!(sink.publish(br#"{"keys": []}"#).is_err());
+        assert!(
+            Arc::ptr_eq(&published, &slot.current().unwrap()),
+            "old keys stay"
+        );
+
+        assert!(!sink.take_refresh_request());
+        slot.request_refresh();
+        assert!(sink.take_refresh_request());
+        assert!(!sink.take_refresh_request(), "taken once");
+    }
+
+    #[test]
+    fn targets_map_each_remote_source_to_its_slot() {
+        let slot = Arc::new(KeySlot::new());
+        let remote = |source| Keys::Remote {
+            source,
+            timeout: Duration::from_secs(3),
+            slot: slot.clone(),
+        };
+        let auth = Authenticator::new(vec![
+            Provider::new(
+                "a",
+                "https://a",
+                remote(crate::policy::jwt::JwksSource::Discovery {
+                    issuer: "https://a".into(),
+                }),
+            ),
+            // The same slot again: one target.
+            Provider::new(
+                "b",
+                "https://a",
+                remote(crate::policy::jwt::JwksSource::Discovery {
+                    issuer: "https://a".into(),
+                }),
+            ),
+        ]);
+        let targets = targets_of(&auth);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(
+            targets[0].source,
+            JwksSource::Discovery {
+                issuer: "https://a".into()
+            }
+        );
+        assert_eq!(targets[0].timeout, Duration::from_secs(3));
+        let sink: Arc<dyn JwksSink> = slot.clone();
+        assert!(same_sink(&targets[0].sink, &sink));
+        assert!(targets_of(&Authenticator::default()).is_empty());
+    }
 }
