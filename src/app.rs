@@ -20,6 +20,7 @@ use crate::config::reload::ReloadStats;
 use crate::config::Plan;
 use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
+use crate::jwks::Jwks;
 use crate::metrics::Metrics;
 use crate::proxy::listeners::{Bound, CaptureAddrs, ListenerAddrs, ListenerSettings, Listeners};
 use crate::proxy::resolve::{system_lookup, Resolver};
@@ -69,6 +70,8 @@ pub struct SidecarConfig {
     /// Transparent capture (`--capture`): the capture listeners instead of per-port inbound
     /// listeners. The process must run as the UID or GID the nat rules exempt.
     pub capture: Option<CaptureConfig>,
+    /// How RequestAuthentication's remote JWKS are fetched (`--jwks-*`).
+    pub jwks: crate::jwks::FetchConfig,
 }
 
 /// `--capture` and the addresses and identity it goes with.
@@ -139,6 +142,7 @@ pub struct Sidecar {
     plan_rx: watch::Receiver<Arc<Plan>>,
     warnings: Vec<String>,
     identity_source: IdentitySource,
+    jwks: Jwks,
 }
 
 /// Where the workload's certificate comes from, decided once at start-up.
@@ -195,6 +199,8 @@ impl Sidecar {
             resolver.clone(),
         );
         let connectors = Arc::new(MeshConnectors::new(store.clone(), args.resumption));
+        let jwks = Jwks::spawn(args.jwks.clone(), metrics.jwks(), shared.shutdown.watch())?;
+        jwks.set_targets(jwks_targets(&plan));
         let capture = args.capture.is_some();
         let runtime = Arc::new(crate::proxy::runtime::build(
             plan.clone(),
@@ -237,6 +243,7 @@ impl Sidecar {
             reload_stats,
             plan_rx,
             identity_source,
+            jwks,
         })
     }
 
@@ -268,6 +275,7 @@ impl Sidecar {
             plan_rx,
             warnings,
             identity_source,
+            jwks,
         } = self;
         // The identity source: files watched for changes, or the mesh CA. Readiness waits for
         // the first certificate.
@@ -289,6 +297,7 @@ impl Sidecar {
             plan_rx,
             capture: args.capture.is_some(),
             connectors,
+            jwks,
             resolver: shared.resolver.clone(),
             runtime_tx: runtime_tx.clone(),
             listeners,
@@ -335,6 +344,9 @@ struct Reloads {
     /// The runtime includes the capture table.
     capture: bool,
     connectors: Arc<MeshConnectors>,
+    /// The JWKS fetcher: told the key slots of every new plan before its runtime is
+    /// published, so the data path never sees a plan whose slots nobody fills.
+    jwks: Jwks,
     resolver: Arc<Resolver>,
     runtime_tx: watch::Sender<Arc<Runtime>>,
     listeners: Listeners,
@@ -369,6 +381,8 @@ impl Reloads {
 /// rebuilds the runtime when a SIMPLE/MUTUAL origination's certificate files change.
 async fn follow_reloads(mut r: Reloads) {
     let mut plan = r.plan_rx.borrow().clone();
+    // The plan whose runtime the data path uses now (a plan that cannot be built is not).
+    let mut live = plan.clone();
     let mut material = crate::proxy::runtime::origination_material(&plan);
     let mut poll = tokio::time::interval(ORIGINATION_POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -380,12 +394,19 @@ async fn follow_reloads(mut r: Reloads) {
                 }
                 plan = r.plan_rx.borrow_and_update().clone();
                 material = crate::proxy::runtime::origination_material(&plan);
+                // Before the runtime goes out: a source the fetcher already knows publishes
+                // its last good keys into the new slots here, so a reload never fails closed.
+                r.jwks.set_targets(jwks_targets(&plan));
                 if r.publish(&plan) {
+                    live = plan.clone();
                     r.listeners.reconcile(&plan).await;
                     r.addrs.listeners = r.listeners.addrs();
                     r.addrs_tx
                         .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
                     tracing::info!("configuration reloaded");
+                } else {
+                    // The old runtime stays: so do the key slots the fetcher fills.
+                    r.jwks.set_targets(jwks_targets(&live));
                 }
             }
             _ = poll.tick() => {
@@ -400,4 +421,24 @@ async fn follow_reloads(mut r: Reloads) {
         }
     }
     r.listeners.stop();
+}
+
+/// The JWKS fetcher's targets: the remote key sources of every inbound port's
+/// RequestAuthentication (slots shared between ports appear once per port; the fetcher
+/// serves each source once; a slot shared by several ports is listed once).
+fn jwks_targets(plan: &Plan) -> Vec<crate::jwks::Target> {
+    let mut targets: Vec<crate::jwks::Target> = Vec::new();
+    for target in plan
+        .inbound
+        .iter()
+        .flat_map(|p| crate::jwks::targets_of(&p.authentication))
+    {
+        let known = targets
+            .iter()
+            .any(|t| std::ptr::addr_eq(Arc::as_ptr(&t.sink), Arc::as_ptr(&target.sink)));
+        if !known {
+            targets.push(target);
+        }
+    }
+    targets
 }

@@ -66,6 +66,41 @@ pub trait JwksSink: Send + Sync + 'static {
     fn take_refresh_request(&self) -> bool;
 }
 
+/// The JWT validator's key slot is the fetcher's usual sink: a document is parsed into a
+/// [`KeySet`](crate::policy::jwt::KeySet) and published; one without a usable key is refused
+/// and the slot keeps the keys it had.
+impl JwksSink for crate::policy::jwt::KeySlot {
+    fn publish(&self, body: &[u8]) -> Result<usize, String> {
+        let keys = crate::policy::jwt::KeySet::from_json(body).map_err(|e| e.to_string())?;
+        let count = keys.len();
+        crate::policy::jwt::KeySlot::publish(self, Arc::new(keys));
+        Ok(count)
+    }
+
+    fn take_refresh_request(&self) -> bool {
+        crate::policy::jwt::KeySlot::take_refresh_request(self)
+    }
+}
+
+/// The fetcher's targets for the remote key sources of an authenticator (the slots stay
+/// owned by it; the fetcher keeps them filled).
+pub fn targets_of(authenticator: &crate::policy::jwt::Authenticator) -> Vec<Target> {
+    authenticator
+        .remote_sources()
+        .into_iter()
+        .map(|(source, timeout, slot)| Target {
+            source: match source {
+                crate::policy::jwt::JwksSource::Uri(uri) => JwksSource::Uri(uri.clone()),
+                crate::policy::jwt::JwksSource::Discovery { issuer } => JwksSource::Discovery {
+                    issuer: issuer.clone(),
+                },
+            },
+            timeout,
+            sink: slot.clone() as Arc<dyn JwksSink>,
+        })
+        .collect()
+}
+
 /// Where a key set is published.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum JwksSource {

@@ -142,6 +142,7 @@ pub struct Metrics {
     plaintext_accepted: IntCounterVec,
     upstream_failures: IntCounterVec,
     inbound_rejected: IntCounterVec,
+    jwt_rejected: IntCounterVec,
     outbound_rejected: IntCounterVec,
     closed_on_reload: IntCounterVec,
     resumptions_refused: IntCounterVec,
@@ -254,6 +255,12 @@ impl Metrics {
                 "Inbound connections closed before reaching the app, by reason.",
                 &["port", "reason"],
             ),
+            jwt_rejected: counter_vec(
+                r,
+                "outrider_jwt_rejected_total",
+                "Inbound HTTP requests refused by RequestAuthentication (a JWT invalid for every provider), by port and Envoy's reason (the response body).",
+                &["port", "reason"],
+            ),
             outbound_rejected: counter_vec(
                 r,
                 "outrider_outbound_rejected_total",
@@ -333,6 +340,13 @@ impl Metrics {
 
     pub fn inbound_rejected(&self, port: u16, reason: &str) {
         self.inbound_rejected
+            .with_label_values(&[&port.to_string(), reason])
+            .inc();
+    }
+
+    /// A request refused by RequestAuthentication with Envoy's `reason`.
+    pub fn jwt_rejected(&self, port: u16, reason: &str) {
+        self.jwt_rejected
             .with_label_values(&[&port.to_string(), reason])
             .inc();
     }

@@ -112,6 +112,26 @@ pub struct RunArgs {
     /// With --capture: the GID the nat rules exempt (`outrider iptables -g`; default: the UID).
     #[arg(long, env = "OUTRIDER_PROXY_GID")]
     pub proxy_gid: Option<u32>,
+    /// RequestAuthentication: PEM bundle that https JWKS (and OIDC discovery) servers must
+    /// chain to, instead of the compiled-in Mozilla roots. https is always verified.
+    #[arg(long, env = "OUTRIDER_JWKS_CA")]
+    pub jwks_ca: Option<PathBuf>,
+    /// RequestAuthentication: refetch a JWKS this long after a successful fetch (Istio's
+    /// PILOT_JWT_PUB_KEY_REFRESH_INTERVAL).
+    #[arg(long, env = "OUTRIDER_JWKS_REFRESH", default_value = "20m", value_parser = duration)]
+    pub jwks_refresh: Duration,
+    /// RequestAuthentication: first retry after a failed JWKS fetch, doubling per
+    /// consecutive failure up to --jwks-retry-max (until the first success every token
+    /// fails: fail closed).
+    #[arg(long, env = "OUTRIDER_JWKS_RETRY_MIN", default_value = "1m", value_parser = duration)]
+    pub jwks_retry_min: Duration,
+    /// RequestAuthentication: longest wait between retries of a failing JWKS source.
+    #[arg(long, env = "OUTRIDER_JWKS_RETRY_MAX", default_value = "60m", value_parser = duration)]
+    pub jwks_retry_max: Duration,
+    /// RequestAuthentication: a token whose `kid` the JWKS lacks asks for an early refetch,
+    /// but not sooner than this after the source's last fetch.
+    #[arg(long, env = "OUTRIDER_JWKS_EARLY_REFRESH_MIN", default_value = "60s", value_parser = duration)]
+    pub jwks_early_refresh_min: Duration,
 }
 
 /// Flags of the `ca` identity source.
@@ -193,6 +213,14 @@ impl RunArgs {
                 proxy_uid: self.proxy_uid,
                 proxy_gid: self.proxy_gid.unwrap_or(self.proxy_uid),
             }),
+            jwks: outrider::jwks::FetchConfig {
+                ca_file: self.jwks_ca,
+                refresh: self.jwks_refresh,
+                retry_min: self.jwks_retry_min,
+                retry_max: self.jwks_retry_max.max(self.jwks_retry_min),
+                early_refresh_min: self.jwks_early_refresh_min,
+                ..outrider::jwks::FetchConfig::default()
+            },
         })
     }
 }

@@ -1,11 +1,13 @@
-//! Inbound requests: authorized, given their `x-forwarded-client-cert`, stripped of hop-by-hop
+//! Inbound requests: authenticated (RequestAuthentication: a JWT invalid for every provider
+//! is answered 401/403 here), authorized, given their `x-forwarded-client-cert`, stripped of hop-by-hop
 //! headers and sent to the app over its keep-alive pool; metrics with `reporter=destination`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use super::body::{RequestBody, ResponseBody};
@@ -18,6 +20,7 @@ use crate::config::ForwardClientCert;
 use crate::identity::SpiffeId;
 use crate::metrics::Metrics;
 use crate::policy::authz::{self, Authorizer, Verdict};
+use crate::policy::jwt::{Authenticator, AuthnOutcome, HeaderEdits, RequestAuth};
 
 /// What one downstream connection's requests share, resolved when it opens.
 pub struct Conn {
@@ -27,6 +30,8 @@ pub struct Conn {
     pub sni: Option<String>,
     pub log: LogContext,
     pub authorization: Arc<Authorizer>,
+    /// The port's RequestAuthentication (empty: every request is anonymous).
+    pub authentication: Arc<Authenticator>,
     /// For the authorization counters (denied, dry-run, audited), as on TCP ports.
     pub metrics: Arc<Metrics>,
     pub xfcc_mode: ForwardClientCert,
@@ -43,8 +48,41 @@ pub async fn handle(
     conn: Arc<Conn>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let finish = Finish::begin(&req, conn.meter.clone(), conn.log.clone());
+    let mut finish = Finish::begin(&req, conn.meter.clone(), conn.log.clone());
     let authority = authority_of(&req);
+
+    // Authentication first: a rejected token never reaches authorization or the app.
+    let auth: Option<RequestAuth> = if conn.authentication.is_empty() {
+        None
+    } else {
+        match conn.authentication.authenticate(
+            req.method(),
+            req.uri(),
+            req.headers(),
+            SystemTime::now(),
+        ) {
+            AuthnOutcome::Anonymous(edits) => {
+                apply_edits(&mut req, &mut finish, &edits);
+                None
+            }
+            AuthnOutcome::Authenticated(auth, edits) => {
+                apply_edits(&mut req, &mut finish, &edits);
+                Some(auth)
+            }
+            AuthnOutcome::Reject {
+                status,
+                reason,
+                www_authenticate,
+            } => {
+                conn.metrics.jwt_rejected(conn.port, reason);
+                tracing::info!(peer = %conn.log.peer, port = conn.port, status = status.as_u16(), reason, "request refused by RequestAuthentication");
+                let challenge = HeaderValue::try_from(www_authenticate)
+                    .ok()
+                    .map(|v| (header::WWW_AUTHENTICATE, v));
+                return Ok(finish.local_with_header(status, reason, flags::NONE, challenge));
+            }
+        }
+    };
 
     if !conn.authorization.is_empty() {
         let facts = authz::Connection {
@@ -59,7 +97,9 @@ pub async fn handle(
             path: &finish.path,
             headers: req.headers(),
         };
-        let outcome = conn.authorization.check_request(&facts, &request);
+        let outcome = conn
+            .authorization
+            .check_request_with_auth(&facts, &request, auth.as_ref());
         if let Some(shadow) = &outcome.shadow {
             conn.metrics
                 .authz_dry_run(conn.port, *shadow == Verdict::Allow);
@@ -128,6 +168,30 @@ pub async fn handle(
     let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(response.headers_mut(), keep_upgrade);
     Ok(finish.respond(response))
+}
+
+/// Applies RequestAuthentication's edits: headers, and the URI when a token is taken out of
+/// the query (the access log then shows the path without it too).
+fn apply_edits(req: &mut Request<Incoming>, finish: &mut Finish, edits: &HeaderEdits) {
+    edits.apply(req.headers_mut());
+    let Some(pq) = edits.path_and_query.as_deref() else {
+        return;
+    };
+    let Ok(pq) = http::uri::PathAndQuery::try_from(pq) else {
+        return;
+    };
+    let mut uri = std::mem::take(req.uri_mut()).into_parts();
+    uri.path_and_query = Some(pq);
+    // The parts of a URI hyper parsed, with a valid path: always rebuilds.
+    if let Ok(new) = http::Uri::from_parts(uri) {
+        finish.path = pq_string(&new);
+        *req.uri_mut() = new;
+    }
+}
+
+fn pq_string(uri: &http::Uri) -> String {
+    uri.path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string())
 }
 
 fn set_xfcc(conn: &Conn, headers: &mut http::HeaderMap) {

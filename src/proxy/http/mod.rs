@@ -2,8 +2,8 @@
 //!
 //! Inbound, after the connection is admitted (mTLS terminated, or plaintext where the mode
 //! allows it), [`serve_inbound`] reads the first bytes to learn the HTTP version (or close a
-//! client that does not speak HTTP), then serves requests with hyper: each is authorized
-//! (AuthorizationPolicy), gets its `x-forwarded-client-cert` ([`xfcc`]), loses its hop-by-hop
+//! client that does not speak HTTP), then serves requests with hyper: each is authenticated
+//! (RequestAuthentication's JWTs), authorized (AuthorizationPolicy), gets its `x-forwarded-client-cert` ([`xfcc`]), loses its hop-by-hop
 //! headers ([`headers`]) and goes to the app over a keep-alive pool ([`upstream`]). Bodies
 //! stream both ways ([`body`]); upgrades and `CONNECT` become raw tunnels. Each request is
 //! counted in Istio's request metrics and logged once (target `access`) when its response
@@ -116,6 +116,7 @@ pub async fn serve_inbound<S>(
             principal: downstream.source.principal.as_str().into(),
         },
         authorization: plan.authorization.clone(),
+        authentication: plan.authentication.clone(),
         metrics: shared.metrics.clone(),
         xfcc_mode: rt.plan.forward_client_cert,
         xfcc_own,

@@ -295,14 +295,29 @@ impl Finish {
 
     /// A response the proxy makes itself, counted and logged like an upstream's.
     pub fn local(
-        mut self,
+        self,
         status: StatusCode,
         body: &'static str,
         flag: &'static str,
     ) -> Response<ResponseBody> {
+        self.local_with_header(status, body, flag, None)
+    }
+
+    /// [`Finish::local`] with one more response header (`www-authenticate` of a JWT
+    /// rejection).
+    pub fn local_with_header(
+        mut self,
+        status: StatusCode,
+        body: &'static str,
+        flag: &'static str,
+        header: Option<(http::HeaderName, http::HeaderValue)>,
+    ) -> Response<ResponseBody> {
         self.status = status.as_u16();
         self.flags = flag;
-        let response = local_response(status, body);
+        let mut response = local_response(status, body);
+        if let Some((name, value)) = header {
+            response.headers_mut().insert(name, value);
+        }
         self.response_headers = wire_size(response.headers()) + 17;
         let (parts, body) = response.into_parts();
         Response::from_parts(parts, body.on_end(self))
