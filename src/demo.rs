@@ -454,8 +454,7 @@ async fn end_user_authentication(d: &Demo, exe: &Path, config: &Path) -> anyhow:
     ];
     for (path, what, token) in calls {
         let headers = token.map(with).unwrap_or_default();
-        let answer =
-            crate::fetch::request(&inbound, path, &headers, Duration::from_secs(5)).await;
+        let answer = crate::fetch::request(&inbound, path, &headers, Duration::from_secs(5)).await;
         let shown = match answer {
             Ok(a) => format!("{} \"{}\"", a.status, a.body.trim_end()),
             Err(e) => format!("failed: {e}"),

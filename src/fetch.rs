@@ -101,7 +101,8 @@ impl FetchOptions {
             .context("cannot start the async runtime")?;
         rt.block_on(async move {
             let Some(every) = self.every else {
-                let answer = request(&target.authority, &target.path, &headers, self.timeout).await?;
+                let answer =
+                    request(&target.authority, &target.path, &headers, self.timeout).await?;
                 if !self.quiet || !(200..300).contains(&answer.status) {
                     println!("{} {}", answer.status, answer.body.trim_end());
                 }
