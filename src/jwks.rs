@@ -475,3 +475,70 @@ async fn fetch(client: &Client, state: &SourceState) -> Result<(usize, Option<us
         .map_err(|_| JwksError::Timeout(timeout))??;
     state.publish(body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::jwt::{Authenticator, KeySlot, Keys, Provider};
+
+    #[test]
+    fn a_key_slot_publishes_usable_documents_and_keeps_its_keys_on_a_bad_one() {
+        let slot = KeySlot::new();
+        let sink: &dyn JwksSink = &slot;
+        let good = br#"{"keys": [{"kty":"oct","k":"c2VjcmV0","alg":"HS256","kid":"a"},
+                                 {"kty":"oct","k":"b3RoZXI","alg":"HS256","kid":"b"}]}"#;
+        assert_eq!(sink.publish(good), Ok(2));
+        let published = slot.current().expect("keys published");
+        assert!(published.matches_kid("a"));
+        assert!(sink.publish(b"not json").is_err());
+        assert!(sink.publish(br#"{"keys": []}"#).is_err());
+        assert!(
+            Arc::ptr_eq(&published, &slot.current().unwrap()),
+            "old keys stay"
+        );
+
+        assert!(!sink.take_refresh_request());
+        slot.request_refresh();
+        assert!(sink.take_refresh_request());
+        assert!(!sink.take_refresh_request(), "taken once");
+    }
+
+    #[test]
+    fn targets_map_each_remote_source_to_its_slot() {
+        let slot = Arc::new(KeySlot::new());
+        let remote = |source| Keys::Remote {
+            source,
+            timeout: Duration::from_secs(3),
+            slot: slot.clone(),
+        };
+        let auth = Authenticator::new(vec![
+            Provider::new(
+                "a",
+                "https://a",
+                remote(crate::policy::jwt::JwksSource::Discovery {
+                    issuer: "https://a".into(),
+                }),
+            ),
+            // The same slot again: one target.
+            Provider::new(
+                "b",
+                "https://a",
+                remote(crate::policy::jwt::JwksSource::Discovery {
+                    issuer: "https://a".into(),
+                }),
+            ),
+        ]);
+        let targets = targets_of(&auth);
+        assert_eq!(targets.len(), 1);
+        assert_eq!(
+            targets[0].source,
+            JwksSource::Discovery {
+                issuer: "https://a".into()
+            }
+        );
+        assert_eq!(targets[0].timeout, Duration::from_secs(3));
+        let sink: Arc<dyn JwksSink> = slot.clone();
+        assert!(same_sink(&targets[0].sink, &sink));
+        assert!(targets_of(&Authenticator::default()).is_empty());
+    }
+}

@@ -33,6 +33,7 @@ mod fuzz_regressions;
 mod hardening;
 mod identity_rotation;
 mod jwks;
+mod jwt;
 mod jwt_lab;
 mod kubernetes_manifests;
 mod l7;
