@@ -251,13 +251,13 @@ wait_for 60 "alice's token is accepted by age's sidecar" alice_allowed
 echo "  intruder → age /, alice's token: $(jwt_fetch / "$token")"
 out="$(jwt_fetch /health_check)" || fail "/health_check without a token was refused: $out"
 grep -q "^200 ok" <<<"$out" || fail "/health_check without a token: $out"
-echo "  intruder → age /health_check, no token: $(head -n1 <<<"$out")"
+echo "  intruder → age /health_check, no token: $(grep -m1 "^[0-9]" <<<"$out")"
 ! out="$(jwt_fetch /)" || fail "/ without a token got through: $out"
 grep -q "^403 RBAC: access denied" <<<"$out" || fail "/ without a token: $out"
-echo "  intruder → age /, no token: $(head -n1 <<<"$out")"
+echo "  intruder → age /, no token: $(grep -m1 "^[0-9]" <<<"$out")"
 ! out="$(jwt_fetch / "$tampered")" || fail "a tampered token got through: $out"
 grep -q "^401 Jwt verification fails" <<<"$out" || fail "a tampered token: $out"
-echo "  intruder → age /, a tampered token: $(head -n1 <<<"$out")"
+echo "  intruder → age /, a tampered token: $(grep -m1 "^[0-9]" <<<"$out")"
 for _ in 1 2 3; do
     sentence_ok || fail "sentences failed under require-jwt: $(curl -sS --max-time 5 "$sentences" 2>&1)"
 done
@@ -266,7 +266,7 @@ rm "$mesh_dir/require-jwt.yaml"
 # Without a RequestAuthentication a token is not looked at: the tampered one is just denied.
 tampered_ignored() { ! out="$(jwt_fetch / "$tampered")" && grep -q "^403 RBAC: access denied" <<<"$out"; }
 wait_for 30 "require-jwt.yaml removed: a tampered token is ignored (403)" tampered_ignored
-echo "  removed require-jwt.yaml: a tampered token → $(jwt_fetch / "$tampered" | head -n1 || true)"
+echo "  removed require-jwt.yaml: a tampered token → $(jwt_fetch / "$tampered" | grep -m1 "^[0-9]" || true)"
 
 step "6. STRICT: cp policies/strict.yaml into the mounted folder"
 cp deploy/compose/policies/strict.yaml "$mesh_dir/peer-authentication.yaml"
