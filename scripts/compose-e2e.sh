@@ -15,7 +15,14 @@
 #      gets its answers, Prometheus shows istio_requests_total to age by response code (200 from
 #      sentences over mTLS, 403 from the plaintext intruder) and the dashboard still draws the
 #      intruder's plaintext edge;
-#   5. after copying strict.yaml into the mounted folder the intruder is reset (age's app listens
+#   5. end-user authentication: after copying policies/require-jwt.yaml (RequestAuthentication
+#      trusting the `auth` service's issuer + the labs' require-jwt AuthorizationPolicy) into
+#      the mounted folder, the intruder (no sidecar, as the labs' curl) gets /health_check
+#      without a token (200), 403 RBAC: access denied on / without one, 200 with alice's token
+#      from auth's token endpoint (requested from the host), 401 Jwt verification fails with a
+#      tampered one; sentences still gets its answers; the file is removed again (a tampered
+#      token is then merely ignored: 403);
+#   6. after copying strict.yaml into the mounted folder the intruder is reset (age's app listens
 #      on 0.0.0.0:8080, yet there is no way around its sidecar), the mesh still works.
 # Every wait has a deadline; the project is always brought down (with its volumes), and the
 # containers' logs are printed when something failed. Skips (exit 0) without docker unless
@@ -53,7 +60,7 @@ mesh_dir="$(mktemp -d)"
 chmod 0755 "$mesh_dir"
 cp deploy/compose/mesh/*.yaml "$mesh_dir/"
 chmod 0644 "$mesh_dir"/*.yaml
-export OUTRIDER_MESH_DIR="$mesh_dir" SENTENCES_PORT="" PROMETHEUS_PORT="" DASHBOARD_PORT=""
+export OUTRIDER_MESH_DIR="$mesh_dir" SENTENCES_PORT="" PROMETHEUS_PORT="" DASHBOARD_PORT="" AUTH_PORT=""
 compose() { timeout 180 docker-compose --ansi never "$@"; }
 
 cleanup() {
@@ -80,6 +87,7 @@ host_port() { compose port "$1" "$2" | tail -n1 | sed 's/.*://'; }
 sentences="http://127.0.0.1:$(host_port sentences 8080)/"
 prometheus="http://127.0.0.1:$(host_port prometheus 9090)"
 dashboard="http://127.0.0.1:$(host_port dashboard 20001)"
+auth="http://127.0.0.1:$(host_port auth 8080)/auth/realms/mesh"
 
 # wait_for <seconds> <description> <command...>: retries the command until it succeeds.
 wait_for() {
@@ -217,13 +225,56 @@ intruder_edge() {
 wait_for 60 "the dashboard's edge unknown -> age plaintext" intruder_edge
 dashboard_edges | grep "age" | sed 's/^/  dashboard: /'
 
-step "5. STRICT: cp policies/strict.yaml into the mounted folder"
+step "5. end-user authentication: cp policies/require-jwt.yaml into the mounted folder"
+cp deploy/compose/policies/require-jwt.yaml "$mesh_dir/"
+chmod 0644 "$mesh_dir/require-jwt.yaml"
+# The labs' token request, from the host to auth's published port; the token says
+# iss: http://auth:8080/auth/realms/mesh (auth runs with --issuer), the issuer age trusts.
+alice_token() {
+    curl -fsS --max-time 5 -d username=alice -d password=alice -d grant_type=password \
+        -d client_id=frontend "$auth/protocol/openid-connect/token" |
+        python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+wait_for 60 "auth's token endpoint answers alice" alice_token
+token="$(alice_token)"
+# The signature with its last 10 characters replaced: still base64url, no longer valid.
+tampered="$(sed 's/.\{10\}$/AAAAAAAAAA/' <<<"$token")"
+[[ "$tampered" != "$token" ]] || fail "could not tamper with the token"
+jwt_fetch() { # <path> [token]
+    local auth_header=()
+    [[ -z "${2:-}" ]] || auth_header=(--header "Authorization: Bearer $2")
+    compose exec -T intruder /outrider fetch --timeout 3s "${auth_header[@]}" "http://age:8080$1" 2>&1
+}
+# age's sidecar fetches auth's JWKS off the request path; until it has it, every token fails.
+alice_allowed() { out="$(jwt_fetch / "$token")" && grep -Eq "^200 [0-9]+$" <<<"$out"; }
+wait_for 60 "alice's token is accepted by age's sidecar" alice_allowed
+echo "  intruder → age /, alice's token: $(jwt_fetch / "$token")"
+out="$(jwt_fetch /health_check)" || fail "/health_check without a token was refused: $out"
+grep -q "^200 ok" <<<"$out" || fail "/health_check without a token: $out"
+echo "  intruder → age /health_check, no token: $(grep -m1 "^[0-9]" <<<"$out")"
+! out="$(jwt_fetch /)" || fail "/ without a token got through: $out"
+grep -q "^403 RBAC: access denied" <<<"$out" || fail "/ without a token: $out"
+echo "  intruder → age /, no token: $(grep -m1 "^[0-9]" <<<"$out")"
+! out="$(jwt_fetch / "$tampered")" || fail "a tampered token got through: $out"
+grep -q "^401 Jwt verification fails" <<<"$out" || fail "a tampered token: $out"
+echo "  intruder → age /, a tampered token: $(grep -m1 "^[0-9]" <<<"$out")"
+for _ in 1 2 3; do
+    sentence_ok || fail "sentences failed under require-jwt: $(curl -sS --max-time 5 "$sentences" 2>&1)"
+done
+echo "  sentences (allowed by age-callers, no token): $(curl -fsS --max-time 5 "$sentences")"
+rm "$mesh_dir/require-jwt.yaml"
+# Without a RequestAuthentication a token is not looked at: the tampered one is just denied.
+tampered_ignored() { ! out="$(jwt_fetch / "$tampered")" && grep -q "^403 RBAC: access denied" <<<"$out"; }
+wait_for 30 "require-jwt.yaml removed: a tampered token is ignored (403)" tampered_ignored
+echo "  removed require-jwt.yaml: a tampered token → $(jwt_fetch / "$tampered" | grep -m1 "^[0-9]" || true)"
+
+step "6. STRICT: cp policies/strict.yaml into the mounted folder"
 cp deploy/compose/policies/strict.yaml "$mesh_dir/peer-authentication.yaml"
 intruder_reset() { ! out="$(intruder_fetch)" && grep -qi "reset" <<<"$out"; }
 wait_for 30 "the intruder is reset under STRICT" intruder_reset
 echo "  intruder: $(intruder_fetch || true)"
 
-step "5. STRICT: the mesh still works"
+step "6. STRICT: the mesh still works"
 for _ in 1 2 3 4 5; do
     sentence_ok || fail "sentences failed under STRICT: $(curl -sS --max-time 5 "$sentences" 2>&1)"
 done

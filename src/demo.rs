@@ -4,8 +4,9 @@
 //! sample app (`sentences` → `age`, `name` v1/v2) as real processes each beside its own
 //! sidecar process, and a plaintext "intruder" without a sidecar. Then it plays the story —
 //! PERMISSIVE, STRICT, a DestinationRule that turns mTLS off for one subset, an
-//! AuthorizationPolicy that lets only `sentences` call `age` — printing what happened at each
-//! step. Every process and file it made is gone when it exits.
+//! AuthorizationPolicy that lets only `sentences` call `age`, then end-user authentication (the
+//! sample OIDC issuer, a RequestAuthentication and the labs' `require-jwt` policy on `age`) —
+//! printing what happened at each step. Every process and file it made is gone when it exits.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -167,6 +168,35 @@ spec:
     - from:
         - source: { principals: [cluster.local/ns/default/sa/sentences] }
 ";
+
+/// The lab's end-user authentication for age: a RequestAuthentication trusting the demo's
+/// issuer (keys from its `jwksUri`), and the lab's AuthorizationPolicy `require-jwt` — a
+/// request principal on every path but `/health_check`. Beside `age-callers` (ALLOW policies
+/// add up), sentences still reaches age without a token.
+fn require_jwt(issuer: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{ name: jwt-auth, namespace: default }}
+spec:
+  selector: {{ matchLabels: {{ app: age }} }}
+  jwtRules:
+    - issuer: \"{issuer}\"
+      jwksUri: \"{issuer}/protocol/openid-connect/certs\"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: require-jwt, namespace: default }}
+spec:
+  selector: {{ matchLabels: {{ app: age }} }}
+  action: ALLOW
+  rules:
+    - from: [{{ source: {{ requestPrincipals: [\"*\"] }} }}]
+      to: [{{ operation: {{ notPaths: [/health_check] }} }}]
+    - to: [{{ operation: {{ paths: [/health_check] }} }}]
+"
+    )
+}
 
 async fn demo(args: DemoOptions) -> anyhow::Result<()> {
     let workdir = tempfile::Builder::new()
@@ -343,6 +373,12 @@ async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
     edges(d).await;
     requests_by_code(age).await;
 
+    println!("\n5. End-user authentication: the sample OIDC issuer, a RequestAuthentication for age that trusts it, and the lab's AuthorizationPolicy default/require-jwt (a request principal on every path but /health_check)");
+    // The issuer runs to the end of the demo (killed on drop, as every child).
+    let _issuer = end_user_authentication(d, &exe, &config).await?;
+    traffic(&front, args.requests).await;
+    requests_by_code(age).await;
+
     println!("\nThe metrics show every edge: connection_security_policy=\"mutual_tls\" or \"none\", reported by the destination sidecar.");
     if args.once {
         println!(
@@ -355,6 +391,77 @@ async fn play(d: &mut Demo, args: &DemoOptions) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await?;
     println!("\nstopping every process and removing {}", d.dir.display());
     Ok(())
+}
+
+/// Step 5: starts the issuer (returned), applies [`require_jwt`], and calls age's sidecar as a
+/// client without a sidecar would (the labs' curl): without a token, with alice's, with a
+/// tampered one.
+async fn end_user_authentication(d: &Demo, exe: &Path, config: &Path) -> anyhow::Result<Child> {
+    let auth = Member::addr(free_port()?);
+    let mut cmd = Command::new(exe);
+    cmd.args(["sample-app", "--service", "auth", "--listen", &auth]);
+    let issuer_process = spawn(cmd, &d.dir.join("auth.log"))?;
+    let mut up = false;
+    for _ in 0..200 {
+        if fetch_path(&auth, "/health_check").await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !up {
+        let log = std::fs::read_to_string(d.dir.join("auth.log")).unwrap_or_default();
+        bail!("the sample OIDC issuer did not start:\n{log}");
+    }
+    let issuer = format!("http://{auth}/auth/realms/mesh");
+    std::fs::write(config.join("require-jwt.yaml"), require_jwt(&issuer))?;
+    let age = &d.members[1];
+    wait_policy(age, "default/require-jwt").await?;
+
+    let token_path = "/auth/realms/mesh/protocol/openid-connect/token";
+    let form = "username=alice&password=alice&grant_type=password&client_id=frontend";
+    let granted = crate::fetch::post_form(&auth, token_path, form, Duration::from_secs(5))
+        .await
+        .context("cannot reach the sample OIDC issuer")?;
+    let token = serde_json::from_str::<serde_json::Value>(&granted.body)
+        .ok()
+        .and_then(|v| v["access_token"].as_str().map(str::to_string))
+        .with_context(|| format!("no access token from the issuer: {}", granted.body))?;
+    println!("   issuer {issuer}: alice's token from  curl -d username=alice -d password=alice -d grant_type=password -d client_id=frontend http://{auth}{token_path}");
+
+    // age's sidecar fetches the issuer's keys off the request path; until it has them every
+    // token fails (fail closed). Wait for that, bounded.
+    let inbound = Member::addr(age.inbound);
+    let with = |token: &str| vec![("Authorization".to_string(), format!("Bearer {token}"))];
+    for _ in 0..100 {
+        let answer =
+            crate::fetch::request(&inbound, "/", &with(&token), Duration::from_secs(5)).await;
+        if matches!(answer, Ok(ref a) if a.status == 200) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One signature character changed (not the last: its low bits are base64 padding).
+    let mut tampered = token.clone().into_bytes();
+    let i = tampered.len().saturating_sub(10);
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap_or_default();
+    let calls: [(&str, &str, Option<&str>); 4] = [
+        ("/health_check", "no token", None),
+        ("/", "no token", None),
+        ("/", "alice's token", Some(&token)),
+        ("/", "a tampered token", Some(&tampered)),
+    ];
+    for (path, what, token) in calls {
+        let headers = token.map(with).unwrap_or_default();
+        let answer = crate::fetch::request(&inbound, path, &headers, Duration::from_secs(5)).await;
+        let shown = match answer {
+            Ok(a) => format!("{} \"{}\"", a.status, a.body.trim_end()),
+            Err(e) => format!("failed: {e}"),
+        };
+        println!("   client (no sidecar) → age {path}, {what}: {shown}");
+    }
+    Ok(issuer_process)
 }
 
 fn path(p: &Path) -> &str {

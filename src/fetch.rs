@@ -5,7 +5,8 @@
 //! - the health check of a sidecar container: `outrider fetch http://127.0.0.1:15021/healthz/ready`
 //!   (exit 0 on a 2xx answer, 1 otherwise);
 //! - the sidecar-less `intruder`, which makes plain HTTP requests straight to a service's port
-//!   (`--every 5s` keeps trying and logs each attempt, as the labs' rogue `curl` loop does).
+//!   (`--every 5s` keeps trying and logs each attempt, as the labs' rogue `curl` loop does);
+//!   with `--header 'Authorization: Bearer <token>'` it is the labs' `curl -H` of an end user.
 //!
 //! Failures are printed the way curl words them (`Connection reset by peer`), so the storyline
 //! reads the same as in the labs.
@@ -30,6 +31,8 @@ pub struct FetchOptions {
     pub every: Option<Duration>,
     /// Print nothing on success (health checks).
     pub quiet: bool,
+    /// Extra request headers, `Name: value` each (`--header 'Authorization: Bearer ...'`).
+    pub headers: Vec<String>,
 }
 
 /// Where a URL points.
@@ -87,13 +90,19 @@ impl FetchOptions {
     /// Exits 0 on a 2xx answer; an error (exit 1) otherwise, worded like curl's.
     pub fn run(self) -> anyhow::Result<()> {
         let target = parse_url(&self.url)?;
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
         rt.block_on(async move {
             let Some(every) = self.every else {
-                let answer = get(&target.authority, &target.path, self.timeout).await?;
+                let answer =
+                    request(&target.authority, &target.path, &headers, self.timeout).await?;
                 if !self.quiet || !(200..300).contains(&answer.status) {
                     println!("{} {}", answer.status, answer.body.trim_end());
                 }
@@ -103,7 +112,7 @@ impl FetchOptions {
                 anyhow::bail!("{} answered HTTP {}", self.url, answer.status);
             };
             loop {
-                match get(&target.authority, &target.path, self.timeout).await {
+                match request(&target.authority, &target.path, &headers, self.timeout).await {
                     Ok(a) => println!("GET {} -> {} {}", self.url, a.status, a.body.trim_end()),
                     Err(e) => println!("GET {} -> {e:#}", self.url),
                 }
@@ -138,9 +147,61 @@ fn parse_url(url: &str) -> anyhow::Result<Target> {
     })
 }
 
+/// `Name: value` → (name, value); refuses what would break the request head.
+fn parse_header(h: &str) -> anyhow::Result<(String, String)> {
+    let (name, value) = h
+        .split_once(':')
+        .with_context(|| format!("--header {h:?}: expected `Name: value`"))?;
+    let name = name.trim();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        anyhow::bail!("--header {h:?}: {name:?} is not a header name");
+    }
+    let value = value.trim();
+    if value.chars().any(|c| c == '\r' || c == '\n' || c == '\0') {
+        anyhow::bail!("--header {h:?}: the value has a line break or NUL");
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
 /// One plaintext HTTP/1.1 GET of `path` from `authority` (`host:port`), with a deadline for
 /// the whole exchange.
 pub async fn get(authority: &str, path: &str, timeout: Duration) -> Result<Answer, FetchError> {
+    request(authority, path, &[], timeout).await
+}
+
+/// A GET like [`get`] with extra request headers (`(name, value)`, sent as given).
+pub async fn request(
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Answer, FetchError> {
+    exchange(authority, "GET", path, headers, b"", timeout).await
+}
+
+/// A POST of a form (`application/x-www-form-urlencoded`) body, as an OAuth token request.
+pub async fn post_form(
+    authority: &str,
+    path: &str,
+    form: &str,
+    timeout: Duration,
+) -> Result<Answer, FetchError> {
+    let headers = [(
+        "Content-Type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    exchange(authority, "POST", path, &headers, form.as_bytes(), timeout).await
+}
+
+async fn exchange(
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Answer, FetchError> {
     let io = async {
         let mut s = TcpStream::connect(authority)
             .await
@@ -148,12 +209,19 @@ pub async fn get(authority: &str, path: &str, timeout: Duration) -> Result<Answe
                 authority: authority.to_string(),
                 error,
             })?;
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: outrider-fetch\r\nConnection: close\r\n\r\n"
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: outrider-fetch\r\nConnection: close\r\n"
         );
-        s.write_all(request.as_bytes())
-            .await
-            .map_err(FetchError::Send)?;
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if method != "GET" || !body.is_empty() {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        head.push_str("\r\n");
+        let mut message = head.into_bytes();
+        message.extend_from_slice(body);
+        s.write_all(&message).await.map_err(FetchError::Send)?;
         let mut raw = Vec::new();
         (&mut s)
             .take(MAX_ANSWER)
@@ -236,6 +304,18 @@ mod tests {
         );
         assert!(parse_url("https://age:8080/").is_err());
         assert!(parse_url("http:///x").is_err());
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("Authorization: Bearer a.b.c").unwrap(),
+            ("Authorization".into(), "Bearer a.b.c".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header(": empty name").is_err());
+        assert!(parse_header("Bad Name: x").is_err());
+        assert!(parse_header("X-A: b\r\nX-Injected: c").is_err());
     }
 
     #[test]

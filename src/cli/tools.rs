@@ -63,7 +63,7 @@ impl DemoArgs {
     }
 }
 
-/// `outrider fetch <url> [--timeout 5s] [--every 5s] [--quiet]`.
+/// `outrider fetch <url> [--timeout 5s] [--every 5s] [--quiet] [--header 'Name: value']...`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FetchArgs {
     /// `http://host:port/path` (plaintext only; host is a name or an IP).
@@ -77,6 +77,10 @@ pub struct FetchArgs {
     /// Print nothing on success (health checks).
     #[arg(long)]
     pub quiet: bool,
+    /// An extra request header, `Name: value` (repeatable), as curl's -H:
+    /// `--header "Authorization: Bearer $TOKEN"`.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
 }
 
 impl FetchArgs {
@@ -86,6 +90,7 @@ impl FetchArgs {
             timeout: self.timeout,
             every: self.every,
             quiet: self.quiet,
+            headers: self.headers,
         }
     }
 }

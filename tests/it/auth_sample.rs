@@ -19,19 +19,19 @@ use crate::common::{
 };
 
 const TOKEN_PATH: &str = "/auth/realms/mesh/protocol/openid-connect/token";
-const CERTS_PATH: &str = "/auth/realms/mesh/protocol/openid-connect/certs";
+pub(crate) const CERTS_PATH: &str = "/auth/realms/mesh/protocol/openid-connect/certs";
 
-/// A running issuer (`--listen 127.0.0.1:0`); killed on drop.
-struct AuthIssuer {
+/// A running issuer (`--listen 127.0.0.1:0`); killed on drop. Also used by `jwt_lab`.
+pub(crate) struct AuthIssuer {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl AuthIssuer {
     /// Starts the issuer with `extra` flags and reads its address from its first stdout line.
-    fn start(extra: &[&str]) -> AuthIssuer {
+    pub(crate) fn start(extra: &[&str]) -> AuthIssuer {
         let dir = temp_dir("auth-sample-log");
         let log = dir.path().join("auth.log");
         let mut child = Command::new(BIN)
@@ -67,7 +67,7 @@ impl AuthIssuer {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -78,7 +78,7 @@ impl AuthIssuer {
     }
 
     /// The kids of the served JWKS, in order.
-    fn jwks_kids(&self) -> Vec<String> {
+    pub(crate) fn jwks_kids(&self) -> Vec<String> {
         self.get_json(CERTS_PATH)["keys"]
             .as_array()
             .unwrap()
@@ -88,7 +88,7 @@ impl AuthIssuer {
     }
 
     /// A token for `user`/`password` (same password) from client `frontend`.
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         let form =
             format!("grant_type=password&username={user}&password={user}&client_id=frontend");
         let answer = post(self.addr, TOKEN_PATH, FORM, &form);
@@ -96,7 +96,7 @@ impl AuthIssuer {
         answer.json()["access_token"].as_str().unwrap().to_string()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -163,7 +163,7 @@ fn kid(token: &str) -> String {
 }
 
 /// Whether python3 has PyJWT and cryptography (skip or fail per OUTRIDER_REQUIRE_TOOLS).
-fn pyjwt_available() -> bool {
+pub(crate) fn pyjwt_available() -> bool {
     let found = Command::new("python3")
         .args(["-c", "import jwt, cryptography"])
         .output()

@@ -362,6 +362,50 @@ fn compose_lab_age_callers_policy() {
     );
 }
 
+/// The compose lab's end-user authentication step (`deploy/compose/policies/require-jwt.yaml`,
+/// copied into the mesh folder beside `age-callers.yaml`): both apply to `age` only, and its
+/// port checks JWTs from the `auth` service's issuer. (The storyline itself runs in
+/// `jwt_lab` and in scripts/compose-e2e.sh.)
+#[test]
+fn compose_lab_require_jwt_policy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose");
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(root.join("mesh"))
+        .arg("--config")
+        .arg(root.join("policies/age-callers.yaml"))
+        .arg("--config")
+        .arg(root.join("policies/require-jwt.yaml"))
+        .output()
+        .expect("run outrider check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let section = |w: &str| {
+        stdout
+            .split("\nworkload ")
+            .find(|s| s.starts_with(&format!("{w} ")))
+            .unwrap_or_else(|| panic!("no workload {w} in:\n{stdout}"))
+            .to_string()
+    };
+    assert!(
+        section("age").contains(
+            "authorization on port 8080: ALLOW default/age-callers, ALLOW default/require-jwt"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        section("age").contains("authentication on port 8080: default/jwt-auth jwtRules[0] (issuer http://auth:8080/auth/realms/mesh, jwksUri http://auth:8080/auth/realms/mesh/protocol/openid-connect/certs)"),
+        "{stdout}"
+    );
+    for w in ["sentences", "name-v1", "name-v2"] {
+        assert!(
+            section(w).contains("authentication on port 8080: none (no JWT checked)"),
+            "{stdout}"
+        );
+    }
+}
+
 /// A captured workload's plan shows where its captured connections go, by destination, and
 /// an address that does not resolve is a warning (not an error: DNS may come later).
 #[test]

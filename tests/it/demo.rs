@@ -1,5 +1,5 @@
-//! `outrider demo --once`: the README's "see it work" command plays the whole storyline and
-//! cleans up after itself.
+//! `outrider demo --once`: the README's "see it work" command plays the whole storyline (mTLS,
+//! subsets, AuthorizationPolicy, end-user JWTs) and cleans up after itself.
 
 use std::process::Command;
 
@@ -62,9 +62,24 @@ fn demo_plays_the_storyline_and_cleans_up() {
     assert!(by_code.contains("200 from sentences ×"), "{by_code}");
     assert!(by_code.contains("403 from unknown ×"), "{by_code}");
     assert!(!by_code.contains("403 from sentences"), "{by_code}");
+    // End-user authentication (the lab's require-jwt beside age-callers): a client without a
+    // sidecar needs a token everywhere but /health_check, and a bad one is refused with 401;
+    // sentences, allowed by age-callers, still gets its answers without a token.
+    let step5 = stdout
+        .split("\n5. End-user authentication")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no step 5: {stdout}"));
+    for want in [
+        r#"client (no sidecar) → age /health_check, no token: 200 "ok""#,
+        r#"client (no sidecar) → age /, no token: 403 "RBAC: access denied""#,
+        r#"client (no sidecar) → age /, alice's token: 200 ""#,
+        r#"client (no sidecar) → age /, a tampered token: 401 "Jwt verification fails""#,
+    ] {
+        assert!(step5.contains(want), "{want:?} missing: {stdout}");
+    }
     // Every request of every step was answered.
     let steps: Vec<&str> = stdout.lines().filter(|l| l.contains(" answered")).collect();
-    assert_eq!(steps.len(), 4, "{stdout}");
+    assert_eq!(steps.len(), 5, "{stdout}");
     for line in steps {
         let counts = line
             .split(": ")

@@ -34,6 +34,7 @@ mod hardening;
 mod identity_rotation;
 mod jwks;
 mod jwt;
+mod jwt_lab;
 mod kubernetes_manifests;
 mod l7;
 mod policy_enforced;
