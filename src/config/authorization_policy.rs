@@ -15,6 +15,7 @@ use super::plan::{MtlsMode, Protocol};
 use super::resources::{
     AuthorizationPolicySpec, AuthzActionSpec, ConditionSpec, OperationSpec, Resource, SourceSpec,
 };
+use super::scope;
 use super::source::Document;
 use super::{Workload, WorkloadPort};
 use crate::policy::authz::matcher::{
@@ -589,46 +590,22 @@ fn claim_path(mut rest: &str) -> Option<Vec<String>> {
     (!path.is_empty()).then_some(path)
 }
 
-/// Whether `p` applies to `w`: root namespace (any workload namespace) or `w`'s namespace,
-/// selector ⊆ labels; targeted policies never apply to a sidecar.
-pub(crate) fn applies_to(p: &AuthzPolicy, root_namespace: &str, w: &Workload) -> bool {
-    !p.targeted
-        && (p.namespace == root_namespace || p.namespace == w.namespace)
-        && w.has_labels(&p.selector)
-}
-
-/// Warnings about selectors that match no workload (load time).
-pub(crate) fn warn_unselected(
-    policies: &[AuthzPolicy],
-    workloads: &[Workload],
-    root_namespace: &str,
-    warnings: &mut Vec<String>,
-) {
-    for p in policies.iter().filter(|p| !p.targeted) {
-        let any = workloads
-            .iter()
-            .filter(|w| w.sidecar)
-            .any(|w| applies_to(p, root_namespace, w));
-        if !any {
-            let scope = if p.selector.is_empty() {
-                format!("namespace {}", p.namespace)
-            } else if p.namespace == root_namespace {
-                format!(
-                    "selector {} (any namespace)",
-                    super::load::labels_text(&p.selector)
-                )
-            } else {
-                format!(
-                    "selector {} in namespace {}",
-                    super::load::labels_text(&p.selector),
-                    p.namespace
-                )
-            };
-            warnings.push(format!(
-                "{}: AuthorizationPolicy {}/{} selects no workload with a sidecar ({scope}); it applies to none until one matches",
-                p.origin, p.namespace, p.name
-            ));
-        }
+impl super::scope::Scoped for AuthzPolicy {
+    const KIND: &'static str = "AuthorizationPolicy";
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn selector(&self) -> &BTreeMap<String, String> {
+        &self.selector
+    }
+    fn targeted(&self) -> bool {
+        self.targeted
+    }
+    fn origin(&self) -> &str {
+        &self.origin
     }
 }
 
@@ -643,7 +620,7 @@ pub(crate) fn authorizer(
 ) -> Arc<Authorizer> {
     let applying: Vec<&AuthzPolicy> = policies
         .iter()
-        .filter(|a| applies_to(a, root_namespace, w))
+        .filter(|a| scope::applies_to(*a, root_namespace, w))
         .collect();
     if applying.is_empty() {
         return Authorizer::allow_all();

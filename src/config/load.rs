@@ -20,6 +20,7 @@ use super::resources::{
     OutboundTrafficModeSpec, PeerAuthenticationSpec, ProtocolSpec, RequestAuthenticationSpec,
     Resource, VirtualServiceSpec, WorkloadSpec,
 };
+use super::scope;
 use super::source::{self, Document};
 use super::virtual_service::{self, VirtualService};
 use super::{MeshConfig, Workload, WorkloadPort};
@@ -422,7 +423,7 @@ fn validate_authorization_policies(
             warnings,
         )?);
     }
-    authorization_policy::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
+    scope::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
     Ok(policies)
 }
 
@@ -441,7 +442,7 @@ fn validate_request_authentications(
             &doc, r, &mut slots, warnings,
         )?);
     }
-    request_authentication::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
+    scope::warn_unselected(&policies, workloads, &mesh.root_namespace, warnings);
     Ok(policies)
 }
 

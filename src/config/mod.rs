@@ -35,6 +35,7 @@ pub mod plan;
 pub mod reload;
 mod request_authentication;
 pub mod resources;
+mod scope;
 pub mod source;
 pub mod virtual_service;
 

@@ -19,9 +19,10 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::authorization_policy::{self, AuthzPolicy};
+use super::authorization_policy::AuthzPolicy;
 use super::error::ConfigError;
 use super::resources::{JwtRuleSpec, RequestAuthenticationSpec, Resource};
+use super::scope;
 use super::source::Document;
 use super::{Workload, WorkloadPort};
 use crate::policy::authz::Matcher;
@@ -277,46 +278,22 @@ fn check_jwks_uri(uri: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `p` applies to `w`: root namespace (any workload namespace) or `w`'s namespace,
-/// selector ⊆ labels; targeted policies never apply to a sidecar.
-pub(crate) fn applies_to(p: &AuthnPolicy, root_namespace: &str, w: &Workload) -> bool {
-    !p.targeted
-        && (p.namespace == root_namespace || p.namespace == w.namespace)
-        && w.has_labels(&p.selector)
-}
-
-/// Warnings about selectors that match no workload (load time).
-pub(crate) fn warn_unselected(
-    policies: &[AuthnPolicy],
-    workloads: &[Workload],
-    root_namespace: &str,
-    warnings: &mut Vec<String>,
-) {
-    for p in policies.iter().filter(|p| !p.targeted) {
-        let any = workloads
-            .iter()
-            .filter(|w| w.sidecar)
-            .any(|w| applies_to(p, root_namespace, w));
-        if !any {
-            let scope = if p.selector.is_empty() {
-                format!("namespace {}", p.namespace)
-            } else if p.namespace == root_namespace {
-                format!(
-                    "selector {} (any namespace)",
-                    super::load::labels_text(&p.selector)
-                )
-            } else {
-                format!(
-                    "selector {} in namespace {}",
-                    super::load::labels_text(&p.selector),
-                    p.namespace
-                )
-            };
-            warnings.push(format!(
-                "{}: RequestAuthentication {}/{} selects no workload with a sidecar ({scope}); it applies to none until one matches",
-                p.origin, p.namespace, p.name
-            ));
-        }
+impl super::scope::Scoped for AuthnPolicy {
+    const KIND: &'static str = "RequestAuthentication";
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn selector(&self) -> &BTreeMap<String, String> {
+        &self.selector
+    }
+    fn targeted(&self) -> bool {
+        self.targeted
+    }
+    fn origin(&self) -> &str {
+        &self.origin
     }
 }
 
@@ -331,7 +308,7 @@ pub(crate) fn authenticator(
 ) -> Arc<Authenticator> {
     let applying: Vec<&AuthnPolicy> = policies
         .iter()
-        .filter(|a| applies_to(a, root_namespace, w) && !a.providers.is_empty())
+        .filter(|a| scope::applies_to(*a, root_namespace, w) && !a.providers.is_empty())
         .collect();
     if applying.is_empty() {
         return Authenticator::none();
@@ -377,7 +354,7 @@ pub(crate) fn warn_unauthenticated(
     };
     for a in authz
         .iter()
-        .filter(|a| authorization_policy::applies_to(a, root_namespace, w))
+        .filter(|a| scope::applies_to(*a, root_namespace, w))
     {
         for (i, rule) in a.policy.rules.iter().enumerate() {
             let fields: Vec<&str> = rule
