@@ -1,5 +1,6 @@
-//! Transparent capture, part 1: `outrider iptables`, Istio's init step, and the original
-//! destination of a captured connection.
+//! Transparent capture, the part outside the data path: `outrider iptables`, Istio's init
+//! step, and the original destination of a captured connection. The capture listeners that
+//! serve what the rules redirect are [`crate::proxy::captured`].
 //!
 //! An app in a captured network namespace is not told about the proxy: nat rules send its
 //! outbound TCP connections to the proxy's 15001 and every inbound one to 15006, except the

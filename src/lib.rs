@@ -17,7 +17,8 @@
 //! - [`tls`] builds rustls configurations on the live store, with SPIFFE verifiers and
 //!   resumption that never outlives the peer's identity.
 //! - [`proxy`] is the data path: the listener set that follows the plan, sniffing, inbound,
-//!   outbound, the copy loop, the live connections a reload may close.
+//!   outbound, the capture listeners of `run --capture`, the copy loop, the live connections
+//!   a reload may close.
 //! - [`policy`] holds pure decisions over small fact structs (authorization, JWT
 //!   authentication), compiled by [`config`] and asked by [`proxy`].
 //! - [`jwks`] fetches the JWKS documents of RequestAuthentication's issuers in the
