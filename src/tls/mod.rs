@@ -4,8 +4,9 @@
 //! trust bundle are looked up in the [`CertStore`] on every handshake, so a rotation applies
 //! to the next handshake without rebuilding anything, and established connections are never
 //! touched. TLS 1.3 only. Resumed sessions are re-judged against the live store too (see
-//! [`resumption`]).
+//! [`resumption`]). The edge's TLS (users' own certificates, X.509 v1 included) is apart, in [`edge`].
 
+pub mod edge;
 pub mod origination;
 pub mod resumption;
 mod ticketer;
