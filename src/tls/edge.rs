@@ -527,7 +527,7 @@ fn parse_x509<'a>(
     role: &'static str,
 ) -> Result<X509Certificate<'a>, EdgeTlsError> {
     match x509_parser::parse_x509_certificate(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err(EdgeTlsError::BadCertificate {
             role,
             reason: "trailing data".into(),
@@ -554,11 +554,20 @@ fn verify_tls12_signature(
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
 ) -> Result<HandshakeSignatureValid, rustls::Error> {
+    verify_tls12_scheme(message, cert, dss.scheme, dss.signature())
+}
+
+fn verify_tls12_scheme(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    scheme: SignatureScheme,
+    signature: &[u8],
+) -> Result<HandshakeSignatureValid, rustls::Error> {
     let candidates = PROVIDER
         .signature_verification_algorithms
         .mapping
         .iter()
-        .find(|(scheme, _)| *scheme == dss.scheme)
+        .find(|(s, _)| *s == scheme)
         .map(|(_, algs)| *algs)
         .ok_or(PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
     let spki = leaf_spki(cert)?;
@@ -566,7 +575,7 @@ fn verify_tls12_signature(
         .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
     for alg in candidates {
         #[allow(deprecated)]
-        match key.verify_signature(*alg, message, dss.signature()) {
+        match key.verify_signature(*alg, message, signature) {
             Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
             Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_))
             | Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKey) => continue,
@@ -772,6 +781,45 @@ mod tests {
         assert!(err.to_string().contains("server certificate"));
         let err = certified_key(b"", one.key.serialize_pem().as_bytes()).unwrap_err();
         assert!(matches!(err, EdgeTlsError::NoCertificate { .. }), "{err}");
+    }
+
+    #[test]
+    fn certified_key_loads_p384_keys() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = params("p384", false, (-1, 10)).self_signed(&key).unwrap();
+        certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn tls12_handshake_signatures_are_checked_on_the_raw_key() {
+        let ca = root("root");
+        let leaf = issue(params("client", false, (-1, 10)), &ca);
+        let ck = certified_key(
+            leaf.cert.pem().as_bytes(),
+            leaf.key.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let scheme = SignatureScheme::ECDSA_NISTP256_SHA256;
+        let signer = ck.key.choose_scheme(&[scheme]).unwrap();
+        let message = b"handshake transcript";
+        let mut signature = signer.sign(message).unwrap();
+        verify_tls12_scheme(message, leaf.cert.der(), scheme, &signature).unwrap();
+        assert_eq!(
+            verify_tls12_scheme(b"another transcript", leaf.cert.der(), scheme, &signature)
+                .unwrap_err(),
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature)
+        );
+        let last = signature.len() - 1;
+        signature[last] ^= 1;
+        assert!(verify_tls12_scheme(message, leaf.cert.der(), scheme, &signature).is_err());
+        // A scheme of another key type does not fit an ECDSA key.
+        assert!(verify_tls12_scheme(
+            message,
+            leaf.cert.der(),
+            SignatureScheme::RSA_PKCS1_SHA256,
+            &signature
+        )
+        .is_err());
     }
 
     #[test]

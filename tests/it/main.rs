@@ -28,6 +28,7 @@ mod config_errors;
 mod config_hardening;
 mod dashboard;
 mod demo;
+mod edge_tls;
 mod endpoints;
 mod fuzz_regressions;
 mod hardening;
