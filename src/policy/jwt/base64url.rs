@@ -1,58 +1,35 @@
 //! Base64url decoding as Envoy's JWT library reads the three parts of a token
-//! (`absl::WebSafeBase64Unescape`): the URL-safe alphabet, padding optional. Hand-written so the
-//! request path needs no extra dependency; nothing here panics on any input.
+//! (`absl::WebSafeBase64Unescape`): the URL-safe alphabet, padding optional (canonical when
+//! present), unused low bits of the last character ignored. The `base64` crate's engine,
+//! configured for that.
+
+use base64::alphabet::URL_SAFE;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use base64::Engine as _;
+
+const ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 /// Decodes URL-safe base64 with or without `=` padding; `None` on any other character or an
 /// impossible length.
 pub(crate) fn decode(input: &str) -> Option<Vec<u8>> {
-    let bytes = input.as_bytes();
-    let trimmed = match bytes {
-        [rest @ .., b'=', b'='] => rest,
-        [rest @ .., b'='] => rest,
-        _ => bytes,
-    };
-    // With padding, the padded length must be a multiple of 4.
-    if trimmed.len() != bytes.len() && bytes.len() % 4 != 0 {
+    // Padding, when present, must make whole quads (the engine's indifferent mode would also
+    // take a partial `=`).
+    if input.ends_with('=') && input.len() % 4 != 0 {
         return None;
     }
-    if trimmed.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
-    let mut chunks = trimmed.chunks_exact(4);
-    for chunk in &mut chunks {
-        let n = (u32::from(value(chunk[0])?) << 18)
-            | (u32::from(value(chunk[1])?) << 12)
-            | (u32::from(value(chunk[2])?) << 6)
-            | u32::from(value(chunk[3])?);
-        out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
-    }
-    match chunks.remainder() {
-        [] => {}
-        [a, b] => {
-            let n = (u32::from(value(*a)?) << 18) | (u32::from(value(*b)?) << 12);
-            out.push((n >> 16) as u8);
-        }
-        [a, b, c] => {
-            let n = (u32::from(value(*a)?) << 18)
-                | (u32::from(value(*b)?) << 12)
-                | (u32::from(value(*c)?) << 6);
-            out.extend_from_slice(&[(n >> 16) as u8, (n >> 8) as u8]);
-        }
-        _ => return None,
-    }
-    Some(out)
+    ENGINE.decode(input).ok()
 }
 
-fn value(c: u8) -> Option<u8> {
-    match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'-' => Some(62),
-        b'_' => Some(63),
-        _ => None,
-    }
+/// Encodes URL-safe base64 without padding (the tests' tokens).
+#[cfg(test)]
+pub(crate) fn encode(bytes: impl AsRef<[u8]>) -> String {
+    ENGINE.encode(bytes)
 }
 
 #[cfg(test)]

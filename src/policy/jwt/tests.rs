@@ -25,17 +25,7 @@ pub(crate) mod fixtures {
 
     /// base64url without padding.
     pub fn b64(bytes: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for c in bytes.chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..=c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
+        crate::policy::jwt::base64url::encode(bytes)
     }
 
     /// One signing key and its public JWK.
