@@ -27,6 +27,7 @@ mod capture;
 pub mod check;
 pub mod destination_rule;
 pub mod error;
+mod gateway_plan;
 pub mod hosts;
 mod load;
 pub mod outbound;
@@ -40,6 +41,7 @@ pub mod source;
 pub mod virtual_service;
 
 pub use error::{ConfigError, Location};
+pub use gateway_plan::*;
 pub use plan::*;
 
 use destination_rule::DestinationRule;
@@ -242,6 +244,7 @@ impl MeshConfig {
             outbound,
             forward_client_cert: w.forward_client_cert,
             capture: capture::plan(self, w, &applicable, warnings),
+            gateway: None,
             peers: self.workloads.iter().map(workload_info).collect(),
         })
     }

@@ -31,6 +31,8 @@ pub struct Plan {
     /// What the capture listeners (`outrider run --capture`) need: every service by the
     /// addresses that reach it, and the inbound rule for undeclared ports.
     pub capture: CapturePlan,
+    /// The gateway's servers and routes (`spec.role: gateway` workloads only).
+    pub gateway: Option<super::GatewayPlan>,
     /// Every workload of the mesh (this one included): who is behind a peer's SPIFFE ID, for
     /// the metrics' source/destination labels (no control plane exchanges this metadata).
     #[serde(skip)]
