@@ -164,6 +164,11 @@ pub enum TlsVersion {
 pub struct HttpRule {
     /// `VirtualService <ns>/<name> http[<i>]` (+ ` (<name>)` when the rule is named).
     pub origin: String,
+    /// The request hosts (authority without port) the rule serves: each VirtualService host
+    /// intersected with the server's hosts, the more specific of the two (`*`,
+    /// `*.example.com`, `a.example.com`). As Envoy's virtual hosts: a request goes to the rules
+    /// of the most specific pattern that matches its authority, then the first rule matching.
+    pub hosts: Vec<String>,
     /// Any one matching is enough; empty matches every request.
     pub matches: Vec<HttpMatch>,
     pub action: HttpAction,
