@@ -494,7 +494,7 @@ impl Context<'_> {
                 .map_err(|e| {
                     self.doc.error(
                         &format!("{field}.regex"),
-                        format!("invalid regex {r:?}: {}", first_line(&e.to_string())),
+                        format!("invalid regex {r:?}: {}", last_line(&e.to_string())),
                     )
                 }),
             _ => Err(self
@@ -654,11 +654,10 @@ impl Context<'_> {
     }
 }
 
-fn first_line(s: &str) -> String {
+fn last_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .next_back()
+        .rfind(|l| !l.is_empty())
         .unwrap_or(s)
         .to_string()
 }
@@ -668,7 +667,7 @@ pub(crate) fn duration(text: &str) -> Result<Option<Duration>, String> {
     let t = text.trim();
     if let Some(secs) = t.strip_suffix('s').filter(|s| s.contains('.')) {
         return match secs.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 && v < 1e12 => {
+            Ok(v) if (0.0..1e12).contains(&v) => {
                 let d = Duration::from_secs_f64(v);
                 Ok((!d.is_zero()).then_some(d))
             }

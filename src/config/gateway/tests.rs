@@ -138,7 +138,7 @@ fn assert_error(case: &str, extra: &str, at: &str, field: &str, message: &str) {
     assert!(e.to_string().contains(message), "{case}: {e}");
 }
 
-fn server<'a>(plan: &'a GatewayPlan, port: u16, index: usize) -> &'a GatewayServer {
+fn server(plan: &GatewayPlan, port: u16, index: usize) -> &GatewayServer {
     &plan
         .ports
         .iter()
