@@ -376,7 +376,8 @@ impl MeshConfig {
         Ok(())
     }
 
-    /// Server hosts ∩ VirtualService hosts (each pair's more specific pattern), in order.
+    /// The VirtualService's hosts (short names completed, as Istio does) that meet one of
+    /// `server_hosts` (wildcards on either side), in order: Envoy's virtual host domains.
     fn common_hosts(
         &self,
         server_hosts: &[String],
@@ -385,12 +386,8 @@ impl MeshConfig {
         let mut common: Vec<String> = Vec::new();
         for vh in &vs.hosts {
             let vh = self.normalize_host(vh, &vs.namespace);
-            for sh in server_hosts {
-                if let Some(h) = intersect(sh, &vh) {
-                    if !common.contains(&h) {
-                        common.push(h);
-                    }
-                }
+            if server_hosts.iter().any(|sh| intersect(sh, &vh).is_some()) && !common.contains(&vh) {
+                common.push(vh);
             }
         }
         common

@@ -691,7 +691,7 @@ pub(crate) struct Server<'a> {
     /// `(namespace, name)` of its Gateway.
     pub gateway: (&'a str, &'a str),
     pub port: u16,
-    /// Server hosts ∩ VirtualService hosts (the more specific of each intersecting pair).
+    /// The VirtualService's hosts that meet the server's (the rules' `hosts`).
     pub hosts: Vec<String>,
     /// The server's own hosts (without namespace part).
     pub server_hosts: &'a [String],

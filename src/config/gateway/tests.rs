@@ -894,7 +894,7 @@ fn virtual_services_bind_by_gateway_name_host_and_namespace() {
             "[b.example.com]",
             "default",
             "gateways: [gw]\n  hosts: [\"*\"]",
-            &["b.example.com"],
+            &["*"],
         ),
         (
             "no common host",
