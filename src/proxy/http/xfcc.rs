@@ -71,6 +71,37 @@ pub fn element(by: &str, cert: &ClientCert) -> String {
     out
 }
 
+/// The element an ingress gateway sets for an external client certificate (Istio's gateway
+/// default, SANITIZE_SET with Subject, Cert, DNS, URI): `Hash`, `Cert` (the URL-encoded PEM of
+/// the leaf, quoted), `Subject`, `URI` and one `DNS` per DNS SAN. No `By`: the certificate the
+/// gateway served is the user's, with no URI SAN to name itself by.
+pub fn gateway_element(leaf: &CertificateDer<'_>) -> String {
+    let cert = ClientCert::from_leaf(leaf);
+    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
+    let mut out = String::with_capacity(256 + pem.len() * 2);
+    push_pair(&mut out, "Hash", &cert.hash, false);
+    push_pair(&mut out, "Cert", &url_encode(&pem), true);
+    push_pair(&mut out, "Subject", &cert.subject, true);
+    push_pair(&mut out, "URI", cert.uri.as_deref().unwrap_or(""), false);
+    for d in &cert.dns {
+        push_pair(&mut out, "DNS", d, false);
+    }
+    out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (how Envoy writes `Cert`).
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 fn push_pair(out: &mut String, key: &str, value: &str, always_quote: bool) {
     if !out.is_empty() {
         out.push(';');
