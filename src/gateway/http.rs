@@ -122,9 +122,14 @@ pub(super) async fn serve<S>(
         a,
     });
     let draining = shared.shutdown.watch();
-    server::serve(Rewind::new(prefix, io), http2, tunnels, peer, draining, move |req| {
-        handle(conn.clone(), req)
-    })
+    server::serve(
+        Rewind::new(prefix, io),
+        http2,
+        tunnels,
+        peer,
+        draining,
+        move |req| handle(conn.clone(), req),
+    )
     .await;
 }
 
@@ -379,7 +384,13 @@ fn virtual_host<'a>(rules: &'a [HttpRule], host: &str) -> Vec<&'a HttpRule> {
         r.hosts
             .iter()
             .filter(|h| route::host_matches(h, host))
-            .map(|h| if h == "*" { 0 } else { h.len() + usize::from(!h.starts_with('*')) * 1000 })
+            .map(|h| {
+                if h == "*" {
+                    0
+                } else {
+                    h.len() + usize::from(!h.starts_with('*')) * 1000
+                }
+            })
             .max()
     };
     let best = rules.iter().filter_map(score).max();
@@ -460,4 +471,3 @@ fn local_reply(
         .map(|v| (header::LOCATION, v));
     finish.local_bytes(status, body, flag, header)
 }
-

@@ -72,9 +72,7 @@ async fn forward<S: CopyStream>(
     let out = route::pick_weighted(&rule.destinations)
         .and_then(|d| built.and_then(|b| destination(b, rule_index, d)));
     let Some(out) = out else {
-        shared
-            .metrics
-            .upstream_failed(&rule.origin, "no_endpoint");
+        shared.metrics.upstream_failed(&rule.origin, "no_endpoint");
         tracing::warn!(peer = %a.peer, port = a.port, rule = %rule.origin, "gateway: the route's destination is unavailable; closed");
         return;
     };

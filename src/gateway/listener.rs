@@ -109,7 +109,10 @@ impl GatewayListeners {
         for port in gone {
             if let Some(r) = self.ports.remove(&port) {
                 let _ = r.stop.send(true);
-                tracing::info!(port, "gateway port left the configuration; listener stopped");
+                tracing::info!(
+                    port,
+                    "gateway port left the configuration; listener stopped"
+                );
             }
         }
         for port in wanted {
@@ -122,7 +125,9 @@ impl GatewayListeners {
                     tracing::info!(port, %addr, "gateway port added");
                     self.start_port(port, l);
                 }
-                Err(e) => tracing::error!(port, error = %e, "gateway port not bound; retried on the next reload"),
+                Err(e) => {
+                    tracing::error!(port, error = %e, "gateway port not bound; retried on the next reload")
+                }
             }
         }
     }
@@ -161,7 +166,9 @@ async fn accept_loop(
             return;
         };
         let Some(permits) = ctx.shared.permits(Direction::Inbound) else {
-            ctx.shared.metrics.inbound_rejected(port, "connection_limit");
+            ctx.shared
+                .metrics
+                .inbound_rejected(port, "connection_limit");
             reset(stream);
             continue;
         };
@@ -193,7 +200,9 @@ pub(super) struct Admitted {
 
 async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: &GatewayContext) {
     tune(&tcp);
-    let local = tcp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
+    let local = tcp
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], port)));
     let rt = ctx.runtime.borrow().clone();
     let found = rt
         .plan

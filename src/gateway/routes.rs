@@ -89,6 +89,10 @@ impl GatewayRoutes {
 }
 
 /// Entry `dest` of rule `rule` in one of a server's rule lists.
-pub fn destination(rules: &[Vec<Built>], rule: usize, dest: usize) -> Option<&Arc<OutboundRuntime>> {
+pub fn destination(
+    rules: &[Vec<Built>],
+    rule: usize,
+    dest: usize,
+) -> Option<&Arc<OutboundRuntime>> {
     rules.get(rule)?.get(dest)?.as_ref()
 }

@@ -77,7 +77,11 @@ pub fn element(by: &str, cert: &ClientCert) -> String {
 /// gateway served is the user's, with no URI SAN to name itself by.
 pub fn gateway_element(leaf: &CertificateDer<'_>) -> String {
     let cert = ClientCert::from_leaf(leaf);
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()));
+    // LF line endings, as OpenSSL (and so Envoy) writes PEM.
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
     let mut out = String::with_capacity(256 + pem.len() * 2);
     push_pair(&mut out, "Hash", &cert.hash, false);
     push_pair(&mut out, "Cert", &url_encode(&pem), true);
@@ -302,5 +306,41 @@ mod tests {
         );
         assert_eq!(details.dns, vec!["age".to_string()]);
         assert_eq!(details.subject, "CN=age\\, the service,O=Example");
+    }
+
+    #[test]
+    fn the_gateway_element_carries_the_url_encoded_certificate_and_no_by() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["client.example.com".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client.example.com");
+        let c = params.self_signed(&key).unwrap();
+        let element = gateway_element(c.der());
+        let pairs: Vec<&str> = element.split(';').collect();
+        assert!(
+            pairs[0].starts_with("Hash=") && pairs[0].len() == 5 + 64,
+            "{element}"
+        );
+        assert!(
+            pairs[1].starts_with("Cert=\"-----BEGIN%20CERTIFICATE-----%0A"),
+            "{element}"
+        );
+        assert!(
+            pairs[1].ends_with("-----END%20CERTIFICATE-----%0A\""),
+            "{element}"
+        );
+        // The URL-encoded PEM has nothing that needs quoting inside, and decodes to the leaf.
+        let encoded = &pairs[1][6..pairs[1].len() - 1];
+        assert!(
+            !encoded.contains([',', ';', '=', '"', '+', '/']),
+            "{encoded}"
+        );
+        assert_eq!(pairs[2], "Subject=\"CN=client.example.com\"");
+        assert_eq!(pairs[3], "URI=");
+        assert_eq!(pairs[4], "DNS=client.example.com");
+        assert_eq!(pairs.len(), 5);
+        assert!(!element.contains("By="));
     }
 }
