@@ -32,7 +32,9 @@ pub struct GatewayArgs {
 impl GatewayArgs {
     pub fn into_config(self) -> anyhow::Result<SidecarConfig> {
         if self.common.capture {
-            anyhow::bail!("--capture is for sidecars: a gateway listens on its Gateway servers' ports");
+            anyhow::bail!(
+                "--capture is for sidecars: a gateway listens on its Gateway servers' ports"
+            );
         }
         let mut config = self.common.into_config()?;
         config.gateway = Some(GatewayConfig {
