@@ -24,8 +24,9 @@
 //!   never excluded by a value condition, and `{}` there means "absent";
 //! - `queryParams` compare the first value of the parameter as it appears in the request
 //!   (not percent-decoded); `key` without `=` has the value `""`;
-//! - rules are tried in order; the first rule without `match`, or with any match that holds,
-//!   wins. A request no rule takes is Envoy's 404 (`NR`).
+//! - the rules of the VirtualServices whose `hosts` cover the authority most specifically
+//!   (Envoy's virtual host) are tried in order; the first rule without `match`, or with any
+//!   match that holds, wins. A request no rule takes is Envoy's 404 (`NR`).
 
 pub mod host;
 pub mod retry;
@@ -128,25 +129,69 @@ pub fn matches(m: &HttpMatch, facts: &RequestFacts) -> bool {
     headers_hold && none_excluded && params_hold
 }
 
-/// The first rule (in order) that takes the request: one without `match`, or one with a
-/// `match[]` entry that holds; with the entry that held (`None` for a rule without `match`),
-/// which a prefix rewrite needs. `None`: no rule takes it (Envoy answers 404, flag `NR`).
+/// The rule that takes the request, Envoy's way: first the virtual host, then the route.
+///
+/// 1. The virtual host: among every `hosts` pattern of the rules, the one that covers the
+///    request's authority most specifically (port and ASCII case ignored; exact name, then
+///    the longest wildcard suffix, then `*`; see [`host`]). Only the rules whose
+///    VirtualService lists that pattern take part (a rule with no `hosts` counts as `*`). No
+///    pattern covers the authority: no rule takes the request.
+/// 2. The route: the first of those rules (in plan order) without `match`, or with a
+///    `match[]` entry that holds; returned with the entry that held (`None` for a rule
+///    without `match`), which a prefix rewrite needs.
+///
+/// `None`: Envoy answers 404 with flag `NR`.
 ///
 /// The order is the plan's. Istio keeps one VirtualService's rules in file order (and drops
 /// those after a rule that takes every request), and, within one virtual host, moves such
 /// catch-all rules of several VirtualServices after the others (`SortVHostRoutes`); the
-/// configuration is expected to hand the rules over in that order.
+/// configuration is expected to hand the rules over in that order. Istio's virtual hosts are
+/// the VirtualService hosts intersected with the server's (`*` on a server of
+/// `*.example.com` becomes `*.example.com`); `hosts` holding that intersection gives the
+/// exact choice, the hosts as written differ only for authorities no server host covers.
 pub fn select<'a>(
     rules: &'a [HttpRule],
     facts: &RequestFacts,
 ) -> Option<(&'a HttpRule, Option<&'a HttpMatch>)> {
-    rules.iter().find_map(|rule| {
-        if rule.matches.is_empty() {
-            return Some((rule, None));
+    let domain = virtual_host(rules, facts.authority)?;
+    rules
+        .iter()
+        .filter(|rule| rule_hosts(rule).any(|h| h.eq_ignore_ascii_case(domain)))
+        .find_map(|rule| {
+            if rule.matches.is_empty() {
+                return Some((rule, None));
+            }
+            let hit = rule.matches.iter().find(|m| matches(m, facts))?;
+            Some((rule, Some(hit)))
+        })
+}
+
+/// The `hosts` pattern of `rules` that covers `authority` most specifically (the first
+/// among equals); without an authority only `*` does.
+pub fn virtual_host<'a>(rules: &'a [HttpRule], authority: &str) -> Option<&'a str> {
+    let name = host::strip_port(authority);
+    let mut best: Option<(&str, host::HostSpecificity)> = None;
+    for pattern in rules.iter().flat_map(rule_hosts) {
+        let s = if name.is_empty() {
+            (pattern == "*").then_some(host::HostSpecificity::Any)
+        } else {
+            host::specificity(pattern, name)
+        };
+        if let Some(s) = s {
+            if best.is_none_or(|(_, b)| s > b) {
+                best = Some((pattern, s));
+            }
         }
-        let hit = rule.matches.iter().find(|m| matches(m, facts))?;
-        Some((rule, Some(hit)))
-    })
+    }
+    best.map(|(pattern, _)| pattern)
+}
+
+fn rule_hosts(rule: &HttpRule) -> impl Iterator<Item = &str> {
+    let any: &[&str] = if rule.hosts.is_empty() { &["*"] } else { &[] };
+    rule.hosts
+        .iter()
+        .map(String::as_str)
+        .chain(any.iter().copied())
 }
 
 /// Picks one of `destinations` by weight (weights are relative; weight 0 is never chosen
@@ -362,8 +407,13 @@ mod tests {
     }
 
     pub(super) fn rule(origin: &str, matches: Vec<HttpMatch>) -> HttpRule {
+        hosted(origin, &["*"], matches)
+    }
+
+    pub(super) fn hosted(origin: &str, hosts: &[&str], matches: Vec<HttpMatch>) -> HttpRule {
         HttpRule {
             origin: origin.to_string(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
             matches,
             action: HttpAction::Route(HttpRouteAction {
                 destinations: vec![destination(100)],
@@ -812,6 +862,58 @@ mod tests {
         let only_api = vec![rule("r1", vec![uri(prefix("/api/"))])];
         assert!(select(&only_api, &Req::get("h", "/").facts()).is_none());
         assert!(select(&[], &Req::get("h", "/").facts()).is_none());
+    }
+
+    #[test]
+    fn the_virtual_host_comes_first() {
+        let rules = vec![
+            hosted(
+                "a-api",
+                &["sentences.example.com"],
+                vec![uri(prefix("/api"))],
+            ),
+            hosted("a-all", &["sentences.example.com"], vec![]),
+            hosted("b-all", &["*.example.com"], vec![]),
+            hosted("c-x", &["*"], vec![uri(prefix("/x"))]),
+            hosted("d", &["SHARED.test"], vec![uri(prefix("/d"))]),
+            hosted("e", &["e.test", "shared.test"], vec![uri(prefix("/e"))]),
+            hosted("f-any", &[], vec![uri(prefix("/f"))]),
+        ];
+        let rows: &[(&str, &str, Option<&str>)] = &[
+            ("sentences.example.com", "/api/x", Some("a-api")),
+            ("sentences.example.com", "/other", Some("a-all")),
+            ("Sentences.Example.COM:8080", "/other", Some("a-all")),
+            // A more general virtual host is not a fallback for a more specific one...
+            ("sentences.example.com", "/x", Some("a-all")),
+            ("other.example.com", "/api", Some("b-all")),
+            ("a.b.example.com", "/x", Some("b-all")),
+            ("example.com", "/x", Some("c-x")),
+            ("foo.org", "/x", Some("c-x")),
+            // ...so a request its virtual host does not take is 404.
+            ("foo.org", "/y", None),
+            ("", "/x", Some("c-x")),
+            // Rules of several VirtualServices with one host share its virtual host.
+            ("shared.test", "/d", Some("d")),
+            ("shared.test", "/e", Some("e")),
+            ("e.test", "/e", Some("e")),
+            ("e.test", "/d", None),
+            // No hosts counts as `*`.
+            ("foo.org", "/f", Some("f-any")),
+        ];
+        for (authority, path, expected) in rows {
+            let req = Req::get(authority, path);
+            let chosen = select(&rules, &req.facts()).map(|(r, _)| r.origin.as_str());
+            assert_eq!(chosen, *expected, "{authority} {path}");
+        }
+        let named_only = vec![hosted("a", &["a.test"], vec![])];
+        assert!(select(&named_only, &Req::get("b.test", "/").facts()).is_none());
+        assert!(select(&named_only, &Req::get("", "/").facts()).is_none());
+        assert_eq!(
+            virtual_host(&rules, "x.example.com:443"),
+            Some("*.example.com")
+        );
+        assert_eq!(virtual_host(&rules, "shared.TEST"), Some("SHARED.test"));
+        assert_eq!(virtual_host(&named_only, "b.test"), None);
     }
 
     #[test]
