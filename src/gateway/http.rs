@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::listener::Admitted;
 use super::routes::destination;
-use crate::config::{GatewayPortPlan, HttpAction, HttpRule, RetryPolicy};
+use crate::config::{GatewayPortPlan, HttpAction, RetryPolicy};
 use crate::metrics::{Peer, Reporter, TcpLabels, UNKNOWN};
 use crate::proxy::http::body::{RequestBody, ResponseBody};
 use crate::proxy::http::headers::strip_hop_by_hop;
@@ -138,9 +138,15 @@ async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut finish = Finish::begin(&req, conn.local.clone(), conn.log.clone());
+    // As Envoy at Istio's default (`pathNormalization: BASE`): routes, policies and the
+    // upstream all see the normalized path, so `/public/../admin` cannot slip past a
+    // prefix match.
+    if normalize_path(&mut req).is_err() {
+        return Ok(finish.local(StatusCode::BAD_REQUEST, "Bad Request", flags::NONE));
+    }
     let authority = authority_of(&req);
     let authority_text = authority.as_ref().map_or("", |a| a.as_str()).to_string();
-    let host = strip_port(&authority_text);
+    let host = route::host::strip_port(&authority_text);
     let Some(server_index) = conn
         .a
         .server
@@ -176,16 +182,8 @@ async fn handle(
         Err(refused) => return Ok(*refused),
     };
 
-    let rules = virtual_host(&server.http, host);
     let facts = facts(&conn, &req, &authority_text);
-    let hit = rules.iter().find_map(|rule| {
-        if rule.matches.is_empty() {
-            return Some((*rule, None));
-        }
-        let m = rule.matches.iter().find(|m| route::matches(m, &facts))?;
-        Some((*rule, Some(m)))
-    });
-    let Some((rule, matched)) = hit else {
+    let Some((rule, matched)) = route::select(&server.http, &facts) else {
         return Ok(not_found(finish));
     };
     let rule_index = server
@@ -231,11 +229,9 @@ async fn handle(
         let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
         route::rewrite_path(matched, rw, pq)
     });
-    let new_authority = action
-        .rewrite
-        .as_ref()
-        .and_then(|rw| rw.authority.clone())
-        .unwrap_or_else(|| authority_text.clone());
+    let new_authority = route::authority_rewrite(rule, dest_index)
+        .unwrap_or(&authority_text)
+        .to_string();
     strip_hop_by_hop(req.headers_mut(), false);
     {
         let headers = req.headers_mut();
@@ -339,10 +335,10 @@ async fn attempts(
                 None => sent.await.map_err(Outcome::Failed),
             };
             let verdict = match &result {
-                Ok(r) => AttemptResult::Status(
-                    r.status().as_u16(),
-                    crate::proxy::http::body::grpc_status(r.headers()),
-                ),
+                Ok(r) => AttemptResult::Status {
+                    status: r.status().as_u16(),
+                    grpc_status: crate::proxy::http::body::grpc_status(r.headers()),
+                },
                 Err(Outcome::Failed(Failure::Connect | Failure::NoEndpoint)) => {
                     AttemptResult::ConnectFailure
                 }
@@ -377,29 +373,6 @@ fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
     req.into_parts().0
 }
 
-/// The rules of the VirtualServices whose hosts match `host` most specifically (Envoy picks
-/// one virtual host per request), in order.
-fn virtual_host<'a>(rules: &'a [HttpRule], host: &str) -> Vec<&'a HttpRule> {
-    let score = |r: &HttpRule| -> Option<usize> {
-        r.hosts
-            .iter()
-            .filter(|h| route::host_matches(h, host))
-            .map(|h| {
-                if h == "*" {
-                    0
-                } else {
-                    h.len() + usize::from(!h.starts_with('*')) * 1000
-                }
-            })
-            .max()
-    };
-    let best = rules.iter().filter_map(score).max();
-    match best {
-        None => Vec::new(),
-        Some(best) => rules.iter().filter(|r| score(r) == Some(best)).collect(),
-    }
-}
-
 fn facts<'a>(conn: &'a Conn, req: &'a Request<Incoming>, authority: &'a str) -> RequestFacts<'a> {
     RequestFacts {
         method: req.method(),
@@ -411,12 +384,22 @@ fn facts<'a>(conn: &'a Conn, req: &'a Request<Incoming>, authority: &'a str) -> 
     }
 }
 
-/// The host of an authority (`host:port`, `[v6]:port`).
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.split(':').next().unwrap_or(authority)
+/// Rewrites the request's path to its normalized form (query kept).
+fn normalize_path(req: &mut Request<Incoming>) -> Result<(), &'static str> {
+    let Some(pq) = req.uri().path_and_query() else {
+        return Ok(());
+    };
+    let normalized = match crate::policy::authz::path::normalize(pq.as_str())? {
+        std::borrow::Cow::Borrowed(_) => return Ok(()),
+        std::borrow::Cow::Owned(path) => match pq.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        },
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(normalized).map_err(|_| "bad path")?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| "bad path")?;
+    Ok(())
 }
 
 /// The absolute URI of the upstream request: the (rewritten) path and authority.
