@@ -296,7 +296,9 @@ impl EdgeCertificates {
             // not yet): look once more before calling the replacement broken.
             Err(problem) => match read() {
                 (_, again) if again == seen => (Err(problem), seen),
-                (_, again) if again == served.fingerprint => return None,
+                (_, again) if again == served.fingerprint || Some(again) == served.refused => {
+                    return None
+                }
                 (material, again) => (attempt(material), again),
             },
         };
@@ -1043,8 +1045,16 @@ mod tests {
             Err("unknown_ca")
         );
 
-        // With it, its `cacert` key.
+        // With it, its `cacert` key; also when the plan leaves the CA implied by
+        // `credentialName`.
         s.credential("sentences-cacert", &[("cacert", &own.pem())]);
+        let implied = one(https(
+            "https",
+            tls(ServerTlsMode::Mutual, Some(credential("sentences")), None),
+        ));
+        let certs = EdgeCertificates::load(&implied, Some(s.path()), metrics()).unwrap();
+        let config = certs.server_config(PORT, 0).unwrap();
+        assert!(handshake(config, client_of(&own).config()).await.0.is_ok());
         let certs = EdgeCertificates::load(&p, Some(s.path()), metrics()).unwrap();
         let config = certs.server_config(PORT, 0).unwrap();
         assert!(handshake(config.clone(), client_of(&own).config())

@@ -57,14 +57,20 @@ impl Settings {
             .certificate
             .clone()
             .ok_or(CertProblem::MissingCertificate { mode: tls.mode })?;
+        // `credentialName` names the client CA too (its `-cacert` directory or itself),
+        // whether or not the plan spelled that out.
+        let ca = match (&tls.ca_certificates, &certificate) {
+            _ if !verifies_clients => None,
+            (Some(ca), _) => Some(ca.clone()),
+            (None, CertificateSource::Credential { name }) => {
+                Some(CaSource::Credential { name: name.clone() })
+            }
+            (None, CertificateSource::Files { .. }) => None,
+        };
         Ok(Some(Settings {
             mode: tls.mode,
             certificate,
-            ca: if verifies_clients {
-                tls.ca_certificates.clone()
-            } else {
-                None
-            },
+            ca,
             subject_alt_names: if verifies_clients {
                 tls.subject_alt_names.clone()
             } else {
