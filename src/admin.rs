@@ -192,13 +192,7 @@ pub fn sidecar_routes(state: AdminState) -> Handler {
                 Some(i) => {
                     let mut doc = certs_json(&i);
                     if let (Some(edge), Some(map)) = (&state.edge, doc.as_object_mut()) {
-                        // `describe` gives `{"edge": [...]}`; merged beside the SVID's fields.
-                        match edge.describe() {
-                            serde_json::Value::Object(listing) => map.extend(listing),
-                            other => {
-                                map.insert("edge".into(), other);
-                            }
-                        }
+                        map.insert("edge".into(), edge.describe());
                     }
                     Reply::json(serde_json::to_string_pretty(&doc).unwrap_or_default())
                 }
