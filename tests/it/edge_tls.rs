@@ -21,7 +21,7 @@ use outrider::tls::edge::{certified_key, EdgeClientVerifier, SniCertificates};
 use crate::common::{temp_dir, tool_available};
 
 /// The labs' commands, verbatim (secure-ingress task of istio.io).
-const LAB_COMMANDS: &[&str] = &[
+pub(crate) const LAB_COMMANDS: &[&str] = &[
     "openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt",
     "openssl req -out sentences.example.com.csr -newkey rsa:2048 -nodes -keyout sentences.example.com.key -subj \"/CN=sentences.example.com/O=ACMEorg\"",
     "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 0 -in sentences.example.com.csr -out sentences.example.com.crt",
