@@ -5,10 +5,10 @@
 //! the request they got, and `curl` / `openssl s_client` as the clients outside the mesh.
 //!
 //! This file holds the shared topology ([`Edge`], [`GatewayProc`], [`LabCerts`], the echo
-//! apps, curl) and the TLS-mode tests: SIMPLE (the labs' curl), MUTUAL with XFCC, OPTIONAL_MUTUAL,
-//! `httpsRedirect`, `minProtocolVersion`. The other areas: `gateway_routes` (VirtualService
-//! features), `gateway_certs` (SNI selection, certificates replaced under load, `/certs`),
-//! `gateway_edge` (PASSTHROUGH, JWT at the gateway, bad input).
+//! apps, curl) and the TLS tests: SIMPLE (the labs' curl), MUTUAL with XFCC, OPTIONAL_MUTUAL,
+//! `httpsRedirect`, `minProtocolVersion`, two hosts on one port chosen by SNI. The other areas:
+//! `gateway_routes` (VirtualService features), `gateway_reload` (certificates replaced under
+//! load, `/certs`), `gateway_edge` (PASSTHROUGH, JWT at the gateway, bad input).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -1106,4 +1106,85 @@ fn min_protocol_version_tls13_refuses_a_tls12_client() {
     let new = curl_https(&labs, "sentences.example.com", port, "/", &["--tlsv1.3"]);
     assert_eq!(new.echo().app, "sentences");
     assert_requests_from_gateway(&run, 1.0);
+}
+
+#[test]
+fn two_hosts_on_one_port_each_get_their_own_certificate() {
+    let Some(labs) = LabCerts::make() else { return };
+    labs.leaf("name.example.com", "name.example.com", 2, None);
+    let edge = Edge::new();
+    for (secret, file) in [
+        ("sentences-credential", "sentences.example.com"),
+        ("name-credential", "name.example.com"),
+    ] {
+        edge.credential(
+            secret,
+            &[
+                ("tls.crt", labs.path(&format!("{file}.crt"))),
+                ("tls.key", labs.path(&format!("{file}.key"))),
+            ],
+        );
+    }
+    let port = free_port();
+    let gateway = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: two-hosts, namespace: default }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers:
+    - port: {{ number: {port}, name: https-sentences, protocol: HTTPS }}
+      hosts: [ "sentences.example.com" ]
+      tls: {{ mode: SIMPLE, credentialName: sentences-credential }}
+    - port: {{ number: {port}, name: https-name, protocol: HTTPS }}
+      hosts: [ "name.example.com" ]
+      tls: {{ mode: SIMPLE, credentialName: name-credential }}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{ name: name, namespace: default }}
+spec:
+  hosts: [ "name.example.com" ]
+  gateways: [ two-hosts ]
+  http:
+    - route:
+        - destination: {{ host: name, port: {{ number: {name_port} }} }}
+---
+{sentences}"#,
+        name_port = edge.name_port,
+        sentences = edge.route_all_to_sentences("sentences", "sentences.example.com", "two-hosts"),
+    );
+    edge.write("gateway.yaml", &gateway);
+    let run = edge.start(&[]);
+
+    // curl checks the served certificate against the name (v1 certificates: by CN), so each
+    // answer proves its certificate; the answers come from each host's own route.
+    for (host, app) in [
+        ("sentences.example.com", "sentences"),
+        ("name.example.com", "name"),
+    ] {
+        let r = curl_https(&labs, host, port, "/", &[]);
+        assert!(r.ok, "{host}: {r:?}\ngateway: {}", run.gateway.logs());
+        assert_eq!(r.echo().app, app, "{host}");
+    }
+    assert_eq!(
+        served_cert(labs.dir(), port, Some("sentences.example.com")),
+        Ok(("CN=sentences.example.com,O=ACMEorg".into(), "0".into()))
+    );
+    assert_eq!(
+        served_cert(labs.dir(), port, Some("name.example.com")),
+        Ok(("CN=name.example.com,O=ACMEorg".into(), "2".into()))
+    );
+
+    // An SNI no server lists, and no SNI at all (both servers restrict hosts): refused.
+    let unknown = curl_https(&labs, "unknown.example.com", port, "/", &[]);
+    assert!(!unknown.ok, "{unknown:?}");
+    let s_client = served_cert(labs.dir(), port, Some("unknown.example.com"));
+    assert!(
+        s_client.is_err(),
+        "a certificate for an unknown SNI: {s_client:?}"
+    );
+    let s_client = served_cert(labs.dir(), port, None);
+    assert!(s_client.is_err(), "a certificate without SNI: {s_client:?}");
+    run.gateway.assert_handshakes(port, "no_server", 3.0);
 }

@@ -1,9 +1,8 @@
-//! The gateway's edge certificates: two servers on one port chosen by SNI (each host gets its
-//! own certificate, an unknown or missing SNI is refused and counted), and certificates
-//! replaced while curl keeps making requests: a `serverCertificate` file renamed over, a
-//! `credentialName` directory swapped the way Kubernetes updates a secret volume (`..data`
-//! symlink), then broken replacements that must leave the last good certificate in place.
-//! `/certs` on the admin port and the certificate metrics describe what is served.
+//! The gateway's edge certificates replaced while curl keeps making requests: a
+//! `serverCertificate` file renamed over, a `credentialName` directory swapped the way
+//! Kubernetes updates a secret volume (`..data` symlink), then broken replacements that must
+//! leave the last good certificate in place. `/certs` on the admin port and the certificate
+//! metrics describe what is served.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,87 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::{eventually, free_port, metric_sum, replace_file};
 use crate::gateway::{curl_https, served_cert, Edge, LabCerts};
-
-#[test]
-fn two_hosts_on_one_port_each_get_their_own_certificate() {
-    let Some(labs) = LabCerts::make() else { return };
-    labs.leaf("name.example.com", "name.example.com", 2, None);
-    let edge = Edge::new();
-    for (secret, file) in [
-        ("sentences-credential", "sentences.example.com"),
-        ("name-credential", "name.example.com"),
-    ] {
-        edge.credential(
-            secret,
-            &[
-                ("tls.crt", labs.path(&format!("{file}.crt"))),
-                ("tls.key", labs.path(&format!("{file}.key"))),
-            ],
-        );
-    }
-    let port = free_port();
-    let gateway = format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{ name: two-hosts, namespace: default }}
-spec:
-  selector: {{ istio: ingressgateway }}
-  servers:
-    - port: {{ number: {port}, name: https-sentences, protocol: HTTPS }}
-      hosts: [ "sentences.example.com" ]
-      tls: {{ mode: SIMPLE, credentialName: sentences-credential }}
-    - port: {{ number: {port}, name: https-name, protocol: HTTPS }}
-      hosts: [ "name.example.com" ]
-      tls: {{ mode: SIMPLE, credentialName: name-credential }}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{ name: name, namespace: default }}
-spec:
-  hosts: [ "name.example.com" ]
-  gateways: [ two-hosts ]
-  http:
-    - route:
-        - destination: {{ host: name, port: {{ number: {name_port} }} }}
----
-{sentences}"#,
-        name_port = edge.name_port,
-        sentences = edge.route_all_to_sentences("sentences", "sentences.example.com", "two-hosts"),
-    );
-    edge.write("gateway.yaml", &gateway);
-    let run = edge.start(&[]);
-
-    // curl checks the served certificate against the name (v1 certificates: by CN), so each
-    // answer proves its certificate; the answers come from each host's own route.
-    for (host, app) in [
-        ("sentences.example.com", "sentences"),
-        ("name.example.com", "name"),
-    ] {
-        let r = curl_https(&labs, host, port, "/", &[]);
-        assert!(r.ok, "{host}: {r:?}\ngateway: {}", run.gateway.logs());
-        assert_eq!(r.echo().app, app, "{host}");
-    }
-    assert_eq!(
-        served_cert(labs.dir(), port, Some("sentences.example.com")),
-        Ok(("CN=sentences.example.com,O=ACMEorg".into(), "0".into()))
-    );
-    assert_eq!(
-        served_cert(labs.dir(), port, Some("name.example.com")),
-        Ok(("CN=name.example.com,O=ACMEorg".into(), "2".into()))
-    );
-
-    // An SNI no server lists, and no SNI at all (both servers restrict hosts): refused.
-    let unknown = curl_https(&labs, "unknown.example.com", port, "/", &[]);
-    assert!(!unknown.ok, "{unknown:?}");
-    let s_client = served_cert(labs.dir(), port, Some("unknown.example.com"));
-    assert!(
-        s_client.is_err(),
-        "a certificate for an unknown SNI: {s_client:?}"
-    );
-    let s_client = served_cert(labs.dir(), port, None);
-    assert!(s_client.is_err(), "a certificate without SNI: {s_client:?}");
-    run.gateway.assert_handshakes(port, "no_server", 3.0);
-}
 
 /// Writes a secret the way the kubelet updates a secret volume: the files in a new
 /// `..<version>` directory, a `..data` symlink renamed over the old one in one step, and one
