@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::common::{eventually, free_port, metric_sum, replace_file};
-use crate::gateway::{curl_https, served_cert, Edge, LabCerts};
+use crate::gateway::{served_cert, Edge, LabCerts};
 
 /// Writes a secret the way the kubelet updates a secret volume: the files in a new
 /// `..<version>` directory, a `..data` symlink renamed over the old one in one step, and one
