@@ -1188,3 +1188,30 @@ spec:
     assert!(s_client.is_err(), "a certificate without SNI: {s_client:?}");
     run.gateway.assert_handshakes(port, "no_server", 3.0);
 }
+
+#[test]
+fn run_refuses_a_gateway_workload_and_names_outrider_gateway() {
+    let edge = Edge::new();
+    let child = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(edge.config())
+        .args(["--workload", "ingressgateway", "--cert-dir"])
+        .arg(edge.gateway_certs())
+        .args(["--inbound-ip", "127.0.0.1"])
+        .args(["--admin-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(["--ready-addr", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = bounded_output(
+        child,
+        "outrider run --workload ingressgateway",
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("outrider gateway"), "{stderr}");
+}
