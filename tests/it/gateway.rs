@@ -446,8 +446,9 @@ impl GatewayProc {
         });
         assert!(
             ok,
-            "outrider_gateway_tls_handshakes_total{{port=\"{port}\",outcome=\"{outcome}\"}} != {want}:\n{}",
-            self.metrics_text()
+            "outrider_gateway_tls_handshakes_total{{port=\"{port}\",outcome=\"{outcome}\"}} != {want}:\n{}\ngateway log:\n{}",
+            family(&self.metrics_text(), "outrider_gateway_tls_handshakes_total"),
+            self.logs()
         );
     }
 }
@@ -719,6 +720,15 @@ pub(crate) fn assert_gateway_element(element: &[(String, String)], labs: &LabCer
 // ---------------------------------------------------------------------------------------------
 // Metrics the app side and the gateway report
 
+/// The lines of `family` in a scrape (for assertion messages: a whole scrape is too long to
+/// read).
+pub(crate) fn family(text: &str, family: &str) -> String {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The `sentences` sidecar counted `n` requests from the gateway's identity over mTLS, and the
 /// gateway `n` as `reporter="source"` to `sentences`.
 pub(crate) fn assert_requests_from_gateway(run: &Running, n: f64) {
@@ -740,7 +750,7 @@ pub(crate) fn assert_requests_from_gateway(run: &Running, n: f64) {
     assert!(
         ok,
         "sentences' sidecar should count {n} mTLS requests from the gateway:\n{}",
-        run.sentences.metrics_text()
+        family(&run.sentences.metrics_text(), "istio_requests_total")
     );
     let source = [
         ("reporter", "source"),
@@ -757,7 +767,7 @@ pub(crate) fn assert_requests_from_gateway(run: &Running, n: f64) {
     assert!(
         ok,
         "the gateway should report {n} requests to sentences as reporter=\"source\":\n{}",
-        run.gateway.metrics_text()
+        family(&run.gateway.metrics_text(), "istio_requests_total")
     );
 }
 

@@ -120,7 +120,7 @@ spec:
             &from_gateway
         ) >= 2.0),
         "{}",
-        secure.metrics_text()
+        crate::gateway::family(&secure.metrics_text(), "istio_tcp_connections_opened_total")
     );
 
     // An SNI the routes do not list goes nowhere.
@@ -260,19 +260,26 @@ spec:
 }
 
 /// Sends `bytes`, then reads until the gateway closes: `Ok(what it sent back)` once closed
-/// (EOF or reset), `Err` if it kept the connection open for `wait`.
+/// (EOF or reset), `Err` if it kept the connection open for `wait`. A read interrupted by a
+/// signal (other tests' child processes end while this one waits) is retried.
 fn closed_after(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Result<Vec<u8>, String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(wait)).unwrap();
     if !bytes.is_empty() && s.write_all(bytes).is_err() {
         return Ok(Vec::new());
     }
+    let deadline = std::time::Instant::now() + wait;
     let mut back = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         match s.read(&mut buf) {
             Ok(0) => return Ok(back),
             Ok(n) => back.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(format!("still open after {wait:?}; got {back:?}"));
+                }
+            }
             Err(e) => {
                 return match e.kind() {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
@@ -333,7 +340,10 @@ spec:
     assert!(
         eventually(Duration::from_secs(5), || bad() == 2.0),
         "two non-TLS connections counted as not_tls or other: {}",
-        run.gateway.metrics_text()
+        crate::gateway::family(
+            &run.gateway.metrics_text(),
+            "outrider_gateway_tls_handshakes_total"
+        )
     );
 
     // A client that connects and says nothing is closed once the handshake deadline passes.

@@ -245,12 +245,18 @@ spec:
     assert!(
         reloads(&run.gateway, "https-files", "ok") >= 1.0,
         "{}",
-        run.gateway.metrics_text()
+        crate::gateway::family(
+            &run.gateway.metrics_text(),
+            "outrider_gateway_certificate_reloads_total"
+        )
     );
     assert!(
         reloads(&run.gateway, "https-credential", "ok") >= 1.0,
         "{}",
-        run.gateway.metrics_text()
+        crate::gateway::family(
+            &run.gateway.metrics_text(),
+            "outrider_gateway_certificate_reloads_total"
+        )
     );
 
     // Broken replacements: garbage in the file, a secret whose certificate is garbage. The
@@ -272,7 +278,10 @@ spec:
                 "failed"
             ) >= 1.0),
             "a broken {server} replacement was not counted: {}",
-            run.gateway.metrics_text()
+            crate::gateway::family(
+                &run.gateway.metrics_text(),
+                "outrider_gateway_certificate_reloads_total"
+            )
         );
     }
     for l in &loads {
