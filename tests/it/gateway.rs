@@ -105,7 +105,8 @@ impl LabCerts {
 /// An HTTP/1.1 app (keep-alive) whose `200` body says who it is and what it received:
 /// `app=<name>`, the request line, then each header as `name: value` with the name
 /// lower-cased. Every response carries `x-app-header: from-app`. `GET /slow...` answers after
-/// 3 s (longer than the routes' timeouts).
+/// 3 s (longer than the routes' timeouts); `GET /flaky/...` answers `503` the first time a
+/// request line is seen, `200` after.
 fn echo(stream: TcpStream, app: &str) {
     let _ = stream.set_nodelay(true);
     let Ok(mut out) = stream.try_clone() else {
@@ -138,14 +139,31 @@ fn echo(stream: TcpStream, app: &str) {
             std::thread::sleep(Duration::from_secs(3));
         }
         body.push('\n');
+        let status = if line.starts_with("GET /flaky/") && first_time(&line) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nx-app-header: from-app\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nx-app-header: from-app\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         if out.write_all(response.as_bytes()).is_err() {
             return;
         }
     }
+}
+
+/// Whether this request line is seen for the first time (by every echo app of the process:
+/// tests make their `/flaky/` paths unique).
+fn first_time(line: &str) -> bool {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.iter().any(|l| l == line) {
+        return false;
+    }
+    seen.push(line.to_string());
+    true
 }
 
 fn echo_sentences(s: TcpStream) {

@@ -1,9 +1,11 @@
 //! A VirtualService bound to a plaintext HTTP Gateway server, with curl as the client and the
 //! echo apps behind STRICT sidecars showing what arrived: uri exact / prefix / regex (a whole-
-//! value match) choose between `sentences` and `name`, a header match, query parameters,
+//! value match) choose between `sentences` and `name`, a header match, query parameters, the
+//! method,
 //! unmatched requests get Envoy's 404 (`NR`), `rewrite.uri`, `redirect`, `directResponse`,
 //! request and response header edits, weights (a 0-weight destination never gets a request),
-//! `timeout` (a slow app → 504 from the gateway).
+//! `retries` (a 503 retried on `5xx` and by Istio's default, not with `attempts: 0`), `timeout` (a slow app → 504 from the
+//! gateway).
 
 use std::time::Duration;
 
@@ -43,6 +45,20 @@ spec:
     - name: query
       match: [ {{ uri: {{ prefix: /q }}, queryParams: {{ v: {{ exact: "2" }} }} }} ]
       route: [ {{ destination: {{ host: name, port: {{ number: {n} }} }} }} ]
+    - name: post-only
+      match: [ {{ uri: {{ prefix: /post-only }}, method: {{ exact: POST }} }} ]
+      route: [ {{ destination: {{ host: name, port: {{ number: {n} }} }} }} ]
+    - name: retried
+      match: [ {{ uri: {{ prefix: /flaky/retried }} }} ]
+      retries: {{ attempts: 2, retryOn: 5xx }}
+      route: [ {{ destination: {{ host: sentences, port: {{ number: {s} }} }} }} ]
+    - name: not-retried
+      match: [ {{ uri: {{ prefix: /flaky/none }} }} ]
+      retries: {{ attempts: 0 }}
+      route: [ {{ destination: {{ host: sentences, port: {{ number: {s} }} }} }} ]
+    - name: default-retries
+      match: [ {{ uri: {{ prefix: /flaky/ }} }} ]
+      route: [ {{ destination: {{ host: sentences, port: {{ number: {s} }} }} }} ]
     - name: rewrite
       match: [ {{ uri: {{ prefix: /api/ }} }} ]
       rewrite: {{ uri: /v2/ }}
@@ -123,11 +139,15 @@ fn virtual_service_rules_at_the_gateway() {
     );
     assert_eq!(app_of("/q?v=2", &[]), ("name".into(), "/q?v=2".into()));
 
-    // Unmatched: Envoy's 404, counted with NR; nothing reached an app.
+    let post = get("/post-only", &["-X", "POST", "-d", ""]);
+    assert_eq!(post.echo().app, "name", "method match");
+
+    // Unmatched: Envoy's 404; nothing reached an app (the count with NR is checked last).
     for (path, extra) in [
         ("/exact/more", &[][..]),
         ("/q?v=1", &[][..]),
         ("/nothing", &[][..]),
+        ("/post-only", &[][..]),
     ] {
         let r = get(path, extra);
         assert_eq!(r.status, 404, "{path}: {r:?}");
@@ -138,19 +158,6 @@ fn virtual_service_rules_at_the_gateway() {
     }
     let unknown_host = curl_http(cwd.path(), "other.example.com", port, "/sentences", &[]);
     assert_eq!(unknown_host.status, 404, "{unknown_host:?}");
-    let nr = || {
-        metric_sum(
-            &run.gateway.metrics_text(),
-            "istio_requests_total",
-            &[("response_code", "404"), ("response_flags", "NR")],
-        )
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || nr() == 4.0),
-        "4 unmatched requests with NR: {}",
-        crate::gateway::family(&run.gateway.metrics_text(), "istio_requests_total")
-    );
-
     // rewrite.uri replaces the matched prefix; the query stays.
     assert_eq!(
         app_of("/api/users?id=7", &[]),
@@ -196,7 +203,7 @@ fn virtual_service_rules_at_the_gateway() {
         let (app, _) = app_of(&format!("/weights/{i}"), &[]);
         assert_eq!(app, "sentences", "request {i}");
     }
-    // name got exactly the header, exact, regex and query matches.
+    // name got exactly the header, exact, regex, query and method matches.
     let to_name = || {
         metric_sum(
             &run.name.metrics_text(),
@@ -205,9 +212,31 @@ fn virtual_service_rules_at_the_gateway() {
         )
     };
     assert!(
-        eventually(Duration::from_secs(5), || to_name() == 4.0),
+        eventually(Duration::from_secs(5), || to_name() == 5.0),
         "{}",
         crate::gateway::family(&run.name.metrics_text(), "istio_requests_total")
+    );
+
+    // retries: the app fails the first try of a path with 503. `retries` on 5xx and Istio's
+    // default (retriable-status-codes 503) answer with the second try; `attempts: 0` passes
+    // the app's 503 on.
+    let unique = std::process::id().to_string() + &port.to_string();
+    for (path, want) in [("retried", 200), ("default", 200), ("none", 503)] {
+        let r = get(&format!("/flaky/{path}/{unique}"), &[]);
+        assert_eq!(r.status, want, "{path}: {r:?}");
+        assert_eq!(r.echo().app, "sentences", "{path}");
+    }
+    let answered = |code: &str| {
+        metric_sum(
+            &run.sentences.metrics_text(),
+            "istio_requests_total",
+            &[("reporter", "destination"), ("response_code", code)],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || answered("503") == 3.0),
+        "the app answered 503 to the first try of each flaky path: {}",
+        crate::gateway::family(&run.sentences.metrics_text(), "istio_requests_total")
     );
 
     // timeout: the app answers after 3 s, the gateway gives up after 500 ms.
@@ -227,6 +256,20 @@ fn virtual_service_rules_at_the_gateway() {
     assert!(
         eventually(Duration::from_secs(5), || ut() == 1.0),
         "{}",
+        crate::gateway::family(&run.gateway.metrics_text(), "istio_requests_total")
+    );
+
+    // The unmatched requests are counted with Envoy's flag.
+    let nr = || {
+        metric_sum(
+            &run.gateway.metrics_text(),
+            "istio_requests_total",
+            &[("response_code", "404"), ("response_flags", "NR")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || nr() == 5.0),
+        "5 unmatched requests with NR: {}",
         crate::gateway::family(&run.gateway.metrics_text(), "istio_requests_total")
     );
 }
