@@ -144,6 +144,8 @@ pub struct AdminState {
     /// The listeners as `/config_dump` shows them.
     pub listeners: watch::Receiver<serde_json::Value>,
     pub warnings: Vec<String>,
+    /// A gateway's edge certificates, listed by `/certs` under `edge`.
+    pub edge: Option<crate::gateway::EdgeCertificates>,
 }
 
 /// The sidecar's admin routes: `/healthz/ready`, `/stats/prometheus`, `/config_dump`,
@@ -188,7 +190,11 @@ pub fn sidecar_routes(state: AdminState) -> Handler {
             "/certs" => Some(match identity {
                 None => Reply::text(503, "no workload certificate yet\n"),
                 Some(i) => {
-                    Reply::json(serde_json::to_string_pretty(&certs_json(&i)).unwrap_or_default())
+                    let mut doc = certs_json(&i);
+                    if let (Some(edge), Some(map)) = (&state.edge, doc.as_object_mut()) {
+                        map.insert("edge".into(), edge.describe());
+                    }
+                    Reply::json(serde_json::to_string_pretty(&doc).unwrap_or_default())
                 }
             }),
             "/plaintext" => Some(Reply::json(

@@ -18,6 +18,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{AdminState, HttpServer, Role};
 use crate::config::reload::ReloadStats;
 use crate::config::Plan;
+use crate::gateway::listener::{BoundPorts, GatewayContext};
+use crate::gateway::{EdgeCertificates, GatewayListeners};
 use crate::identity::ca_client::{CaClientConfig, CaSource};
 use crate::identity::CertStore;
 use crate::jwks::Jwks;
@@ -72,6 +74,19 @@ pub struct SidecarConfig {
     pub capture: Option<CaptureConfig>,
     /// How RequestAuthentication's remote JWKS are fetched (`--jwks-*`).
     pub jwks: crate::jwks::FetchConfig,
+    /// `outrider gateway`: the workload is an ingress gateway (`spec.role: gateway`).
+    pub gateway: Option<GatewayConfig>,
+}
+
+/// What `outrider gateway` adds to the sidecar's settings.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Where `credentialName`s are directories (`--credentials-dir`).
+    pub credentials_dir: Option<PathBuf>,
+    /// The IP every Gateway server port is bound on.
+    pub listen_ip: IpAddr,
+    /// How often edge certificate files are checked for changes.
+    pub cert_poll: Duration,
 }
 
 /// `--capture` and the addresses and identity it goes with.
@@ -110,7 +125,12 @@ pub fn run(config: SidecarConfig) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let sidecar = Sidecar::bind(config).await?;
         let addrs = sidecar.addrs();
-        tracing::info!(?addrs, "outrider sidecar listening");
+        let role = if sidecar.gateway.is_some() {
+            "gateway"
+        } else {
+            "sidecar"
+        };
+        tracing::info!(?addrs, role, "outrider {role} listening");
         sidecar.run(crate::shutdown::termination_signal()).await
     })
 }
@@ -124,6 +144,9 @@ pub struct BoundAddrs {
     pub admin: SocketAddr,
     pub metrics: SocketAddr,
     pub ready: SocketAddr,
+    /// A gateway's server ports: (Gateway `port.number`, bound address).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateway: Vec<(u16, SocketAddr)>,
 }
 
 /// A sidecar with every listener bound.
@@ -143,6 +166,14 @@ pub struct Sidecar {
     warnings: Vec<String>,
     identity_source: IdentitySource,
     jwks: Jwks,
+    gateway: Option<GatewaySide>,
+}
+
+/// A gateway's own parts: its server ports and its edge certificates.
+struct GatewaySide {
+    ports: crate::gateway::listener::BoundPorts,
+    edge: EdgeCertificates,
+    cert_poll: Duration,
 }
 
 /// Where the workload's certificate comes from, decided once at start-up.
@@ -164,6 +195,17 @@ impl Sidecar {
             crate::capture::check_proxy_identity(capture.proxy_uid, capture.proxy_gid)?;
         }
         let plan = Arc::new(mesh.plan(&args.workload)?);
+        match (&args.gateway, plan.gateway.is_some()) {
+            (None, true) => anyhow::bail!(
+                "workload {} is a gateway (spec.role: gateway): run it with `outrider gateway`",
+                args.workload
+            ),
+            (Some(_), false) => anyhow::bail!(
+                "workload {} is not a gateway: give it `spec.role: gateway`, or run it with `outrider run`",
+                args.workload
+            ),
+            _ => {}
+        }
         tracing::info!(plan = %serde_json::to_string(&*plan).unwrap_or_default(), "effective plan");
         let store = CertStore::for_workload(&plan.workload.spiffe_id);
         let identity_source = match &args.identity {
@@ -219,6 +261,22 @@ impl Sidecar {
             },
         )
         .await?;
+        let gateway = match (&args.gateway, &plan.gateway) {
+            (Some(config), Some(gw)) => {
+                let edge = EdgeCertificates::load(
+                    gw,
+                    config.credentials_dir.as_deref(),
+                    shared.metrics.clone(),
+                )?;
+                let ports = BoundPorts::bind(gw, config.listen_ip).await?;
+                Some(GatewaySide {
+                    ports,
+                    edge,
+                    cert_poll: config.cert_poll,
+                })
+            }
+            _ => None,
+        };
         let admin = HttpServer::bind(args.admin_addr, Role::Admin).await?;
         let metrics_server = HttpServer::bind(args.metrics_addr, Role::Metrics).await?;
         let ready = HttpServer::bind(args.ready_addr, Role::Ready).await?;
@@ -244,6 +302,7 @@ impl Sidecar {
             plan_rx,
             identity_source,
             jwks,
+            gateway,
         })
     }
 
@@ -254,6 +313,11 @@ impl Sidecar {
             admin: self.admin.local_addr(),
             metrics: self.metrics_server.local_addr(),
             ready: self.ready.local_addr(),
+            gateway: self
+                .gateway
+                .as_ref()
+                .map(|g| g.ports.addrs())
+                .unwrap_or_default(),
         }
     }
 
@@ -276,6 +340,7 @@ impl Sidecar {
             warnings,
             identity_source,
             jwks,
+            gateway,
         } = self;
         // The identity source: files watched for changes, or the mesh CA. Readiness waits for
         // the first certificate.
@@ -291,7 +356,22 @@ impl Sidecar {
         };
         let dns = tokio::spawn(shared.resolver.clone().refresh_every(args.dns_refresh));
         let tls = TlsAcceptor::from(crate::tls::server_config(&store));
+        let mesh_acceptor = tls.clone();
         let listeners = listeners.start(shared.clone(), runtime_tx.subscribe(), tls);
+        let mut edge_watch = None;
+        let gateway = gateway.map(|g| {
+            edge_watch = Some(tokio::spawn(
+                g.edge.clone().watch(g.cert_poll, shared.shutdown.watch()),
+            ));
+            let listeners = g.ports.start(GatewayContext {
+                shared: shared.clone(),
+                runtime: runtime_tx.subscribe(),
+                edge: g.edge.clone(),
+                mesh: mesh_acceptor,
+            });
+            (listeners, g.edge)
+        });
+        let edge = gateway.as_ref().map(|(_, e)| e.clone());
         let (addrs_tx, addrs_rx) = watch::channel(serde_json::to_value(&addrs).unwrap_or_default());
         let reloads = tokio::spawn(follow_reloads(Reloads {
             plan_rx,
@@ -303,6 +383,7 @@ impl Sidecar {
             listeners,
             addrs,
             addrs_tx,
+            gateway,
         }));
         let handler = crate::admin::sidecar_routes(AdminState {
             store: store.clone(),
@@ -312,6 +393,7 @@ impl Sidecar {
             reload_stats,
             listeners: addrs_rx,
             warnings,
+            edge,
         });
         let mut tasks = Vec::new();
         for server in [admin, metrics_server, ready] {
@@ -328,6 +410,9 @@ impl Sidecar {
         identity_source.abort();
         dns.abort();
         reloads.abort();
+        if let Some(t) = edge_watch {
+            t.abort();
+        }
         for t in tasks {
             t.abort();
         }
@@ -352,6 +437,8 @@ struct Reloads {
     listeners: Listeners,
     addrs: BoundAddrs,
     addrs_tx: watch::Sender<serde_json::Value>,
+    /// A gateway's listeners and edge certificates.
+    gateway: Option<(GatewayListeners, EdgeCertificates)>,
 }
 
 impl Reloads {
@@ -397,10 +484,26 @@ async fn follow_reloads(mut r: Reloads) {
                 // Before the runtime goes out: a source the fetcher already knows publishes
                 // its last good keys into the new slots here, so a reload never fails closed.
                 r.jwks.set_targets(jwks_targets(&plan));
-                if r.publish(&plan) {
+                // A gateway's new servers need their certificates before any connection can
+                // reach them: a server whose material does not load keeps the old plan.
+                let edge_ready = match (&r.gateway, &plan.gateway) {
+                    (Some((_, edge)), Some(gw)) => match edge.update(gw) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::error!(error = %e, "gateway certificates of the new configuration do not load; keeping the old configuration");
+                            false
+                        }
+                    },
+                    _ => true,
+                };
+                if edge_ready && r.publish(&plan) {
                     live = plan.clone();
                     r.listeners.reconcile(&plan).await;
                     r.addrs.listeners = r.listeners.addrs();
+                    if let (Some((listeners, _)), Some(gw)) = (&mut r.gateway, &plan.gateway) {
+                        listeners.reconcile(gw).await;
+                        r.addrs.gateway = listeners.addrs();
+                    }
                     r.addrs_tx
                         .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
                     tracing::info!("configuration reloaded");
@@ -421,6 +524,9 @@ async fn follow_reloads(mut r: Reloads) {
         }
     }
     r.listeners.stop();
+    if let Some((listeners, _)) = &r.gateway {
+        listeners.stop();
+    }
 }
 
 /// The JWKS fetcher's targets: the remote key sources of every inbound port's
@@ -428,10 +534,13 @@ async fn follow_reloads(mut r: Reloads) {
 /// serves each source once; a slot shared by several ports is listed once).
 fn jwks_targets(plan: &Plan) -> Vec<crate::jwks::Target> {
     let mut targets: Vec<crate::jwks::Target> = Vec::new();
+    let gateway_ports = plan.gateway.iter().flat_map(|g| &g.ports);
     for target in plan
         .inbound
         .iter()
-        .flat_map(|p| crate::jwks::targets_of(&p.authentication))
+        .map(|p| &p.authentication)
+        .chain(gateway_ports.map(|p| &p.authentication))
+        .flat_map(|a| crate::jwks::targets_of(a))
     {
         let known = targets
             .iter()

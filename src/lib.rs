@@ -43,6 +43,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod duration;
 pub mod fetch;
+pub mod gateway;
 pub mod identity;
 pub mod jwks;
 pub mod logging;

@@ -155,6 +155,7 @@ pub struct Metrics {
     authz: AuthzMetrics,
     requests: RequestFamilies,
     jwks: JwksMetrics,
+    gateway: GatewayMetrics,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -298,6 +299,7 @@ impl Metrics {
             authz: AuthzMetrics::new(r),
             requests: RequestFamilies::register(r),
             jwks: JwksMetrics::register(r),
+            gateway: GatewayMetrics::register(r),
             registry,
         }
     }
@@ -708,6 +710,85 @@ impl Metrics {
 }
 
 // ---- end of JWKS fetcher metrics ----------------------------------------------------------
+
+// ---- Gateway edge TLS metrics (`outrider gateway`), kept in one block ---------------------
+
+/// The ingress gateway's edge families: handshakes by server and outcome, certificate reloads
+/// and expiry ([`crate::gateway::certs`]). The `server` label is `GatewayServer::name`.
+#[derive(Clone)]
+struct GatewayMetrics {
+    handshakes: IntCounterVec,
+    certificate_reloads: IntCounterVec,
+    certificate_expiry: GaugeVec,
+}
+
+impl GatewayMetrics {
+    fn register(r: &Registry) -> GatewayMetrics {
+        let certificate_expiry = GaugeVec::new(
+            Opts::new(
+                "outrider_gateway_certificate_expiry_timestamp_seconds",
+                "Unix time at which the certificate a gateway server serves expires, by server.",
+            ),
+            &["server"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(certificate_expiry.clone()))
+            .expect("metric registered once");
+        GatewayMetrics {
+            handshakes: counter_vec(
+                r,
+                "outrider_gateway_tls_handshakes_total",
+                "TLS handshakes at the gateway's edge, by port, server and outcome (ok, or the failure: certificate_required, unknown_ca, bad_certificate, certificate_expired, protocol_version, no_shared_cipher, no_server, timeout, not_tls, other).",
+                &["port", "server", "outcome"],
+            ),
+            certificate_reloads: counter_vec(
+                r,
+                "outrider_gateway_certificate_reloads_total",
+                "Changed edge certificate files taken into use (ok) or refused, the previous certificate still served (failed), by server.",
+                &["server", "result"],
+            ),
+            certificate_expiry,
+        }
+    }
+}
+
+impl Metrics {
+    /// One edge handshake on `port` for `server` (empty when no server was chosen) ended with
+    /// `outcome` (`ok` or a reason of `outrider_gateway_tls_handshakes_total`).
+    pub fn gateway_handshake(&self, port: u16, server: &str, outcome: &str) {
+        self.gateway
+            .handshakes
+            .with_label_values(&[&port.to_string(), server, outcome])
+            .inc();
+    }
+
+    /// A changed certificate of `server` taken into use (`ok`) or refused.
+    pub fn gateway_certificate_reload(&self, server: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.gateway
+            .certificate_reloads
+            .with_label_values(&[server, result])
+            .inc();
+    }
+
+    /// The notAfter (Unix seconds) of the certificate `server` serves.
+    pub fn gateway_certificate_expiry(&self, server: &str, not_after_unix: i64) {
+        self.gateway
+            .certificate_expiry
+            .with_label_values(&[server])
+            .set(not_after_unix as f64);
+    }
+
+    /// Drops the expiry gauge of a server no longer configured (its counters stay).
+    pub fn gateway_forget_server(&self, server: &str) {
+        let _ = self
+            .gateway
+            .certificate_expiry
+            .remove_label_values(&[server]);
+    }
+}
+
+// ---- end of gateway edge TLS metrics ------------------------------------------------------
 
 /// The metric handles of one TCP label set (the four `istio_tcp_*` series and the
 /// direction's active gauge).

@@ -1,10 +1,11 @@
-//! The command line (clap): `run | ca ... | check | demo | sample-app | fetch | dashboard |
+//! The command line (clap): `run | gateway | ca ... | check | demo | sample-app | fetch | dashboard |
 //! iptables`. Each subcommand's flags (and their `OUTRIDER_*` environment variables, for
 //! containers) become the plain configuration struct of the library module that does the
 //! work; nothing in the library sees clap.
 
 mod ca;
 mod dashboard;
+mod gateway;
 mod iptables;
 mod run;
 mod sample;
@@ -30,6 +31,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar beside one workload.
     Run(Box<run::RunArgs>),
+    /// The ingress gateway: Istio Gateway + VirtualService at the edge, TLS / mTLS with the
+    /// user's certificates, into the mesh over mesh mTLS with the gateway's own identity.
+    ///
+    /// Runs the Workload named by --workload, which must have `spec.role: gateway`; listens
+    /// on the `port.number` of every Gateway server that selects it (on --listen-ip).
+    /// Identity, admin, metrics, readiness, reload and drain as `outrider run`.
+    Gateway(Box<gateway::GatewayArgs>),
     /// The mesh CA.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -72,6 +80,7 @@ impl Command {
         let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
         match self {
             Command::Run(args) => done(outrider::app::run(args.into_config()?)),
+            Command::Gateway(args) => done(outrider::app::run(args.into_config()?)),
             Command::Ca(command) => done(command.run()),
             Command::Check(args) => args.into_options().run(),
             Command::Demo(args) => done(args.into_options().run()),

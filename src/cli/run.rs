@@ -221,6 +221,7 @@ impl RunArgs {
                 early_refresh_min: self.jwks_early_refresh_min,
                 ..outrider::jwks::FetchConfig::default()
             },
+            gateway: None,
         })
     }
 }

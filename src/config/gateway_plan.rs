@@ -164,6 +164,11 @@ pub enum TlsVersion {
 pub struct HttpRule {
     /// `VirtualService <ns>/<name> http[<i>]` (+ ` (<name>)` when the rule is named).
     pub origin: String,
+    /// The `hosts` of the rule's VirtualService (as written, namespace-less, e.g.
+    /// `sentences.example.com`, `*.example.com`, `*`). A request is routed by the rules of
+    /// the VirtualServices whose hosts match its authority most specifically (Envoy's virtual
+    /// host choice), then by the first matching rule among those.
+    pub hosts: Vec<String>,
     /// Any one matching is enough; empty matches every request.
     pub matches: Vec<HttpMatch>,
     pub action: HttpAction,

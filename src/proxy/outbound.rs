@@ -214,18 +214,35 @@ impl Outbound {
 }
 
 pub(super) async fn serve(
-    mut app: TcpStream,
+    app: TcpStream,
     peer: SocketAddr,
     out: &OutboundRuntime,
     rt: &Runtime,
     shared: &Shared,
 ) {
     tune(&app);
+    if let Some(app) = carry(app, peer, out, rt, shared).await {
+        // Every endpoint failed: the app sees its connection closed.
+        reset(app);
+    }
+}
+
+/// Carries a downstream byte stream to an endpoint of `out` (weighted route, endpoints
+/// round-robin, the next one when a connection fails) and copies until both sides close.
+/// Gives the stream back when no endpoint could be reached (the caller decides how to close
+/// it); `None` once it was carried.
+pub(crate) async fn carry<D: CopyStream>(
+    mut app: D,
+    peer: SocketAddr,
+    out: &OutboundRuntime,
+    rt: &Runtime,
+    shared: &Shared,
+) -> Option<D> {
     let service = out.destination.host.as_str();
     let Some((route, start)) = out.pick() else {
         shared.metrics.upstream_failed(service, "no_endpoint");
         tracing::warn!(%peer, destination = service, "no endpoint to send to");
-        return;
+        return Some(app);
     };
     let n = route.endpoints.len();
     for attempt in 0..n {
@@ -234,7 +251,8 @@ pub(super) async fn serve(
         // future for as long as the connection is open.
         match Box::pin(connect(ep, shared)).await {
             Ok(Upstream::Plain(mut s)) => {
-                return copy_to(&mut app, &mut s, peer, ep, None, out, rt, shared).await;
+                copy_to(&mut app, &mut s, peer, ep, None, out, rt, shared).await;
+                return None;
             }
             Ok(Upstream::Tls(mut s)) => {
                 let server_id = s
@@ -248,7 +266,8 @@ pub(super) async fn serve(
                     handshake = ?s.get_ref().1.handshake_kind(),
                     "upstream TLS established"
                 );
-                return copy_to(&mut app, &mut s, peer, ep, server_id, out, rt, shared).await;
+                copy_to(&mut app, &mut s, peer, ep, server_id, out, rt, shared).await;
+                return None;
             }
             Err((reason, detail)) => {
                 shared.metrics.upstream_failed(service, reason);
@@ -264,8 +283,7 @@ pub(super) async fn serve(
             }
         }
     }
-    // Every endpoint failed: the app sees its connection closed.
-    reset(app);
+    Some(app)
 }
 
 enum Upstream {
@@ -377,8 +395,8 @@ pub(crate) async fn tcp_connect(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn copy_to<U: CopyStream>(
-    app: &mut TcpStream,
+async fn copy_to<A: CopyStream, U: CopyStream>(
+    app: &mut A,
     upstream: &mut U,
     peer: SocketAddr,
     ep: &UpstreamEndpoint,

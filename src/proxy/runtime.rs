@@ -35,6 +35,8 @@ pub struct Runtime {
     inbound_plain: SeriesByPeer,
     /// Captured outbound destinations (empty unless the sidecar captures).
     pub captured: CaptureTable,
+    /// The gateway's destinations (gateways only).
+    pub gateway: Option<crate::gateway::routes::GatewayRoutes>,
 }
 
 /// Where captured outbound connections go: every service port of the plan's capture
@@ -200,6 +202,9 @@ pub fn build(
     } else {
         CaptureTable::default()
     };
+    let gateway = plan.gateway.as_ref().map(|g| {
+        crate::gateway::routes::GatewayRoutes::build(g, &plan, connectors, resolver, &mut used)
+    });
     connectors.keep_only(&used);
     let mut peers = PeerDirectory::default();
     for w in &plan.peers {
@@ -213,12 +218,13 @@ pub fn build(
         inbound_mtls: SeriesByPeer::default(),
         inbound_plain: SeriesByPeer::default(),
         captured,
+        gateway,
     })
 }
 
 /// The data path's form of one outbound plan entry: each endpoint's TLS client
 /// configuration (connectors used are recorded in `used`), resolver target and metric labels.
-fn outbound_runtime(
+pub(crate) fn outbound_runtime(
     o: &OutboundPlan,
     plan: &Plan,
     connectors: &MeshConnectors,
@@ -356,7 +362,7 @@ pub struct MeshConnectors {
 }
 
 /// (allowed server identities, endpoint host, endpoint port).
-type ConnectorKey = (Vec<SpiffeId>, String, u16);
+pub(crate) type ConnectorKey = (Vec<SpiffeId>, String, u16);
 
 impl MeshConnectors {
     /// Connectors presenting `store`'s SVID; `resumption` false turns session tickets off.

@@ -13,6 +13,11 @@
 //! - verifies client certificates with its own small path validation
 //!   ([`EdgeClientVerifier`], rules in its documentation), signatures checked by aws-lc-rs.
 //!
+//! Besides, what a Gateway server's TLS settings need from rustls: its `cipherSuites` mapped to
+//! the provider's TLS 1.2 suites ([`tls12_cipher_suite`], [`edge_provider`]), and the reason a
+//! server handshake failed named as the TLS alert ([`handshake_outcome`]). The configurations
+//! themselves are built and reloaded by `crate::gateway::certs`.
+//!
 //! **Never use this verifier for mesh identities**: mesh peers stay strict SPIFFE SVIDs,
 //! verified by webpki in [`crate::tls::verifier`]. The rules here are only as strict as the
 //! edge needs to accept what Envoy accepts from the labs' certificates.
@@ -22,13 +27,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::time_provider::TimeProvider;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, PeerMisbehaved,
-    SignatureScheme,
+    SignatureScheme, SupportedCipherSuite,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
@@ -88,6 +94,14 @@ pub enum EdgeTlsError {
         subject: String,
         presented: Vec<String>,
         allowed: Vec<String>,
+    },
+    /// `cipherSuites` names no TLS 1.2 suite rustls implements.
+    #[error(
+        "cipherSuites {configured:?}: none is supported (supported TLS 1.2 suites: {supported:?})"
+    )]
+    NoCipherSuite {
+        configured: Vec<String>,
+        supported: Vec<String>,
     },
 }
 
@@ -420,6 +434,161 @@ impl ClientCertVerifier for EdgeClientVerifier {
         PROVIDER
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// The TLS 1.2 cipher suite of the aws-lc-rs provider named `name`, as a Gateway's
+/// `cipherSuites` writes it: the OpenSSL name (`ECDHE-RSA-AES128-GCM-SHA256`, what Envoy and
+/// Istio document) or the IANA one (`TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`). `None` for
+/// anything else, including real suites rustls does not implement (CBC, RSA key exchange):
+/// rustls offers only ECDHE with AEAD ciphers.
+pub fn tls12_cipher_suite(name: &str) -> Option<SupportedCipherSuite> {
+    let name = name.trim();
+    TLS12_SUITES
+        .iter()
+        .find(|(openssl, iana, _)| {
+            openssl.eq_ignore_ascii_case(name) || iana.eq_ignore_ascii_case(name)
+        })
+        .map(|(_, _, suite)| *suite)
+}
+
+/// The TLS 1.2 suites of the aws-lc-rs provider: OpenSSL name, IANA name, suite.
+const TLS12_SUITES: &[(&str, &str, SupportedCipherSuite)] = {
+    use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+    &[
+        (
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "ECDHE-RSA-AES256-GCM-SHA384",
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "ECDHE-RSA-CHACHA20-POLY1305",
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ]
+};
+
+/// The crypto provider of one edge server: aws-lc-rs with every TLS 1.3 suite (as Envoy: a
+/// Gateway's `cipherSuites` only selects among TLS 1.2 ones) followed by the TLS 1.2 suites
+/// `cipher_suites` names, in its order (empty: all of them).
+///
+/// Envoy's equal-preference groups (`[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]`)
+/// are read as their members in order. Returns the provider and the names that are not
+/// a suite rustls implements (the caller warns about them); a non-empty `cipher_suites`
+/// naming no usable suite at all is an error listing the ones that are.
+pub fn edge_provider(
+    cipher_suites: &[String],
+) -> Result<(Arc<CryptoProvider>, Vec<String>), EdgeTlsError> {
+    let mut provider = (**PROVIDER).clone();
+    if cipher_suites.is_empty() {
+        return Ok((Arc::new(provider), Vec::new()));
+    }
+    let mut tls12 = Vec::new();
+    let mut unusable = Vec::new();
+    let names = cipher_suites
+        .iter()
+        .flat_map(|n| n.trim_matches(|c| c == '[' || c == ']').split('|'))
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    for name in names {
+        match tls12_cipher_suite(name) {
+            Some(suite) => {
+                if !tls12
+                    .iter()
+                    .any(|s: &SupportedCipherSuite| s.suite() == suite.suite())
+                {
+                    tls12.push(suite);
+                }
+            }
+            None => unusable.push(name.to_string()),
+        }
+    }
+    if tls12.is_empty() {
+        return Err(EdgeTlsError::NoCipherSuite {
+            configured: cipher_suites.to_vec(),
+            supported: TLS12_SUITES
+                .iter()
+                .map(|(openssl, _, _)| openssl.to_string())
+                .collect(),
+        });
+    }
+    provider.cipher_suites.retain(|s| s.tls13().is_some());
+    provider.cipher_suites.extend(tls12);
+    Ok((Arc::new(provider), unusable))
+}
+
+/// The reason a server-side edge handshake failed, as the gateway's
+/// `outrider_gateway_tls_handshakes_total{outcome}` counts it: the name of the TLS alert
+/// involved. `certificate_required` (MUTUAL, no client certificate), `unknown_ca`,
+/// `certificate_expired` (also not yet valid), `bad_certificate` (any other refusal of the
+/// client certificate or of its handshake signature), `protocol_version`, `no_shared_cipher`,
+/// else `other`. An alert the client sent (for instance `unknown_ca` when it does not trust
+/// the served certificate) counts under the same names: the operator's question is the same,
+/// which side's CA does not fit. Errors that are not TLS (I/O, timeouts) are `other`; the
+/// caller tells timeouts and non-TLS clients apart itself.
+pub fn handshake_outcome(err: &std::io::Error) -> &'static str {
+    match err
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(err) => rustls_outcome(err),
+        None => "other",
+    }
+}
+
+/// [`handshake_outcome`] of a rustls error.
+pub fn rustls_outcome(err: &rustls::Error) -> &'static str {
+    use rustls::{AlertDescription as Alert, PeerIncompatible as Incompatible};
+    match err {
+        rustls::Error::NoCertificatesPresented => "certificate_required",
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::UnknownIssuer => "unknown_ca",
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => "certificate_expired",
+            _ => "bad_certificate",
+        },
+        rustls::Error::PeerIncompatible(p) => match p {
+            Incompatible::Tls12NotOffered
+            | Incompatible::Tls12NotOfferedOrEnabled
+            | Incompatible::SupportedVersionsExtensionRequired
+            | Incompatible::ServerDoesNotSupportTls12Or13 => "protocol_version",
+            Incompatible::NoCipherSuitesInCommon => "no_shared_cipher",
+            _ => "other",
+        },
+        rustls::Error::AlertReceived(alert) => match alert {
+            Alert::CertificateRequired => "certificate_required",
+            Alert::UnknownCA => "unknown_ca",
+            Alert::CertificateExpired => "certificate_expired",
+            Alert::BadCertificate | Alert::UnsupportedCertificate | Alert::CertificateUnknown => {
+                "bad_certificate"
+            }
+            Alert::ProtocolVersion => "protocol_version",
+            _ => "other",
+        },
+        _ => "other",
     }
 }
 

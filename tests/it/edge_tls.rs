@@ -21,7 +21,7 @@ use outrider::tls::edge::{certified_key, EdgeClientVerifier, SniCertificates};
 use crate::common::{temp_dir, tool_available};
 
 /// The labs' commands, verbatim (secure-ingress task of istio.io).
-const LAB_COMMANDS: &[&str] = &[
+pub(crate) const LAB_COMMANDS: &[&str] = &[
     "openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 -subj '/O=example Inc./CN=example.com' -keyout example.com.key -out example.com.crt",
     "openssl req -out sentences.example.com.csr -newkey rsa:2048 -nodes -keyout sentences.example.com.key -subj \"/CN=sentences.example.com/O=ACMEorg\"",
     "openssl x509 -req -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 0 -in sentences.example.com.csr -out sentences.example.com.crt",
@@ -31,13 +31,13 @@ const LAB_COMMANDS: &[&str] = &[
 
 /// The labs' files in a scratch directory, plus `other/`: the same commands again, i.e. a
 /// second root with the very same name and a client certificate from it.
-struct Labs {
-    dir: tempfile::TempDir,
+pub(crate) struct Labs {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Labs {
     /// `None` (test skipped) when openssl or curl is missing.
-    fn make() -> Option<Labs> {
+    pub(crate) fn make() -> Option<Labs> {
         if !tool_available("openssl") || !tool_available("curl") {
             return None;
         }
@@ -61,15 +61,15 @@ impl Labs {
         Some(Labs { dir })
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn read(&self, name: &str) -> Vec<u8> {
+    pub(crate) fn read(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.path(name)).unwrap()
     }
 
-    fn x509_text(&self, name: &str) -> String {
+    pub(crate) fn x509_text(&self, name: &str) -> String {
         let out = Command::new("openssl")
             .args(["x509", "-noout", "-text", "-in"])
             .arg(self.path(name))
@@ -193,14 +193,14 @@ impl Server {
     }
 }
 
-struct Curl {
-    ok: bool,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Curl {
+    pub(crate) ok: bool,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 /// The labs' curl command against `port`, run in the labs' directory, plus `extra` arguments.
-async fn curl(cwd: &Path, port: u16, extra: &[&str]) -> Curl {
+pub(crate) async fn curl(cwd: &Path, port: u16, extra: &[&str]) -> Curl {
     let out = tokio::process::Command::new("curl")
         .current_dir(cwd)
         .args(["--silent", "--show-error", "--max-time", "10"])
@@ -219,7 +219,7 @@ async fn curl(cwd: &Path, port: u16, extra: &[&str]) -> Curl {
     }
 }
 
-const CLIENT_CERT: &[&str] = &[
+pub(crate) const CLIENT_CERT: &[&str] = &[
     "--cert",
     "client.example.com.crt",
     "--key",

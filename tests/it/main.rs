@@ -31,6 +31,7 @@ mod demo;
 mod edge_tls;
 mod endpoints;
 mod fuzz_regressions;
+mod gateway_certs;
 mod hardening;
 mod identity_rotation;
 mod jwks;

@@ -26,7 +26,9 @@ pub enum Ending {
 /// A request body on its way to the app; its byte count lands in `total` when it ends (one
 /// atomic store per request, none per chunk).
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: an empty body (a request replayed for a retry, which only bodiless requests
+    /// get).
+    inner: Option<Incoming>,
     bytes: u64,
     total: Arc<AtomicU64>,
 }
@@ -34,7 +36,16 @@ pub struct RequestBody {
 impl RequestBody {
     pub fn new(inner: Incoming, total: Arc<AtomicU64>) -> RequestBody {
         RequestBody {
-            inner,
+            inner: Some(inner),
+            bytes: 0,
+            total,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty(total: Arc<AtomicU64>) -> RequestBody {
+        RequestBody {
+            inner: None,
             bytes: 0,
             total,
         }
@@ -49,7 +60,10 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
@@ -62,11 +76,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

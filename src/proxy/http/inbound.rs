@@ -51,80 +51,22 @@ pub async fn handle(
     let mut finish = Finish::begin(&req, conn.meter.clone(), conn.log.clone());
     let authority = authority_of(&req);
 
-    // Authentication first: a rejected token never reaches authorization or the app.
-    let auth: Option<RequestAuth> = if conn.authentication.is_empty() {
-        None
-    } else {
-        match conn.authentication.authenticate(
-            req.method(),
-            req.uri(),
-            req.headers(),
-            SystemTime::now(),
-        ) {
-            AuthnOutcome::Anonymous(edits) => {
-                apply_edits(&mut req, &mut finish, &edits);
-                None
-            }
-            AuthnOutcome::Authenticated(auth, edits) => {
-                apply_edits(&mut req, &mut finish, &edits);
-                Some(auth)
-            }
-            AuthnOutcome::Reject {
-                status,
-                reason,
-                www_authenticate,
-            } => {
-                conn.metrics.jwt_rejected(conn.port, reason);
-                tracing::info!(peer = %conn.log.peer, port = conn.port, status = status.as_u16(), reason, "request refused by RequestAuthentication");
-                let challenge = HeaderValue::try_from(www_authenticate)
-                    .ok()
-                    .map(|v| (header::WWW_AUTHENTICATE, v));
-                return Ok(finish.local_with_header(status, reason, flags::NONE, challenge));
-            }
-        }
+    let gate = Gate {
+        port: conn.port,
+        local: conn.local,
+        peer: conn.log.peer,
+        peer_id: conn.peer_id.as_ref(),
+        sni: conn.sni.as_deref(),
+        authorization: &conn.authorization,
+        authentication: &conn.authentication,
+        metrics: &conn.metrics,
+        direction: "inbound",
     };
-
-    if !conn.authorization.is_empty() {
-        let facts = authz::Connection {
-            peer: conn.peer_id.as_ref(),
-            source: conn.log.peer,
-            destination: conn.local,
-            sni: conn.sni.as_deref(),
-        };
-        let request = authz::Request {
-            method: req.method().as_str(),
-            authority: authority.as_ref().map(|a| a.as_str()).unwrap_or(""),
-            path: &finish.path,
-            headers: req.headers(),
-        };
-        let outcome = conn
-            .authorization
-            .check_request_with_auth(&facts, &request, auth.as_ref());
-        if let Some(shadow) = &outcome.shadow {
-            conn.metrics
-                .authz_dry_run(conn.port, *shadow == Verdict::Allow);
-        }
-        if outcome.audit {
-            conn.metrics.authz_audited(conn.port);
-            tracing::info!(target: "access", direction = "inbound", peer = %conn.log.peer, port = conn.port, path = %finish.path, verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
-        }
-        match outcome.verdict {
-            Verdict::Allow => {}
-            Verdict::Deny { policy } => {
-                conn.metrics.authz_denied(conn.port, &policy);
-                tracing::info!(peer = %conn.log.peer, port = conn.port, %policy, "request denied by authorization");
-                return Ok(finish.local(
-                    StatusCode::FORBIDDEN,
-                    flags::RBAC_BODY,
-                    flags::RBAC_DENIED,
-                ));
-            }
-            Verdict::BadRequest { reason } => {
-                tracing::info!(peer = %conn.log.peer, port = conn.port, reason, "bad request");
-                return Ok(finish.local(StatusCode::BAD_REQUEST, "Bad Request", flags::NONE));
-            }
-        }
-    }
+    let authority_text = authority.as_ref().map(|a| a.as_str()).unwrap_or("");
+    finish = match gate.admit(&mut req, finish, authority_text) {
+        Ok(finish) => finish,
+        Err(refused) => return Ok(*refused),
+    };
 
     let Some(uri) = upstream_uri(&req, authority) else {
         return Ok(finish.local(StatusCode::BAD_REQUEST, "Bad Request", flags::NONE));
@@ -168,6 +110,118 @@ pub async fn handle(
     let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(response.headers_mut(), keep_upgrade);
     Ok(finish.respond(response))
+}
+
+/// The policies one request passes before it is forwarded: RequestAuthentication (a JWT
+/// invalid for every provider is answered 401/403), then AuthorizationPolicy. Sidecar inbound
+/// ports and gateway ports share it.
+pub(crate) struct Gate<'a> {
+    pub port: u16,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The verified mesh identity of the client (mesh mTLS only).
+    pub peer_id: Option<&'a SpiffeId>,
+    pub sni: Option<&'a str>,
+    pub authorization: &'a Authorizer,
+    pub authentication: &'a Authenticator,
+    pub metrics: &'a Metrics,
+    /// `inbound` or `gateway`, for the audit log.
+    pub direction: &'static str,
+}
+
+impl Gate<'_> {
+    /// Authenticates and authorizes `req` (applying RequestAuthentication's header edits);
+    /// a refusal is the response to send, already counted and logged.
+    pub(crate) fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        mut finish: Finish,
+        authority: &str,
+    ) -> Result<Finish, Box<Response<ResponseBody>>> {
+        // Authentication first: a rejected token never reaches authorization or the app.
+        let auth: Option<RequestAuth> = if self.authentication.is_empty() {
+            None
+        } else {
+            match self.authentication.authenticate(
+                req.method(),
+                req.uri(),
+                req.headers(),
+                SystemTime::now(),
+            ) {
+                AuthnOutcome::Anonymous(edits) => {
+                    apply_edits(req, &mut finish, &edits);
+                    None
+                }
+                AuthnOutcome::Authenticated(auth, edits) => {
+                    apply_edits(req, &mut finish, &edits);
+                    Some(auth)
+                }
+                AuthnOutcome::Reject {
+                    status,
+                    reason,
+                    www_authenticate,
+                } => {
+                    self.metrics.jwt_rejected(self.port, reason);
+                    tracing::info!(peer = %self.peer, port = self.port, status = status.as_u16(), reason, "request refused by RequestAuthentication");
+                    let challenge = HeaderValue::try_from(www_authenticate)
+                        .ok()
+                        .map(|v| (header::WWW_AUTHENTICATE, v));
+                    return Err(Box::new(finish.local_with_header(
+                        status,
+                        reason,
+                        flags::NONE,
+                        challenge,
+                    )));
+                }
+            }
+        };
+        if self.authorization.is_empty() {
+            return Ok(finish);
+        }
+        let facts = authz::Connection {
+            peer: self.peer_id,
+            source: self.peer,
+            destination: self.local,
+            sni: self.sni,
+        };
+        let request = authz::Request {
+            method: req.method().as_str(),
+            authority,
+            path: &finish.path,
+            headers: req.headers(),
+        };
+        let outcome = self
+            .authorization
+            .check_request_with_auth(&facts, &request, auth.as_ref());
+        if let Some(shadow) = &outcome.shadow {
+            self.metrics
+                .authz_dry_run(self.port, *shadow == Verdict::Allow);
+        }
+        if outcome.audit {
+            self.metrics.authz_audited(self.port);
+            tracing::info!(target: "access", direction = self.direction, peer = %self.peer, port = self.port, path = %finish.path, verdict = ?outcome.verdict, "audited by AuthorizationPolicy");
+        }
+        match outcome.verdict {
+            Verdict::Allow => Ok(finish),
+            Verdict::Deny { policy } => {
+                self.metrics.authz_denied(self.port, &policy);
+                tracing::info!(peer = %self.peer, port = self.port, %policy, "request denied by authorization");
+                Err(Box::new(finish.local(
+                    StatusCode::FORBIDDEN,
+                    flags::RBAC_BODY,
+                    flags::RBAC_DENIED,
+                )))
+            }
+            Verdict::BadRequest { reason } => {
+                tracing::info!(peer = %self.peer, port = self.port, reason, "bad request");
+                Err(Box::new(finish.local(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request",
+                    flags::NONE,
+                )))
+            }
+        }
+    }
 }
 
 /// Applies RequestAuthentication's edits: headers, and the URI when a token is taken out of

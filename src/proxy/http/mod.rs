@@ -18,6 +18,7 @@ pub mod io;
 pub mod outbound;
 pub mod pool;
 pub mod preface;
+pub mod route;
 pub mod server;
 pub mod upstream;
 pub mod xfcc;

@@ -46,10 +46,8 @@ struct Conn {
     rt: Arc<Runtime>,
     shared: Shared,
     log: LogContext,
-    /// The destination speaks HTTP/2 (HTTP2, GRPC): dedicated connections use h2 too.
-    http2_destination: bool,
     /// Request labels per endpoint (by address in the runtime), resolved on first use.
-    meters: Mutex<HashMap<usize, Arc<Meter>>>,
+    meters: Meters,
     /// For requests that never reach an endpoint.
     unrouted: Arc<Meter>,
     tunnels: Arc<Tunnels>,
@@ -76,27 +74,6 @@ fn labels(
         destination_service_name: d.service.clone().unwrap_or_else(|| d.host.clone()),
         destination_service_namespace: d.namespace.clone().unwrap_or_else(|| UNKNOWN.into()),
         security_policy: "unknown",
-    }
-}
-
-impl Conn {
-    fn tcp_labels(&self, ep: Option<&UpstreamEndpoint>, server_id: Option<&SpiffeId>) -> TcpLabels {
-        labels(&self.out, &self.rt, ep, server_id)
-    }
-
-    fn meter(&self, ep: &UpstreamEndpoint, server_id: Option<&SpiffeId>) -> Arc<Meter> {
-        let key = ep as *const UpstreamEndpoint as usize;
-        let mut meters = self.meters.lock().unwrap_or_else(|p| p.into_inner());
-        meters
-            .entry(key)
-            .or_insert_with(|| {
-                Meter::new(
-                    self.shared
-                        .metrics
-                        .request_labels(&self.tcp_labels(Some(ep), server_id)),
-                )
-            })
-            .clone()
     }
 }
 
@@ -140,8 +117,7 @@ pub async fn serve(
             listener: out.bind.to_string().into(),
             principal: UNKNOWN.into(),
         },
-        http2_destination: matches!(out.destination.protocol, Protocol::Http2 | Protocol::Grpc),
-        meters: Mutex::default(),
+        meters: Meters::default(),
         unrouted: Meter::new(shared.metrics.request_labels(&unrouted)),
         tunnels: tunnels.clone(),
         out,
@@ -173,97 +149,19 @@ async fn handle(
     strip_hop_by_hop(req.headers_mut(), tunnel);
     let downstream_upgrade = tunnel.then(|| hyper::upgrade::on(&mut req));
     let is_connect = req.method() == Method::CONNECT;
-    let shared = &conn.shared;
-    let service = conn.out.destination.host.as_str();
-
-    let Some((route, start)) = conn.out.pick() else {
-        shared.metrics.upstream_failed(service, "no_endpoint");
-        return Ok(finish.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            flags::NO_HEALTHY_UPSTREAM_BODY,
-            flags::NO_HEALTHY_UPSTREAM,
-        ));
-    };
-    let n = route.endpoints.len();
-    let mut chosen = None;
-    for attempt in 0..n {
-        let ep = &route.endpoints[(start + attempt) % n];
-        let labels = |id: Option<&SpiffeId>| conn.tcp_labels(Some(ep), id);
-        let got = if tunnel {
-            pool::dedicated(ep, shared).await.map(Upstream::Dedicated)
-        } else {
-            shared.h2_pool.checkout(ep, shared, &labels).await
-        };
-        match got {
-            Ok(upstream) => {
-                chosen = Some((ep, upstream));
-                break;
-            }
-            Err((reason, detail)) => {
-                shared.metrics.upstream_failed(service, reason);
-                tracing::warn!(peer = %conn.log.peer, destination = service, endpoint = %format!("{}:{}", ep.host, ep.port), side = "upstream", reason, error = %detail, "upstream connection failed");
-            }
-        }
-    }
-    let Some((ep, upstream)) = chosen else {
-        return Ok(finish.local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            flags::CONNECT_FAILURE_BODY,
-            flags::UPSTREAM_CONNECTION_FAILURE,
-        ));
-    };
-
     let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
     let body = RequestBody::new(body, finish.request_body.clone());
-    let sent = match upstream {
-        Upstream::Pooled(lease) => {
-            finish.meter = conn.meter(ep, lease.server_id());
-            finish.log.principal = principal(lease.server_id());
-            parts.uri = uri;
-            parts.version = Version::HTTP_2;
-            let mut sender = lease.sender();
-            finish.lease = Some(lease);
-            match sender.ready().await {
-                Ok(()) => sender.send_request(Request::from_parts(parts, body)).await,
-                Err(e) => Err(e),
-            }
-        }
-        Upstream::Dedicated(d) => {
-            finish.meter = conn.meter(ep, d.server_id.as_ref());
-            finish.log.principal = principal(d.server_id.as_ref());
-            let tcp = shared
-                .metrics
-                .tcp_connection(&conn.tcp_labels(Some(ep), d.server_id.as_ref()), "outbound");
-            let io = TokioIo::new(Counted::new(*d.tls, tcp));
-            if conn.http2_destination && !tunnel {
-                parts.uri = uri;
-                parts.version = Version::HTTP_2;
-                send_h2(io, Request::from_parts(parts, body)).await
-            } else {
-                parts.uri = origin_form(&uri, is_connect);
-                parts.version = Version::HTTP_11;
-                if !parts.headers.contains_key(header::HOST) {
-                    if let Some(a) = uri
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    {
-                        parts.headers.insert(header::HOST, a);
-                    }
-                }
-                send_h1(io, Request::from_parts(parts, body)).await
-            }
-        }
+    let to = Forward {
+        out: &conn.out,
+        rt: &conn.rt,
+        shared: &conn.shared,
+        meters: &conn.meters,
+        peer: conn.log.peer,
     };
-    let mut response = match sent {
+    let mut response = match to.send(parts, body, tunnel, &mut finish).await {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(peer = %conn.log.peer, destination = service, error = %e, "upstream request failed");
-            return Ok(finish.local(
-                StatusCode::SERVICE_UNAVAILABLE,
-                flags::RESET_BODY,
-                flags::UPSTREAM_CONNECTION_TERMINATION,
-            ));
-        }
+        Err(failure) => return Ok(failure.reply(finish)),
     };
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && response.status().is_success());
@@ -274,6 +172,170 @@ async fn handle(
     let keep_upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(response.headers_mut(), keep_upgrade);
     Ok(finish.respond(response))
+}
+
+/// Request metric series per upstream endpoint, resolved on first use and shared by the
+/// requests of one downstream connection.
+#[derive(Default)]
+pub(crate) struct Meters(Mutex<HashMap<usize, Arc<Meter>>>);
+
+impl Meters {
+    fn get(
+        &self,
+        out: &OutboundRuntime,
+        rt: &Runtime,
+        shared: &Shared,
+        ep: &UpstreamEndpoint,
+        server_id: Option<&SpiffeId>,
+    ) -> Arc<Meter> {
+        let key = ep as *const UpstreamEndpoint as usize;
+        let mut meters = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        meters
+            .entry(key)
+            .or_insert_with(|| {
+                Meter::new(
+                    shared
+                        .metrics
+                        .request_labels(&labels(out, rt, Some(ep), server_id)),
+                )
+            })
+            .clone()
+    }
+}
+
+/// Why a request did not get an upstream response; each maps to Envoy's local reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The destination has no endpoint (`UH`).
+    NoEndpoint,
+    /// No endpoint could be connected to (`UF`).
+    Connect,
+    /// The upstream connection failed before the response began (`UC`).
+    Reset,
+}
+
+impl Failure {
+    /// The 503 Envoy answers with.
+    pub(crate) fn reply(self, finish: Finish) -> Response<ResponseBody> {
+        let (body, flag) = match self {
+            Failure::NoEndpoint => (flags::NO_HEALTHY_UPSTREAM_BODY, flags::NO_HEALTHY_UPSTREAM),
+            Failure::Connect => (
+                flags::CONNECT_FAILURE_BODY,
+                flags::UPSTREAM_CONNECTION_FAILURE,
+            ),
+            Failure::Reset => (flags::RESET_BODY, flags::UPSTREAM_CONNECTION_TERMINATION),
+        };
+        finish.local(StatusCode::SERVICE_UNAVAILABLE, body, flag)
+    }
+}
+
+/// One destination of a request and what sending to it needs: the sidecar's outbound
+/// entries and the gateway's routes both forward through it.
+pub(crate) struct Forward<'a> {
+    pub out: &'a OutboundRuntime,
+    pub rt: &'a Runtime,
+    pub shared: &'a Shared,
+    pub meters: &'a Meters,
+    /// The downstream client, for logs.
+    pub peer: SocketAddr,
+}
+
+impl Forward<'_> {
+    /// Sends a request whose `uri` is absolute (the authority the next hop sees) and whose
+    /// hop-by-hop headers are gone to an endpoint of the destination: a route by weight,
+    /// the endpoints round-robin, the next one when a connection fails. The request is counted
+    /// on the chosen endpoint's series (`finish.meter`), which also holds the pooled stream
+    /// slot until the response ends.
+    pub(crate) async fn send(
+        &self,
+        mut parts: http::request::Parts,
+        body: RequestBody,
+        tunnel: bool,
+        finish: &mut Finish,
+    ) -> Result<Response<Incoming>, Failure> {
+        let shared = self.shared;
+        let service = self.out.destination.host.as_str();
+        let Some((route, start)) = self.out.pick() else {
+            shared.metrics.upstream_failed(service, "no_endpoint");
+            return Err(Failure::NoEndpoint);
+        };
+        let n = route.endpoints.len();
+        let mut chosen = None;
+        for attempt in 0..n {
+            let ep = &route.endpoints[(start + attempt) % n];
+            let labels = |id: Option<&SpiffeId>| labels(self.out, self.rt, Some(ep), id);
+            let got = if tunnel {
+                pool::dedicated(ep, shared).await.map(Upstream::Dedicated)
+            } else {
+                shared.h2_pool.checkout(ep, shared, &labels).await
+            };
+            match got {
+                Ok(upstream) => {
+                    chosen = Some((ep, upstream));
+                    break;
+                }
+                Err((reason, detail)) => {
+                    shared.metrics.upstream_failed(service, reason);
+                    tracing::warn!(peer = %self.peer, destination = service, endpoint = %format!("{}:{}", ep.host, ep.port), side = "upstream", reason, error = %detail, "upstream connection failed");
+                }
+            }
+        }
+        let Some((ep, upstream)) = chosen else {
+            return Err(Failure::Connect);
+        };
+        let is_connect = parts.method == Method::CONNECT;
+        let http2_destination = matches!(
+            self.out.destination.protocol,
+            Protocol::Http2 | Protocol::Grpc
+        );
+        let sent = match upstream {
+            Upstream::Pooled(lease) => {
+                finish.meter = self
+                    .meters
+                    .get(self.out, self.rt, shared, ep, lease.server_id());
+                finish.log.principal = principal(lease.server_id());
+                parts.version = Version::HTTP_2;
+                let mut sender = lease.sender();
+                finish.lease = Some(lease);
+                match sender.ready().await {
+                    Ok(()) => sender.send_request(Request::from_parts(parts, body)).await,
+                    Err(e) => Err(e),
+                }
+            }
+            Upstream::Dedicated(d) => {
+                finish.meter = self
+                    .meters
+                    .get(self.out, self.rt, shared, ep, d.server_id.as_ref());
+                finish.log.principal = principal(d.server_id.as_ref());
+                let tcp = shared.metrics.tcp_connection(
+                    &labels(self.out, self.rt, Some(ep), d.server_id.as_ref()),
+                    "outbound",
+                );
+                let io = TokioIo::new(Counted::new(*d.tls, tcp));
+                if http2_destination && !tunnel {
+                    parts.version = Version::HTTP_2;
+                    send_h2(io, Request::from_parts(parts, body)).await
+                } else {
+                    let uri = std::mem::take(&mut parts.uri);
+                    parts.uri = origin_form(&uri, is_connect);
+                    parts.version = Version::HTTP_11;
+                    if !parts.headers.contains_key(header::HOST) {
+                        if let Some(a) = uri
+                            .authority()
+                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        {
+                            parts.headers.insert(header::HOST, a);
+                        }
+                    }
+                    send_h1(io, Request::from_parts(parts, body)).await
+                }
+            }
+        };
+        sent.map_err(|e| {
+            tracing::warn!(peer = %self.peer, destination = service, error = %e, "upstream request failed");
+            Failure::Reset
+        })
+    }
 }
 
 fn principal(id: Option<&SpiffeId>) -> Arc<str> {

@@ -324,6 +324,38 @@ impl Finish {
     }
 }
 
+impl Finish {
+    /// A response the proxy makes itself with an owned body (a gateway's `directResponse`,
+    /// an empty redirect), counted and logged like an upstream's.
+    pub fn local_bytes(
+        mut self,
+        status: StatusCode,
+        body: bytes::Bytes,
+        flag: &'static str,
+        header: Option<(http::HeaderName, http::HeaderValue)>,
+    ) -> Response<ResponseBody> {
+        self.status = status.as_u16();
+        self.flags = flag;
+        let len = body.len();
+        let mut response = Response::new(ResponseBody::local(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        if len > 0 {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain"),
+            );
+        }
+        headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        if let Some((name, value)) = header {
+            headers.insert(name, value);
+        }
+        self.response_headers = wire_size(response.headers()) + 17;
+        let (parts, body) = response.into_parts();
+        Response::from_parts(parts, body.on_end(self))
+    }
+}
+
 /// `:authority` (HTTP/2, or an absolute-form HTTP/1 target), else `Host`.
 pub fn authority_of<B>(req: &Request<B>) -> Option<Authority> {
     if let Some(a) = req.uri().authority() {

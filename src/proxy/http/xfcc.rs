@@ -71,6 +71,41 @@ pub fn element(by: &str, cert: &ClientCert) -> String {
     out
 }
 
+/// The element an ingress gateway sets for an external client certificate (Istio's gateway
+/// default, SANITIZE_SET with Subject, Cert, DNS, URI): `Hash`, `Cert` (the URL-encoded PEM of
+/// the leaf, quoted), `Subject`, `URI` and one `DNS` per DNS SAN. No `By`: the certificate the
+/// gateway served is the user's, with no URI SAN to name itself by.
+pub fn gateway_element(leaf: &CertificateDer<'_>) -> String {
+    let cert = ClientCert::from_leaf(leaf);
+    // LF line endings, as OpenSSL (and so Envoy) writes PEM.
+    let pem = pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", leaf.as_ref().to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    );
+    let mut out = String::with_capacity(256 + pem.len() * 2);
+    push_pair(&mut out, "Hash", &cert.hash, false);
+    push_pair(&mut out, "Cert", &url_encode(&pem), true);
+    push_pair(&mut out, "Subject", &cert.subject, true);
+    push_pair(&mut out, "URI", cert.uri.as_deref().unwrap_or(""), false);
+    for d in &cert.dns {
+        push_pair(&mut out, "DNS", d, false);
+    }
+    out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (how Envoy writes `Cert`).
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3 / 2);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 fn push_pair(out: &mut String, key: &str, value: &str, always_quote: bool) {
     if !out.is_empty() {
         out.push(';');
@@ -271,5 +306,41 @@ mod tests {
         );
         assert_eq!(details.dns, vec!["age".to_string()]);
         assert_eq!(details.subject, "CN=age\\, the service,O=Example");
+    }
+
+    #[test]
+    fn the_gateway_element_carries_the_url_encoded_certificate_and_no_by() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["client.example.com".into()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client.example.com");
+        let c = params.self_signed(&key).unwrap();
+        let element = gateway_element(c.der());
+        let pairs: Vec<&str> = element.split(';').collect();
+        assert!(
+            pairs[0].starts_with("Hash=") && pairs[0].len() == 5 + 64,
+            "{element}"
+        );
+        assert!(
+            pairs[1].starts_with("Cert=\"-----BEGIN%20CERTIFICATE-----%0A"),
+            "{element}"
+        );
+        assert!(
+            pairs[1].ends_with("-----END%20CERTIFICATE-----%0A\""),
+            "{element}"
+        );
+        // The URL-encoded PEM has nothing that needs quoting inside, and decodes to the leaf.
+        let encoded = &pairs[1][6..pairs[1].len() - 1];
+        assert!(
+            !encoded.contains([',', ';', '=', '"', '+', '/']),
+            "{encoded}"
+        );
+        assert_eq!(pairs[2], "Subject=\"CN=client.example.com\"");
+        assert_eq!(pairs[3], "URI=");
+        assert_eq!(pairs[4], "DNS=client.example.com");
+        assert_eq!(pairs.len(), 5);
+        assert!(!element.contains("By="));
     }
 }
