@@ -710,9 +710,20 @@ async fn the_edge(
     std::fs::write(&gateway_file, gateway_yaml(&edge, sentences_port, "SIMPLE"))?;
 
     let mut cmd = Command::new(exe);
-    cmd.args(["gateway", "--config", path(config), "--workload", "ingressgateway"]);
+    cmd.args([
+        "gateway",
+        "--config",
+        path(config),
+        "--workload",
+        "ingressgateway",
+    ]);
     cmd.args(["--cert-dir", path(&identity)]);
-    cmd.args(["--credentials-dir", path(&credentials), "--listen-ip", "127.0.0.1"]);
+    cmd.args([
+        "--credentials-dir",
+        path(&credentials),
+        "--listen-ip",
+        "127.0.0.1",
+    ]);
     cmd.args([
         "--admin-addr",
         &Member::addr(edge.admin),

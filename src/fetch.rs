@@ -212,7 +212,16 @@ pub async fn request(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<Answer, FetchError> {
-    exchange(authority, "GET", path, headers, b"", &Via::default(), timeout).await
+    exchange(
+        authority,
+        "GET",
+        path,
+        headers,
+        b"",
+        &Via::default(),
+        timeout,
+    )
+    .await
 }
 
 /// A GET like [`request`], reaching the server as `via` says (another address, TLS).
@@ -467,17 +476,16 @@ mod tests {
             .unwrap()
             .signed_by(&key, &issuer)
             .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(
-            crate::identity::svid::PROVIDER.clone(),
-        )
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-        .unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(crate::identity::svid::PROVIDER.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -557,7 +565,10 @@ mod tests {
 
     #[test]
     fn hosts_of_authorities() {
-        assert_eq!(host_of("sentences.example.com:8443"), "sentences.example.com");
+        assert_eq!(
+            host_of("sentences.example.com:8443"),
+            "sentences.example.com"
+        );
         assert_eq!(host_of("[::1]:8443"), "::1");
         assert_eq!(host_of("age"), "age");
     }

@@ -114,7 +114,10 @@ fn demo_plays_the_storyline_and_cleans_up() {
         .find(|l| l.contains("outrider_gateway_tls_handshakes_total by outcome"))
         .unwrap_or_else(|| panic!("{stdout}"));
     assert!(handshakes.contains("ok ×"), "{handshakes}");
-    assert!(handshakes.contains("certificate_required ×"), "{handshakes}");
+    assert!(
+        handshakes.contains("certificate_required ×"),
+        "{handshakes}"
+    );
     assert!(
         step6.contains("ingressgateway → sentences: mutual_tls 200 ×"),
         "{stdout}"
