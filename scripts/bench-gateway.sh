@@ -126,7 +126,7 @@ EOF
 cat >"$work/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
