@@ -1,7 +1,9 @@
 //! `outrider check`: validate the configuration and print the plan of every workload (or of
 //! one): the mode of each inbound port and the resource that decided it, the TLS of each
 //! outbound endpoint and why, the AuthorizationPolicies and RequestAuthentication rules that
-//! apply to each inbound port, and the warnings.
+//! apply to each inbound port, and the warnings. For a gateway workload: each port, its
+//! servers (protocol, hosts, TLS mode and certificate source) and the rules bound to each
+//! server with their destinations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +13,13 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::plan::{keys_text, MtlsMode, OutboundTrafficPolicy, Plan, TlsOrigination};
+use super::gateway_plan::{
+    CaSource, CertificateSource, GatewayPlan, GatewayServer, HttpAction, HttpMatch, L4Rule,
+    StringMatch, TlsVersion, WeightedDestination,
+};
+use super::plan::{keys_text, MtlsMode, OutboundPlan, OutboundTrafficPolicy, Plan, TlsOrigination};
+use crate::policy::authz::Authorizer;
+use crate::policy::jwt::Authenticator;
 
 /// What `outrider check` validates and how it prints the result.
 #[derive(Debug, Clone)]
@@ -125,7 +133,11 @@ impl CheckOptions {
         let result = super::load_paths(&self.config).and_then(|config| {
             let names = match &self.workload {
                 Some(w) => vec![w.clone()],
-                None => config.workload_names(),
+                None => config
+                    .workload_names()
+                    .into_iter()
+                    .chain(config.gateway_names())
+                    .collect(),
             };
             let plans = names
                 .iter()
@@ -244,17 +256,361 @@ fn captured_section(out: &mut String, plan: &Plan, map: &CaptureMap) {
     columns(out, "    ", &rows);
 }
 
+/// The header of a route table (see [`route_rows`]).
+fn route_header() -> Vec<String> {
+    [
+        "SUBSET",
+        "WEIGHT",
+        "ENDPOINT",
+        "WORKLOAD",
+        "TLS",
+        "DECIDED BY",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// One row per endpoint of each route of `o` (a row saying so for a route without any).
+fn route_rows(rows: &mut Vec<Vec<String>>, o: &OutboundPlan) {
+    for r in &o.routes {
+        let subset = r.subset.clone().unwrap_or_else(|| "-".into());
+        if r.endpoints.is_empty() {
+            rows.push(vec![
+                subset.clone(),
+                r.weight.to_string(),
+                "(no endpoints)".into(),
+            ]);
+        }
+        for e in &r.endpoints {
+            rows.push(vec![
+                subset.clone(),
+                r.weight.to_string(),
+                format!("{}:{}", e.host, e.port),
+                e.workload.clone().unwrap_or_else(|| "-".into()),
+                tls_name(&e.tls).into(),
+                e.decided_by.clone(),
+            ]);
+        }
+    }
+}
+
+/// The AuthorizationPolicies and RequestAuthentication rules of one port.
+fn policies(
+    out: &mut String,
+    indent: &str,
+    port: u16,
+    authorization: &Authorizer,
+    authentication: &Authenticator,
+) {
+    let list: Vec<String> = authorization
+        .applied()
+        .iter()
+        .map(|a| {
+            let dry = if a.dry_run { " (dry-run)" } else { "" };
+            format!("{} {}{dry}", a.action.as_str(), a.name)
+        })
+        .collect();
+    let list = if list.is_empty() {
+        "none (everything allowed)".to_string()
+    } else {
+        list.join(", ")
+    };
+    let _ = writeln!(out, "{indent}authorization on port {port}: {list}");
+    let providers: Vec<String> = authentication
+        .providers()
+        .iter()
+        .map(|pr| {
+            let issuer = if pr.issuer.is_empty() {
+                "any issuer".to_string()
+            } else {
+                format!("issuer {}", pr.issuer)
+            };
+            format!("{} ({issuer}, {})", pr.origin, keys_text(&pr.keys))
+        })
+        .collect();
+    let providers = if providers.is_empty() {
+        "none (no JWT checked)".to_string()
+    } else {
+        providers.join(", ")
+    };
+    let _ = writeln!(out, "{indent}authentication on port {port}: {providers}");
+}
+
+/// A gateway's ports, servers and bound rules.
+fn gateway_section(out: &mut String, g: &GatewayPlan) {
+    if g.ports.is_empty() {
+        out.push_str(
+            "  gateway: no Gateway server selects this workload
+",
+        );
+        return;
+    }
+    out.push_str("  gateway:\n");
+    for p in &g.ports {
+        let kind = if p.is_tls() {
+            "TLS, server chosen by SNI"
+        } else {
+            "plaintext"
+        };
+        let _ = writeln!(out, "    port {} ({kind}):", p.port);
+        for s in &p.servers {
+            server_lines(out, s);
+        }
+        policies(out, "      ", p.port, &p.authorization, &p.authentication);
+    }
+}
+
+fn server_lines(out: &mut String, s: &GatewayServer) {
+    let protocol = serde_json::to_value(s.protocol)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let tls = match &s.tls {
+        None if s.https_redirect => "plaintext, httpsRedirect (301 to https)".to_string(),
+        None => "plaintext".to_string(),
+        Some(t) => {
+            let mode = serde_json::to_value(t.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let mut parts = vec![mode];
+            match &t.certificate {
+                Some(CertificateSource::Files {
+                    certificate,
+                    private_key,
+                }) => parts.push(format!(
+                    "certificate files {} + {}",
+                    certificate.display(),
+                    private_key.display()
+                )),
+                Some(CertificateSource::Credential { name }) => {
+                    parts.push(format!("certificate credential {name}"))
+                }
+                None => {}
+            }
+            match &t.ca_certificates {
+                Some(CaSource::Files {
+                    ca_certificates,
+                    ca_crl,
+                }) => parts.push(format!(
+                    "client CA file {}{}",
+                    ca_certificates.display(),
+                    ca_crl
+                        .as_ref()
+                        .map(|c| format!(" (CRL {}, not enforced)", c.display()))
+                        .unwrap_or_default()
+                )),
+                Some(CaSource::Credential { name }) => {
+                    parts.push(format!("client CA credential {name}-cacert, else {name}"))
+                }
+                None => {}
+            }
+            if !t.subject_alt_names.is_empty() {
+                parts.push(format!("client SANs {}", t.subject_alt_names.join(", ")));
+            }
+            let v = |v: TlsVersion| match v {
+                TlsVersion::Tls12 => "1.2",
+                TlsVersion::Tls13 => "1.3",
+            };
+            parts.push(format!(
+                "TLS {}-{}",
+                v(t.min_protocol_version),
+                v(t.max_protocol_version)
+            ));
+            if !t.cipher_suites.is_empty() {
+                parts.push(format!("ciphers {}", t.cipher_suites.join(":")));
+            }
+            parts.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "      server {} (Gateway {}, {protocol}, hosts {}): {tls}",
+        s.name,
+        s.gateway,
+        s.hosts.join(", ")
+    );
+    if s.http.is_empty() && s.tls_routes.is_empty() && s.tcp.is_empty() {
+        let unmatched = if s.protocol.is_http() && !s.https_redirect {
+            " (every request gets 404)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "        no rules bound{unmatched}");
+    }
+    for r in &s.http {
+        let matches = if r.matches.is_empty() {
+            "any request".to_string()
+        } else {
+            r.matches
+                .iter()
+                .map(match_text)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        let action = match &r.action {
+            HttpAction::Route(route) => {
+                let mut a = vec!["route".to_string()];
+                if let Some(rw) = &route.rewrite {
+                    if let Some(u) = &rw.uri {
+                        a.push(format!("rewrite uri {u}"));
+                    }
+                    if let Some(au) = &rw.authority {
+                        a.push(format!("rewrite authority {au}"));
+                    }
+                }
+                if let Some(t) = route.timeout {
+                    a.push(format!("timeout {t:?}"));
+                }
+                a.push(format!(
+                    "retries {}{}",
+                    route.retries.attempts,
+                    if route.retries.attempts > 0 {
+                        format!(" on {}", route.retries.retry_on.join(","))
+                    } else {
+                        String::new()
+                    }
+                ));
+                a.join(", ")
+            }
+            HttpAction::Redirect(rd) => {
+                let target = format!(
+                    "{}{}{}{}",
+                    rd.scheme
+                        .as_deref()
+                        .map(|s| format!("{s}://"))
+                        .unwrap_or_default(),
+                    rd.authority.as_deref().unwrap_or("<same host>"),
+                    rd.port.map(|p| format!(":{p}")).unwrap_or_default(),
+                    rd.uri.as_deref().unwrap_or("<same path>")
+                );
+                format!("redirect {} to {target}", rd.status)
+            }
+            HttpAction::DirectResponse { status, body } => format!(
+                "direct response {status}{}",
+                body.as_ref()
+                    .map(|b| format!(" ({} bytes)", b.len()))
+                    .unwrap_or_default()
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "        {} [hosts {}]: {matches} => {action}",
+            r.origin,
+            r.hosts.join(", ")
+        );
+        if let HttpAction::Route(route) = &r.action {
+            destinations(out, &route.destinations);
+        }
+    }
+    for (kind, rules) in [("tls", &s.tls_routes), ("tcp", &s.tcp)] {
+        for r in rules {
+            l4_line(out, kind, r);
+        }
+    }
+}
+
+fn l4_line(out: &mut String, kind: &str, r: &L4Rule) {
+    let mut m = Vec::new();
+    if !r.sni_hosts.is_empty() {
+        m.push(format!("sni {}", r.sni_hosts.join(", ")));
+    }
+    if let Some(p) = r.port {
+        m.push(format!("port {p}"));
+    }
+    let m = if m.is_empty() {
+        format!("any {kind} connection")
+    } else {
+        m.join(", ")
+    };
+    let _ = writeln!(out, "        {}: {m} => forward", r.origin);
+    destinations(out, &r.destinations);
+}
+
+fn destinations(out: &mut String, ds: &[WeightedDestination]) {
+    let mut rows = vec![std::iter::once("DESTINATION".to_string())
+        .chain(route_header())
+        .collect()];
+    for d in ds {
+        let mut one = Vec::new();
+        route_rows(&mut one, &d.plan);
+        let dest = format!("{}:{}", d.plan.destination.host, d.plan.destination.port);
+        for row in one {
+            rows.push(std::iter::once(dest.clone()).chain(row).collect());
+        }
+    }
+    columns(out, "          ", &rows);
+}
+
+/// One `match[]` entry, briefly: `uri prefix /api, method GET, header x-user ~ a.*`.
+fn match_text(m: &HttpMatch) -> String {
+    fn sm(s: &StringMatch) -> String {
+        match s {
+            StringMatch::Exact(v) => format!("= {v}"),
+            StringMatch::Prefix(v) => format!("prefix {v}"),
+            StringMatch::Regex(r) => {
+                // as written: without the anchors the loader adds
+                let re = r.as_str();
+                let bare = re
+                    .strip_prefix("^(?:")
+                    .and_then(|r| r.strip_suffix(")$"))
+                    .unwrap_or(re);
+                format!("~ {bare}")
+            }
+            StringMatch::Present => "present".to_string(),
+        }
+    }
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name} {}", sm(v)));
+        }
+    }
+    if m.ignore_uri_case {
+        parts.push("ignoreUriCase".into());
+    }
+    for (n, v) in &m.headers {
+        parts.push(format!("header {n} {}", sm(v)));
+    }
+    for (n, v) in &m.without_headers {
+        parts.push(format!("not header {n} {}", sm(v)));
+    }
+    for (n, v) in &m.query_params {
+        parts.push(format!("query {n} {}", sm(v)));
+    }
+    if let Some(p) = m.port {
+        parts.push(format!("port {p}"));
+    }
+    if parts.is_empty() {
+        "any request".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn table(report: &Report<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "trust domain: {}", report.trust_domain);
     for plan in report.plans {
         let w = &plan.workload;
+        let role = if plan.gateway.is_some() {
+            ", gateway"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "\nworkload {} (namespace {}, service {}, version {}, {})",
+            "\nworkload {} (namespace {}, service {}, version {}, {}{role})",
             w.name, w.namespace, w.service, w.version, w.spiffe_id
         );
-        if plan.inbound.is_empty() {
+        if plan.gateway.is_some() {
+            // a gateway has no inbound ports of its own: its listeners are its servers
+        } else if plan.inbound.is_empty() {
             out.push_str("  inbound: none\n");
         } else {
             out.push_str("  inbound:\n");
@@ -278,43 +634,21 @@ fn table(report: &Report<'_>) -> String {
             }
             columns(&mut out, "    ", &rows);
             for p in &plan.inbound {
-                let applied = p.authorization.applied();
-                let list: Vec<String> = applied
-                    .iter()
-                    .map(|a| {
-                        let dry = if a.dry_run { " (dry-run)" } else { "" };
-                        format!("{} {}{dry}", a.action.as_str(), a.name)
-                    })
-                    .collect();
-                let list = if list.is_empty() {
-                    "none (everything allowed)".to_string()
-                } else {
-                    list.join(", ")
-                };
-                let _ = writeln!(out, "    authorization on port {}: {list}", p.port);
-                let providers: Vec<String> = p
-                    .authentication
-                    .providers()
-                    .iter()
-                    .map(|pr| {
-                        let issuer = if pr.issuer.is_empty() {
-                            "any issuer".to_string()
-                        } else {
-                            format!("issuer {}", pr.issuer)
-                        };
-                        format!("{} ({issuer}, {})", pr.origin, keys_text(&pr.keys))
-                    })
-                    .collect();
-                let providers = if providers.is_empty() {
-                    "none (no JWT checked)".to_string()
-                } else {
-                    providers.join(", ")
-                };
-                let _ = writeln!(out, "    authentication on port {}: {providers}", p.port);
+                policies(
+                    &mut out,
+                    "    ",
+                    p.port,
+                    &p.authorization,
+                    &p.authentication,
+                );
             }
         }
         if let Some(map) = report.capture_maps.iter().find(|m| m.workload == w.name) {
             captured_section(&mut out, plan, map);
+        }
+        if let Some(g) = &plan.gateway {
+            gateway_section(&mut out, g);
+            continue;
         }
         if plan.outbound.is_empty() {
             out.push_str("  outbound: none\n");
@@ -327,34 +661,8 @@ fn table(report: &Report<'_>) -> String {
                 "    {} -> {} ({}:{}; routes: {})",
                 o.bind, o.to, o.destination.host, o.destination.port, o.decided_by
             );
-            let mut rows = vec![vec![
-                "SUBSET".into(),
-                "WEIGHT".into(),
-                "ENDPOINT".into(),
-                "WORKLOAD".into(),
-                "TLS".into(),
-                "DECIDED BY".into(),
-            ]];
-            for r in &o.routes {
-                let subset = r.subset.clone().unwrap_or_else(|| "-".into());
-                if r.endpoints.is_empty() {
-                    rows.push(vec![
-                        subset.clone(),
-                        r.weight.to_string(),
-                        "(no endpoints)".into(),
-                    ]);
-                }
-                for e in &r.endpoints {
-                    rows.push(vec![
-                        subset.clone(),
-                        r.weight.to_string(),
-                        format!("{}:{}", e.host, e.port),
-                        e.workload.clone().unwrap_or_else(|| "-".into()),
-                        tls_name(&e.tls).into(),
-                        e.decided_by.clone(),
-                    ]);
-                }
-            }
+            let mut rows = vec![route_header()];
+            route_rows(&mut rows, o);
             columns(&mut out, "      ", &rows);
         }
     }

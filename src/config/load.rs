@@ -12,13 +12,14 @@ use serde_yaml_ng::Value;
 use super::authorization_policy::{self, AuthzPolicy};
 use super::destination_rule::{self, DestinationRule};
 use super::error::ConfigError;
+use super::gateway::{self, routes};
 use super::peer_authn::PeerPolicy;
 use super::plan::{ForwardClientCert, OutboundTrafficPolicy, Protocol};
 use super::request_authentication::{self, AuthnPolicy};
 use super::resources::{
-    AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, MeshSpec,
+    AuthorizationPolicySpec, DestinationRuleSpec, ForwardClientCertSpec, GatewaySpec, MeshSpec,
     OutboundTrafficModeSpec, PeerAuthenticationSpec, ProtocolSpec, RequestAuthenticationSpec,
-    Resource, VirtualServiceSpec, WorkloadSpec,
+    Resource, RoleSpec, VirtualServiceSpec, WorkloadSpec,
 };
 use super::scope;
 use super::source::{self, Document};
@@ -32,7 +33,6 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Istio kinds accepted and ignored (with a warning), by API group.
 const IGNORED_KINDS: &[(&str, &str)] = &[
-    ("networking.istio.io", "Gateway"),
     ("networking.istio.io", "ServiceEntry"),
     ("networking.istio.io", "Sidecar"),
     ("networking.istio.io", "WorkloadEntry"),
@@ -52,6 +52,7 @@ struct Parsed {
     authn: Vec<(Document, Resource<RequestAuthenticationSpec>)>,
     rules: Vec<(Document, Resource<DestinationRuleSpec>)>,
     services: Vec<(Document, Resource<VirtualServiceSpec>)>,
+    gateways: Vec<(Document, Resource<GatewaySpec>)>,
     warnings: Vec<String>,
 }
 
@@ -154,13 +155,15 @@ fn parse_document(doc: Document, parsed: &mut Parsed) -> Result<(), ConfigError>
             }
             parsed.authn.push((doc.clone(), doc.typed()?));
         }
-        "DestinationRule" | "VirtualService" => {
+        "DestinationRule" | "VirtualService" | "Gateway" => {
             if group != "networking.istio.io" || !matches!(version, "v1alpha3" | "v1beta1" | "v1") {
                 return Err(bad_version(
                     "networking.istio.io/v1, networking.istio.io/v1beta1 or networking.istio.io/v1alpha3",
                 ));
             }
-            if kind == "DestinationRule" {
+            if kind == "Gateway" {
+                parsed.gateways.push((doc.clone(), doc.typed()?));
+            } else if kind == "DestinationRule" {
                 let r: Resource<DestinationRuleSpec> = doc.typed()?;
                 if r.spec.is_none() {
                     return Err(doc.error("spec", "missing field \"spec\""));
@@ -208,6 +211,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         authn,
         rules,
         services,
+        gateways,
         mut warnings,
     } = parsed;
     let mesh = validate_mesh(mesh)?;
@@ -220,6 +224,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         validate_request_authentications(authn, &workloads, &mesh, &mut warnings)?;
     let destination_rules = validate_destination_rules(rules, &mut warnings)?;
     let virtual_services = validate_virtual_services(services, &mut warnings)?;
+    let gateways = gateway::validate(gateways, &mut warnings)?;
     let mut config = MeshConfig {
         trust_domain: mesh.trust_domain,
         root_namespace: mesh.root_namespace,
@@ -231,6 +236,7 @@ fn build(parsed: Parsed, files: Vec<PathBuf>) -> Result<MeshConfig, ConfigError>
         request_authentications,
         destination_rules,
         virtual_services,
+        gateways,
         warnings: Vec::new(),
         files,
     };
@@ -479,6 +485,15 @@ fn validate_virtual_services(
         let namespace = namespace_of(r.metadata.namespace);
         let name = r.metadata.name;
         virtual_service::check_spec(&doc, &namespace, &name, &spec, warnings)?;
+        let to_gateways = spec
+            .gateways
+            .iter()
+            .any(|g| g != virtual_service::MESH_GATEWAY);
+        let gateway_routes = if to_gateways {
+            Some(routes::compile(&doc, &namespace, &name, &spec, warnings)?)
+        } else {
+            None
+        };
         virtual_services.push(VirtualService {
             namespace,
             name,
@@ -486,20 +501,24 @@ fn validate_virtual_services(
             gateways: spec.gateways,
             http: spec.http,
             tcp: spec.tcp,
+            tls: spec.tls,
             export_to: spec.export_to,
+            gateway_routes,
             doc,
         });
     }
     Ok(virtual_services)
 }
 
-/// Plans every sidecar once (its errors are the load's errors) and returns every warning,
-/// each once, in the order found.
+/// Plans every sidecar and gateway once (its errors are the load's errors) and returns every
+/// warning, each once, in the order found.
 fn plan_every_workload(
     config: &MeshConfig,
     mut warnings: Vec<String>,
 ) -> Result<Vec<String>, ConfigError> {
     destination_rule::warn_empty_subsets(config, &mut warnings);
+    gateway::check_destinations(config)?;
+    gateway::warn_bindings(config, &mut warnings);
     for w in config.workloads.iter().filter(|w| w.sidecar) {
         config.plan_workload(w, &mut warnings)?;
     }
@@ -571,6 +590,10 @@ fn build_workload(
             },
         });
     }
+    let gateway = spec.role == RoleSpec::Gateway;
+    if gateway {
+        check_gateway_workload(doc, &spec)?;
+    }
     let mut outbound: Vec<(SocketAddr, String)> = Vec::new();
     for (i, o) in spec.outbound.iter().enumerate() {
         let field = format!("spec.outbound[{i}].bind");
@@ -609,9 +632,12 @@ fn build_workload(
         ports,
         outbound,
         sidecar: spec.sidecar,
+        gateway,
         capture: spec.capture,
         num_trusted_proxies: spec.num_trusted_proxies.unwrap_or(0),
         forward_client_cert: match spec.forward_client_cert_details {
+            // SEMANTICS §8: Istio's gateways default to SANITIZE_SET, sidecars to APPEND_FORWARD.
+            None if gateway => ForwardClientCert::SanitizeSet,
             None | Some(ForwardClientCertSpec::AppendForward) => ForwardClientCert::AppendForward,
             Some(ForwardClientCertSpec::Sanitize) => ForwardClientCert::Sanitize,
             Some(ForwardClientCertSpec::ForwardOnly) => ForwardClientCert::ForwardOnly,
@@ -620,6 +646,38 @@ fn build_workload(
         },
         doc: doc.clone(),
     })
+}
+
+/// A gateway workload listens on its Gateway servers' ports and has no app beside it: no
+/// `ports` (a gateway is never an endpoint of a mesh service, so auto mTLS never considers
+/// it), no `outbound` entries, no capture, and it runs an outrider proxy.
+fn check_gateway_workload(doc: &Document, spec: &WorkloadSpec) -> Result<(), ConfigError> {
+    let refused = [
+        (
+            "spec.ports",
+            !spec.ports.is_empty(),
+            "a gateway workload declares no ports: it listens on the port.number of every Gateway server that selects it",
+        ),
+        (
+            "spec.outbound",
+            !spec.outbound.is_empty(),
+            "a gateway workload has no outbound entries: its VirtualServices route into the mesh",
+        ),
+        (
+            "spec.capture",
+            spec.capture,
+            "a gateway workload is not captured",
+        ),
+        (
+            "spec.sidecar",
+            !spec.sidecar,
+            "a gateway workload runs outrider (`outrider gateway`); `sidecar: false` contradicts `role: gateway`",
+        ),
+    ];
+    match refused.into_iter().find(|(_, bad, _)| *bad) {
+        Some((field, _, message)) => Err(doc.error(field, message)),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn labels_text(labels: &BTreeMap<String, String>) -> String {

@@ -11,6 +11,9 @@
 //! - [`hosts`], [`destination_rule`], [`virtual_service`] and [`outbound`] are those of §3:
 //!   host names, the TLS a DestinationRule sets, the routes a VirtualService splits, and the
 //!   outbound plan that combines them (with auto mTLS);
+//! - [`gateway`] is Istio's Gateway and the plan of a gateway workload (`spec.role: gateway`):
+//!   its servers by port, with the VirtualService rules bound to them compiled
+//!   ([`GatewayPlan`]);
 //! - [`check`] is `outrider check`, [`reload`] the watcher that re-plans on change.
 //!
 //! Loading plans every workload once, so a configuration that loads is one every sidecar of
@@ -27,6 +30,7 @@ mod capture;
 pub mod check;
 pub mod destination_rule;
 pub mod error;
+pub mod gateway;
 mod gateway_plan;
 pub mod hosts;
 mod load;
@@ -62,6 +66,7 @@ pub struct MeshConfig {
     request_authentications: Vec<request_authentication::AuthnPolicy>,
     destination_rules: Vec<DestinationRule>,
     virtual_services: Vec<VirtualService>,
+    gateways: Vec<gateway::Gateway>,
     warnings: Vec<String>,
     files: Vec<PathBuf>,
 }
@@ -80,6 +85,9 @@ pub(crate) struct Workload {
     pub ports: Vec<WorkloadPort>,
     pub outbound: Vec<(SocketAddr, String)>,
     pub sidecar: bool,
+    /// `spec.role: gateway`: an ingress gateway (no ports, no outbound entries; planned with a
+    /// [`GatewayPlan`]). A gateway runs an outrider proxy, so `sidecar` is true too.
+    pub gateway: bool,
     /// X-Forwarded-For entries trusted from the right (`remote.ip`).
     pub num_trusted_proxies: u32,
     pub forward_client_cert: ForwardClientCert,
@@ -137,11 +145,11 @@ impl MeshConfig {
         &self.warnings
     }
 
-    /// The workloads that run a sidecar, in load order.
+    /// The workloads that run a sidecar, in load order (gateways: [`Self::gateway_names`]).
     pub fn workload_names(&self) -> Vec<String> {
         self.workloads
             .iter()
-            .filter(|w| w.sidecar)
+            .filter(|w| w.sidecar && !w.gateway)
             .map(|w| w.name.clone())
             .collect()
     }
@@ -160,7 +168,8 @@ impl MeshConfig {
         &self.files
     }
 
-    /// The plan of the sidecar beside `workload`.
+    /// The plan of the sidecar beside `workload`, or of the gateway `workload` (then
+    /// `Plan.gateway` is `Some`, `inbound` and `outbound` are empty).
     pub fn plan(&self, workload: &str) -> Result<Plan, ConfigError> {
         let w = self
             .workloads
@@ -168,7 +177,12 @@ impl MeshConfig {
             .find(|w| w.name == workload)
             .ok_or_else(|| ConfigError::UnknownWorkload {
                 name: workload.to_string(),
-                known: self.workload_names().join(", "),
+                known: self
+                    .workload_names()
+                    .into_iter()
+                    .chain(self.gateway_names())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         if !w.sidecar {
             return Err(ConfigError::NoSidecar(w.name.clone()));
@@ -244,7 +258,11 @@ impl MeshConfig {
             outbound,
             forward_client_cert: w.forward_client_cert,
             capture: capture::plan(self, w, &applicable, warnings),
-            gateway: None,
+            gateway: if w.gateway {
+                Some(self.plan_gateway(w, warnings)?)
+            } else {
+                None
+            },
             peers: self.workloads.iter().map(workload_info).collect(),
         })
     }

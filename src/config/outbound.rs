@@ -269,7 +269,7 @@ impl MeshConfig {
 
     /// The [`Destination`] of a parsed `to`, and the protocol that picks a VirtualService's
     /// `http` or `tcp` rules (a mesh service's port protocol; TCP outside the mesh).
-    fn describe(&self, target: &Target) -> (Destination, Protocol) {
+    pub(crate) fn describe(&self, target: &Target) -> (Destination, Protocol) {
         match target {
             Target::External { host, port } => (
                 Destination {
@@ -308,7 +308,7 @@ impl MeshConfig {
     }
 
     /// One weighted route to `dest` (optionally a subset of it).
-    fn route(
+    pub(crate) fn route(
         &self,
         client: &Workload,
         context: &str,

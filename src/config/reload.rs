@@ -105,12 +105,29 @@ fn reload_once(
     }
 }
 
-/// Plans compare by their serialised form (they hold no floats, maps are ordered).
+/// Plans compare by their serialised form (they hold no floats, maps are ordered) and by
+/// the fingerprints of a gateway's per-port policies, which that form leaves out.
 fn same_plan(a: &Plan, b: &Plan) -> bool {
-    match (serde_json::to_string(a), serde_json::to_string(b)) {
+    let same_form = match (serde_json::to_string(a), serde_json::to_string(b)) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
-    }
+    };
+    same_form && gateway_policies(a) == gateway_policies(b)
+}
+
+/// `(port, authorization fingerprint, authentication fingerprint)` of every gateway port.
+fn gateway_policies(p: &Plan) -> Vec<(u16, u64, u64)> {
+    p.gateway
+        .iter()
+        .flat_map(|g| &g.ports)
+        .map(|port| {
+            (
+                port.port,
+                port.authorization.fingerprint(),
+                port.authentication.fingerprint(),
+            )
+        })
+        .collect()
 }
 
 /// A content fingerprint of the configuration files (names and bytes); unreadable files
@@ -198,6 +215,40 @@ spec:
         wait_for(|| stats.failed.load(Ordering::Relaxed) >= 1).await;
         assert_eq!(rx.borrow().inbound[0].mode, MtlsMode::Strict);
         std::fs::remove_dir_all(file.parent().unwrap()).ok();
+    }
+
+    #[test]
+    fn a_gateway_policy_change_is_a_new_plan() {
+        let mesh = |paths: &str| {
+            let text = format!(
+                "apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: {{ name: edge, namespace: istio-system, labels: {{ istio: ingressgateway }} }}
+spec: {{ role: gateway, serviceAccount: edge, address: edge }}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{ name: gw, namespace: istio-system }}
+spec:
+  selector: {{ istio: ingressgateway }}
+  servers: [{{ port: {{ number: 8080, protocol: HTTP }}, hosts: [\"*\"] }}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{ name: edge, namespace: istio-system }}
+spec:
+  selector: {{ matchLabels: {{ istio: ingressgateway }} }}
+  action: DENY
+  rules: [{{ to: [{{ operation: {{ paths: [{paths}] }} }}] }}]
+"
+            );
+            super::super::load_str("mesh.yaml", &text)
+                .unwrap()
+                .plan("edge")
+                .unwrap()
+        };
+        assert!(same_plan(&mesh("/admin"), &mesh("/admin")));
+        assert!(!same_plan(&mesh("/admin"), &mesh("/debug")));
     }
 
     #[tokio::test]

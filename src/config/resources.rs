@@ -1,6 +1,6 @@
 //! The YAML schema, as users write it: outrider's `Mesh` and `Workload` kinds and the parts of
 //! Istio's `PeerAuthentication`, `AuthorizationPolicy`, `RequestAuthentication`,
-//! `DestinationRule` and `VirtualService` that outrider reads.
+//! `DestinationRule`, `VirtualService` and `Gateway` that outrider reads.
 //!
 //! Strict in `spec` (`deny_unknown_fields`: a typo is an error, not a silently ignored line),
 //! lenient in `metadata` (users carry annotations, uids, timestamps from `kubectl get -o yaml`).
@@ -98,6 +98,19 @@ pub struct WorkloadSpec {
     /// and calls other services at their addresses; `outrider check` shows the capture map.
     #[serde(default)]
     pub capture: bool,
+    /// `sidecar` (default): a proxy beside an app; `gateway`: an ingress gateway
+    /// (`outrider gateway`) listening on the ports of the Gateway servers that select it.
+    #[serde(default)]
+    pub role: RoleSpec,
+}
+
+/// `spec.role` of a Workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleSpec {
+    #[default]
+    Sidecar,
+    Gateway,
 }
 
 /// Istio's `ForwardClientCertDetails` enum, as written.
@@ -432,7 +445,7 @@ pub enum ClientTlsMode {
     IstioMutual,
 }
 
-/// `VirtualService` (networking.istio.io): weighted routes to subsets.
+/// `VirtualService` (networking.istio.io): routes for the mesh (sidecars) and for gateways.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
@@ -444,32 +457,139 @@ pub struct VirtualServiceSpec {
     pub http: Vec<HttpRoute>,
     #[serde(default)]
     pub tcp: Vec<TcpRoute>,
-    pub tls: Option<Value>,
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
 }
 
-/// One `http` rule; only `route` is acted on, the rest is accepted with a warning.
+/// One `http` rule. A sidecar acts on `route` only; a gateway on every field typed here (the
+/// ones kept as raw values are accepted with a warning).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpRoute {
     pub name: Option<String>,
     #[serde(rename = "match")]
-    pub matches: Option<Value>,
+    pub matches: Option<Vec<HttpMatchSpec>>,
     #[serde(default)]
     pub route: Vec<RouteDestination>,
-    pub redirect: Option<Value>,
-    pub direct_response: Option<Value>,
+    pub redirect: Option<RedirectSpec>,
+    pub direct_response: Option<DirectResponseSpec>,
     pub delegate: Option<Value>,
-    pub rewrite: Option<Value>,
-    pub timeout: Option<Value>,
-    pub retries: Option<Value>,
+    pub rewrite: Option<RewriteSpec>,
+    /// Istio duration (`10s`, `1.5s`, `500ms`); `0s` = no timeout.
+    pub timeout: Option<String>,
+    pub retries: Option<RetriesSpec>,
     pub fault: Option<Value>,
     pub mirror: Option<Value>,
     pub mirrors: Option<Value>,
     pub mirror_percentage: Option<Value>,
     pub cors_policy: Option<Value>,
-    pub headers: Option<Value>,
+    pub headers: Option<HeadersSpec>,
+}
+
+/// `http[].match[]` (HTTPMatchRequest).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpMatchSpec {
+    pub name: Option<String>,
+    pub uri: Option<StringMatchSpec>,
+    pub scheme: Option<StringMatchSpec>,
+    pub method: Option<StringMatchSpec>,
+    pub authority: Option<StringMatchSpec>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatchSpec>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, StringMatchSpec>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatchSpec>,
+    #[serde(default)]
+    pub ignore_uri_case: bool,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub stat_prefix: Option<String>,
+}
+
+/// Istio's StringMatch: one of `exact`, `prefix`, `regex`; none (`{}`) = present.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StringMatchSpec {
+    pub exact: Option<String>,
+    pub prefix: Option<String>,
+    pub regex: Option<String>,
+}
+
+/// `http[].redirect`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RedirectSpec {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub port: Option<u32>,
+    pub derive_port: Option<String>,
+    pub scheme: Option<String>,
+    pub redirect_code: Option<u32>,
+}
+
+/// `http[].directResponse`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectResponseSpec {
+    pub status: u32,
+    pub body: Option<HttpBodySpec>,
+}
+
+/// `directResponse.body`: `string`, or `bytes` (base64).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpBodySpec {
+    pub string: Option<String>,
+    pub bytes: Option<String>,
+}
+
+/// `http[].rewrite`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RewriteSpec {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+    pub uri_regex_rewrite: Option<Value>,
+}
+
+/// `http[].retries`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetriesSpec {
+    pub attempts: Option<i64>,
+    pub per_try_timeout: Option<String>,
+    pub retry_on: Option<String>,
+    pub retry_remote_localities: Option<Value>,
+    pub retry_ignore_previous_hosts: Option<Value>,
+    pub backoff: Option<Value>,
+}
+
+/// `headers` of a rule or of a destination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersSpec {
+    pub request: Option<HeaderOperationsSpec>,
+    pub response: Option<HeaderOperationsSpec>,
+}
+
+/// `headers.request` / `headers.response`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOperationsSpec {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// One `tcp` rule.
@@ -477,9 +597,50 @@ pub struct HttpRoute {
 #[serde(deny_unknown_fields)]
 pub struct TcpRoute {
     #[serde(rename = "match")]
-    pub matches: Option<Value>,
+    pub matches: Option<Vec<L4MatchSpec>>,
     #[serde(default)]
     pub route: Vec<RouteDestination>,
+}
+
+/// `tcp[].match[]` (L4MatchAttributes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct L4MatchSpec {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
+    pub source_subnet: Option<String>,
+}
+
+/// One `tls` rule (routing TLS that is not terminated, by SNI).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRoute {
+    #[serde(rename = "match", default)]
+    pub matches: Vec<TlsMatchSpec>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+/// `tls[].match[]` (TLSMatchAttributes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsMatchSpec {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    pub source_namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,7 +648,7 @@ pub struct TcpRoute {
 pub struct RouteDestination {
     pub destination: DestinationSpec,
     pub weight: Option<u32>,
-    pub headers: Option<Value>,
+    pub headers: Option<HeadersSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -496,4 +657,93 @@ pub struct DestinationSpec {
     pub host: String,
     pub subset: Option<String>,
     pub port: Option<PortSelector>,
+}
+
+/// `Gateway` (networking.istio.io v1alpha3, v1beta1, v1): the servers of an ingress gateway.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Labels of the gateway workloads it configures (in any namespace, Istio's default).
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
+}
+
+/// `servers[]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerSpec {
+    pub port: GatewayPortSpec,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub bind: Option<String>,
+    pub name: Option<String>,
+    pub default_endpoint: Option<String>,
+    pub tls: Option<ServerTlsSpec>,
+}
+
+/// `servers[].port`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayPortSpec {
+    pub number: u32,
+    pub name: Option<String>,
+    /// `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`, `TLS` (any case, as Istio reads it).
+    pub protocol: String,
+    pub target_port: Option<u32>,
+}
+
+/// `servers[].tls` (ServerTLSSettings). The fields outrider refuses are raw values, so that
+/// the error can name them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTlsSpec {
+    #[serde(default)]
+    pub https_redirect: bool,
+    pub mode: Option<ServerTlsModeSpec>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    pub credential_name: Option<String>,
+    pub credential_names: Option<Value>,
+    pub tls_certificates: Option<Value>,
+    pub ca_cert_credential_name: Option<Value>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    pub verify_certificate_spki: Option<Value>,
+    pub verify_certificate_hash: Option<Value>,
+    pub insecure_skip_verify: Option<Value>,
+    pub min_protocol_version: Option<TlsVersionSpec>,
+    pub max_protocol_version: Option<TlsVersionSpec>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
+}
+
+/// `tls.mode` of a Gateway server, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsModeSpec {
+    Passthrough,
+    Simple,
+    Mutual,
+    AutoPassthrough,
+    IstioMutual,
+    OptionalMutual,
+}
+
+/// `minProtocolVersion` / `maxProtocolVersion`, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+pub enum TlsVersionSpec {
+    #[serde(rename = "TLS_AUTO")]
+    Auto,
+    #[serde(rename = "TLSV1_0")]
+    V1_0,
+    #[serde(rename = "TLSV1_1")]
+    V1_1,
+    #[serde(rename = "TLSV1_2")]
+    V1_2,
+    #[serde(rename = "TLSV1_3")]
+    V1_3,
 }

@@ -302,16 +302,18 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
             }
         }
     };
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+    let accepted = acceptor.accept(io).into_fallible();
+    let stream = match tokio::time::timeout(timeout, accepted).await {
         Err(_) => {
             metrics.gateway_handshake(port, &server.name, "timeout");
             tracing::info!(%peer, port, server = %server.name, "gateway: TLS handshake timed out");
             return;
         }
-        Ok(Err(e)) => {
+        Ok(Err((e, io))) => {
             let outcome = handshake_outcome(&e);
             metrics.gateway_handshake(port, &server.name, outcome);
             tracing::info!(%peer, port, server = %server.name, outcome, error = %e, "gateway: TLS handshake failed");
+            close_after_alert(io).await;
             return;
         }
         Ok(Ok(stream)) => stream,
@@ -330,4 +332,27 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
     } else {
         super::l4::tcp(stream, &admitted, plan, &rt, &ctx.shared).await;
     }
+}
+
+/// Closes a connection whose handshake failed so that the client reads the alert already
+/// sent: under TLS 1.3 a client without the required certificate has finished its side and
+/// sent its request; closing with that request unread would reset the connection, and the
+/// client would see "connection reset" instead of `certificate required`. So: FIN first,
+/// then read (and discard) what the client still sends, briefly and boundedly.
+async fn close_after_alert<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut io: S) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+    const MAX_DRAIN: usize = 64 * 1024;
+    let _ = tokio::time::timeout(LINGER, async {
+        let _ = io.shutdown().await;
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < MAX_DRAIN {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }

@@ -507,3 +507,132 @@ spec:
         "name.does-not-resolve.invalid"
     );
 }
+
+/// A gateway workload's plan: each port with its servers (protocol, hosts, TLS mode and where
+/// the certificate comes from, relative paths against the YAML file's directory), the rules
+/// bound to each server with their destinations, and the gateway warnings; JSON has it too.
+#[test]
+fn check_prints_a_gateway() {
+    let dir = temp_dir("check-gateway");
+    let file = dir.path().join("edge.yaml");
+    std::fs::write(
+        &file,
+        "\
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: ingressgateway, namespace: istio-system, labels: { istio: ingressgateway, app: istio-ingressgateway } }
+spec:
+  role: gateway
+  serviceAccount: istio-ingressgateway-service-account
+  address: ingressgateway
+---
+apiVersion: outrider.dev/v1alpha1
+kind: Workload
+metadata: { name: sentences, namespace: default, labels: { app: sentences } }
+spec:
+  serviceAccount: sentences
+  address: sentences
+  ports: [{ name: http, port: 8080, protocol: HTTP }]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: { name: sentences-gateway, namespace: default }
+spec:
+  selector: { istio: ingressgateway }
+  servers:
+    - port: { number: 8443, name: https, protocol: HTTPS }
+      hosts: [ \"sentences.example.com\" ]
+      tls: { mode: MUTUAL, serverCertificate: certs/s.crt, privateKey: certs/s.key, caCertificates: certs/ca.crt }
+    - port: { number: 8080, name: http, protocol: HTTP }
+      hosts: [ \"sentences.example.com\" ]
+      tls: { httpsRedirect: true }
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: { name: sentences, namespace: default }
+spec:
+  hosts: [ \"sentences.example.com\" ]
+  gateways: [ sentences-gateway, missing-gateway ]
+  http:
+    - match: [{ uri: { prefix: /api } }]
+      route:
+        - destination: { host: sentences, port: { number: 8080 } }
+",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["check", "--config", file.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let stdout = run(&[]);
+    let gateway = stdout
+        .split("\nworkload ")
+        .find(|s| s.starts_with("ingressgateway "))
+        .unwrap_or_else(|| panic!("no gateway in:\n{stdout}"));
+    let certs = dir.path().join("certs");
+    for want in [
+        "spiffe://cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account, gateway)".to_string(),
+        "port 8080 (plaintext):".to_string(),
+        "server http (Gateway default/sentences-gateway, HTTP, hosts sentences.example.com): plaintext, httpsRedirect (301 to https)".to_string(),
+        "port 8443 (TLS, server chosen by SNI):".to_string(),
+        format!(
+            "server https (Gateway default/sentences-gateway, HTTPS, hosts sentences.example.com): MUTUAL, certificate files {} + {}, client CA file {}, TLS 1.2-1.3",
+            certs.join("s.crt").display(),
+            certs.join("s.key").display(),
+            certs.join("ca.crt").display()
+        ),
+        "VirtualService default/sentences http[0] [hosts sentences.example.com]: uri prefix /api => route, retries 2 on".to_string(),
+    ] {
+        assert!(gateway.contains(&want), "{want}\nin:\n{gateway}");
+    }
+    let row: Vec<&str> = gateway
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("sentences.default.svc.cluster.local:8080")
+        })
+        .unwrap_or_else(|| panic!("no destination row in:\n{gateway}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..6],
+        [
+            "sentences.default.svc.cluster.local:8080",
+            "-",
+            "100",
+            "sentences:8080",
+            "sentences",
+            "ISTIO_MUTUAL"
+        ]
+    );
+    assert!(
+        stdout.contains("VirtualService default/sentences is bound to Gateway default/missing-gateway, which does not exist"),
+        "{stdout}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["--output", "json", "--workload", "ingressgateway"])).unwrap();
+    let ports = &json["plans"][0]["gateway"]["ports"];
+    assert_eq!(ports[0]["port"], 8080);
+    assert_eq!(ports[0]["servers"][0]["https_redirect"], true);
+    let https = &ports[1]["servers"][0];
+    assert_eq!(https["protocol"], "HTTPS");
+    assert_eq!(https["tls"]["mode"], "MUTUAL");
+    assert_eq!(https["tls"]["certificate"]["source"], "files");
+    assert_eq!(https["tls"]["min_protocol_version"], "TLSV1_2");
+    let rule = &https["http"][0];
+    assert_eq!(rule["matches"][0]["uri"]["prefix"], "/api");
+    assert_eq!(
+        rule["action"]["destinations"][0]["plan"]["routes"][0]["endpoints"][0]["tls"]["mode"],
+        "ISTIO_MUTUAL"
+    );
+}
