@@ -10,11 +10,18 @@
 //!
 //! Failures are printed the way curl words them (`Connection reset by peer`), so the storyline
 //! reads the same as in the labs.
+//!
+//! The library side also speaks HTTPS for the demo's edge step ([`request_via`]): a client
+//! outside the mesh calling the ingress gateway as the labs' `curl --cacert ... --resolve ...`
+//! does, with the caller's own rustls configuration (roots, optional client certificate).
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The most of an answer that is read (the sample app answers a few bytes).
@@ -48,6 +55,28 @@ struct Target {
 pub struct Answer {
     pub status: u16,
     pub body: String,
+    /// The `Location` header, when the answer has one (a redirect).
+    pub location: Option<String>,
+}
+
+/// How a request reaches its server when that is not "dial the authority, plaintext".
+#[derive(Clone, Default)]
+pub struct Via {
+    /// Dial this `ip:port` instead of the authority, which still names the server in `Host:`
+    /// and TLS (curl's `--resolve host:port:addr`).
+    pub address: Option<String>,
+    /// Speak TLS with this configuration (https://): the authority's host is the server name
+    /// sent (SNI) and checked against the server's certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl fmt::Debug for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Via")
+            .field("address", &self.address)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 /// Why a GET got no answer, worded as curl words it (`Recv failure: Connection reset by
@@ -63,6 +92,12 @@ pub enum FetchError {
     Send(std::io::Error),
     #[error("Recv failure: {}", curl_words(.0))]
     Recv(std::io::Error),
+    /// The TLS handshake failed (a refused certificate, an alert from the server).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The authority's host cannot be a TLS server name.
+    #[error("{0:?} is not a valid TLS server name")]
+    ServerName(String),
     #[error("Empty reply from server")]
     Empty,
     #[error("not an HTTP answer: {0:?}")]
@@ -177,7 +212,27 @@ pub async fn request(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<Answer, FetchError> {
-    exchange(authority, "GET", path, headers, b"", timeout).await
+    exchange(
+        authority,
+        "GET",
+        path,
+        headers,
+        b"",
+        &Via::default(),
+        timeout,
+    )
+    .await
+}
+
+/// A GET like [`request`], reaching the server as `via` says (another address, TLS).
+pub async fn request_via(
+    authority: &str,
+    path: &str,
+    headers: &[(String, String)],
+    via: &Via,
+    timeout: Duration,
+) -> Result<Answer, FetchError> {
+    exchange(authority, "GET", path, headers, b"", via, timeout).await
 }
 
 /// A POST of a form (`application/x-www-form-urlencoded`) body, as an OAuth token request.
@@ -191,7 +246,25 @@ pub async fn post_form(
         "Content-Type".to_string(),
         "application/x-www-form-urlencoded".to_string(),
     )];
-    exchange(authority, "POST", path, &headers, form.as_bytes(), timeout).await
+    exchange(
+        authority,
+        "POST",
+        path,
+        &headers,
+        form.as_bytes(),
+        &Via::default(),
+        timeout,
+    )
+    .await
+}
+
+/// The host part of `host:port` (`[v6]:port` → `v6`).
+fn host_of(authority: &str) -> &str {
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => host,
+        _ => authority,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 async fn exchange(
@@ -200,13 +273,15 @@ async fn exchange(
     path: &str,
     headers: &[(String, String)],
     body: &[u8],
+    via: &Via,
     timeout: Duration,
 ) -> Result<Answer, FetchError> {
     let io = async {
-        let mut s = TcpStream::connect(authority)
+        let dial = via.address.as_deref().unwrap_or(authority);
+        let s = TcpStream::connect(dial)
             .await
             .map_err(|error| FetchError::Connect {
-                authority: authority.to_string(),
+                authority: dial.to_string(),
                 error,
             })?;
         let mut head = format!(
@@ -221,18 +296,42 @@ async fn exchange(
         head.push_str("\r\n");
         let mut message = head.into_bytes();
         message.extend_from_slice(body);
-        s.write_all(&message).await.map_err(FetchError::Send)?;
-        let mut raw = Vec::new();
-        (&mut s)
-            .take(MAX_ANSWER)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(FetchError::Recv)?;
+        let raw = match &via.tls {
+            None => talk(s, &message).await?,
+            Some(config) => {
+                let host = host_of(authority);
+                let name = ServerName::try_from(host.to_string())
+                    .map_err(|_| FetchError::ServerName(host.to_string()))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, s)
+                    .await
+                    .map_err(FetchError::Tls)?;
+                talk(tls, &message).await?
+            }
+        };
         parse_answer(&raw)
     };
     tokio::time::timeout(timeout, io)
         .await
         .unwrap_or(Err(FetchError::Timeout(timeout)))
+}
+
+/// Sends `message`, then reads the answer to the end of the stream (the request said
+/// `Connection: close`).
+async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    message: &[u8],
+) -> Result<Vec<u8>, FetchError> {
+    s.write_all(message).await.map_err(FetchError::Send)?;
+    s.flush().await.map_err(FetchError::Send)?;
+    let mut raw = Vec::new();
+    match (&mut s).take(MAX_ANSWER).read_to_end(&mut raw).await {
+        Ok(_) => Ok(raw),
+        // A TLS server that closes without close_notify after a complete answer: the answer
+        // is still whole (HTTP/1.1 with `Connection: close` ends at the end of the stream).
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(FetchError::Recv(e)),
+    }
 }
 
 /// curl says "Connection reset by peer"; keep the OS wording but make the common ones exact.
@@ -265,7 +364,17 @@ fn parse_answer(raw: &[u8]) -> Result<Answer, FetchError> {
     } else {
         body.to_string()
     };
-    Ok(Answer { status, body })
+    let location = head.lines().skip(1).find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("location")
+            .then(|| value.trim().to_string())
+    });
+    Ok(Answer {
+        status,
+        body,
+        location,
+    })
 }
 
 /// Joins the chunks of a chunked body (best effort: stops at the first malformed size).
@@ -325,8 +434,17 @@ mod tests {
             a,
             Answer {
                 status: 200,
-                body: "42".into()
+                body: "42".into(),
+                location: None,
             }
+        );
+        let a = parse_answer(
+            b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://sentences.example.com/\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (a.status, a.location.as_deref()),
+            (301, Some("https://sentences.example.com/"))
         );
         let a = parse_answer(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").unwrap();
         assert_eq!(a.status, 503);
@@ -337,6 +455,122 @@ mod tests {
         assert_eq!(a.body, "ok");
         assert!(parse_answer(b"").is_err());
         assert!(parse_answer(b"SSH-2.0-x\r\n").is_err());
+    }
+
+    /// A TLS server for `sentences.example.com` (a certificate from its own root) that answers
+    /// one request and closes without close_notify; returns its address, the root's PEM and
+    /// the request it received.
+    async fn tls_server() -> (
+        std::net::SocketAddr,
+        String,
+        tokio::task::JoinHandle<String>,
+    ) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let root_key = KeyPair::generate().unwrap();
+        let mut root = CertificateParams::default();
+        root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key).unwrap();
+        let issuer = Issuer::new(root, &root_key);
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["sentences.example.com".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(crate::identity::svid::PROVIDER.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                return String::new();
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = tls.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            tls.flush().await.unwrap();
+            // Dropped without close_notify, as some servers close.
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (addr, root_cert.pem(), task)
+    }
+
+    fn client_trusting(root_pem: &str) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from_pem_slice(root_pem.as_bytes()).unwrap())
+            .unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(crate::identity::svid::PROVIDER.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    #[tokio::test]
+    async fn https_via_another_address_names_the_authority() {
+        let (addr, root, server) = tls_server().await;
+        let authority = format!("sentences.example.com:{}", addr.port());
+        let via = Via {
+            address: Some(addr.to_string()),
+            tls: Some(client_trusting(&root)),
+        };
+        let answer = request_via(&authority, "/", &[], &via, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+        let request = server.await.unwrap();
+        assert!(
+            request.contains(&format!("\r\nHost: {authority}\r\n")),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn https_refuses_a_server_of_another_root() {
+        let (addr, _, server) = tls_server().await;
+        let (_, other_root, _other) = tls_server().await;
+        let via = Via {
+            address: Some(addr.to_string()),
+            tls: Some(client_trusting(&other_root)),
+        };
+        let authority = format!("sentences.example.com:{}", addr.port());
+        let err = request_via(&authority, "/", &[], &via, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Tls(_)), "{err}");
+        assert!(server.await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn hosts_of_authorities() {
+        assert_eq!(
+            host_of("sentences.example.com:8443"),
+            "sentences.example.com"
+        );
+        assert_eq!(host_of("[::1]:8443"), "::1");
+        assert_eq!(host_of("age"), "age");
     }
 
     #[test]

@@ -263,12 +263,12 @@ fn invalid_configuration_fails_with_location() {
 }
 
 /// The compose labs' mesh folders (captured: `mesh/`, explicit-bind: `mesh-explicit/`) with
-/// the STRICT step copied in (`policies/strict.yaml` as `peer-authentication.yaml`): age and
-/// name are STRICT, the edge `sentences` stays PERMISSIVE by its workload-level policy (the
-/// host's plaintext curl), and the captured lab declares its workloads captured on their own
-/// port with no outbound binds.
+/// the STRICT step copied in (`policies/strict.yaml` as `peer-authentication.yaml`): every
+/// workload is STRICT by the mesh-wide policy — the edge is the ingress gateway, which calls
+/// `sentences` over mTLS, so no workload-level exception is left — and the captured lab
+/// declares its workloads captured on their own port with no outbound binds.
 #[test]
-fn compose_labs_strict_keeps_the_edge_permissive() {
+fn compose_labs_strict_has_no_exception_for_the_edge() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose");
     for lab in ["mesh", "mesh-explicit"] {
         let out = Command::new(BIN)
@@ -294,13 +294,8 @@ fn compose_labs_strict_keeps_the_edge_permissive() {
                 .join(" ")
         };
         let app_port = if lab == "mesh" { "8080" } else { "9080" };
-        assert!(
-            section("sentences").contains(&format!(
-                "8080 http {app_port} HTTP PERMISSIVE PeerAuthentication default/sentences-edge (workload)"
-            )),
-            "{lab}: {stdout}"
-        );
-        for w in ["age", "name-v1", "name-v2"] {
+        assert!(!stdout.contains("sentences-edge"), "{lab}: {stdout}");
+        for w in ["sentences", "age", "name-v1", "name-v2"] {
             assert!(
                 section(w).contains(&format!(
                     "8080 http {app_port} HTTP STRICT PeerAuthentication istio-system/default (mesh)"

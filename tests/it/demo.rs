@@ -1,5 +1,6 @@
 //! `outrider demo --once`: the README's "see it work" command plays the whole storyline (mTLS,
-//! subsets, AuthorizationPolicy, end-user JWTs) and cleans up after itself.
+//! subsets, AuthorizationPolicy, end-user JWTs, the ingress gateway at the edge) and cleans up
+//! after itself.
 
 use std::process::Command;
 
@@ -77,9 +78,53 @@ fn demo_plays_the_storyline_and_cleans_up() {
     ] {
         assert!(step5.contains(want), "{want:?} missing: {stdout}");
     }
+    // The edge: the gateway serves the users' certificate (SIMPLE), redirects HTTP to HTTPS,
+    // then under MUTUAL answers the client with a certificate and refuses the one without;
+    // it reaches sentences over mTLS, so STRICT leaves it working.
+    let step6 = stdout
+        .split("\n6. The edge")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no step 6: {stdout}"));
+    let edge_tallies: Vec<&str> = step6
+        .lines()
+        .filter(|l| l.contains("user (no client certificate) → gateway → sentences: 4/4 answered"))
+        .collect();
+    assert_eq!(edge_tallies.len(), 2, "SIMPLE, then under STRICT: {stdout}");
+    assert!(
+        step6.contains("the gateway's /certs serves: port ")
+            && step6.contains("sentences.example.com"),
+        "{stdout}"
+    );
+    assert!(
+        step6.contains("→ HTTP 301, location: https://sentences.example.com"),
+        "{stdout}"
+    );
+    let with_cert = step6
+        .lines()
+        .find(|l| l.contains("with --cert client.example.com.crt"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(with_cert.contains(": 200 \""), "{with_cert}");
+    let without = step6
+        .lines()
+        .find(|l| l.contains("without a client certificate: refused"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(without.contains("CertificateRequired"), "{without}");
+    let handshakes = step6
+        .lines()
+        .find(|l| l.contains("outrider_gateway_tls_handshakes_total by outcome"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(handshakes.contains("ok ×"), "{handshakes}");
+    assert!(
+        handshakes.contains("certificate_required ×"),
+        "{handshakes}"
+    );
+    assert!(
+        step6.contains("ingressgateway → sentences: mutual_tls 200 ×"),
+        "{stdout}"
+    );
     // Every request of every step was answered.
     let steps: Vec<&str> = stdout.lines().filter(|l| l.contains(" answered")).collect();
-    assert_eq!(steps.len(), 5, "{stdout}");
+    assert_eq!(steps.len(), 7, "{stdout}");
     for line in steps {
         let counts = line
             .split(": ")

@@ -108,8 +108,11 @@ pub struct ResponseBody {
 impl ResponseBody {
     /// A body the proxy answers with itself.
     pub fn local(bytes: Bytes) -> ResponseBody {
+        // An empty body is over before it starts: hyper never polls it, and the request must
+        // still be recorded as complete when it is dropped.
+        let bytes = (!bytes.is_empty()).then_some(bytes);
         ResponseBody {
-            inner: Inner::Local(Some(bytes)),
+            inner: Inner::Local(bytes),
             bytes: 0,
             grpc_status: None,
             finish: None,
