@@ -106,7 +106,8 @@ impl LabCerts {
 /// `app=<name>`, the request line, then each header as `name: value` with the name
 /// lower-cased. Every response carries `x-app-header: from-app`. `GET /slow...` answers after
 /// 3 s (longer than the routes' timeouts); `GET /flaky/...` answers `503` the first time a
-/// request line is seen, `200` after.
+/// request line is seen, `200` after; `GET /hold/<id>` waits until the test calls
+/// [`hold_release`].
 fn echo(stream: TcpStream, app: &str) {
     let _ = stream.set_nodelay(true);
     let Ok(mut out) = stream.try_clone() else {
@@ -138,6 +139,9 @@ fn echo(stream: TcpStream, app: &str) {
         if line.starts_with("GET /slow") {
             std::thread::sleep(Duration::from_secs(3));
         }
+        if let Some(path) = line.strip_prefix("GET /hold/") {
+            hold(path.split(' ').next().unwrap_or(""));
+        }
         body.push('\n');
         let status = if line.starts_with("GET /flaky/") && first_time(&line) {
             "503 Service Unavailable"
@@ -152,6 +156,51 @@ fn echo(stream: TcpStream, app: &str) {
             return;
         }
     }
+}
+
+/// `GET /hold/<id>` requests that arrived, and the ids the test released.
+static HOLDS: std::sync::Mutex<(Vec<String>, Vec<String>)> =
+    std::sync::Mutex::new((Vec::new(), Vec::new()));
+
+/// Marks `id` arrived, then waits (at most 30 s) until the test releases it.
+fn hold(id: &str) {
+    HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0
+        .push(id.to_string());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if HOLDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .iter()
+            .any(|r| r == id)
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Whether `GET /hold/<id>` reached an echo app (and is being held there).
+pub(crate) fn hold_arrived(id: &str) -> bool {
+    HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0
+        .iter()
+        .any(|a| a == id)
+}
+
+/// Lets the held `GET /hold/<id>` be answered.
+pub(crate) fn hold_release(id: &str) {
+    HOLDS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .1
+        .push(id.to_string());
 }
 
 /// Whether this request line is seen for the first time (by every echo app of the process:
