@@ -30,11 +30,11 @@ pub(crate) const SENTENCES_ID: &str = "spiffe://cluster.local/ns/default/sa/sent
 // ---------------------------------------------------------------------------------------------
 // The labs' certificates
 
-/// A scratch directory holding the labs' files (`example.com.crt`, `sentences.example.com.*`,
-/// `client.example.com.*`) made by the labs' commands verbatim, and `other/`: the same
-/// commands again, i.e. a second root of the same name and a client certificate from it.
+/// The labs' files (`example.com.crt`, `sentences.example.com.*`, `client.example.com.*`,
+/// and `other/`: the same commands again, a second root of the same name) as `edge_tls`
+/// makes them with the labs' commands verbatim, plus more leaves of the labs' root.
 pub(crate) struct LabCerts {
-    dir: tempfile::TempDir,
+    labs: crate::edge_tls::Labs,
 }
 
 /// Runs `cmd` with `sh -c` in `cwd`; fails the test with its stderr unless it succeeded.
@@ -57,26 +57,15 @@ pub(crate) fn sh(cwd: &Path, cmd: &str) {
 impl LabCerts {
     /// `None` (the test is skipped, the reason printed) when openssl or curl is missing.
     pub(crate) fn make() -> Option<LabCerts> {
-        if !tool_available("openssl") || !tool_available("curl") {
-            return None;
-        }
-        let dir = temp_dir("gateway-labs");
-        let other = dir.path().join("other");
-        std::fs::create_dir(&other).unwrap();
-        for cwd in [dir.path(), other.as_path()] {
-            for cmd in crate::edge_tls::LAB_COMMANDS {
-                sh(cwd, cmd);
-            }
-        }
-        Some(LabCerts { dir })
+        crate::edge_tls::Labs::make().map(|labs| LabCerts { labs })
     }
 
     pub(crate) fn dir(&self) -> &Path {
-        self.dir.path()
+        self.labs.dir.path()
     }
 
     pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.labs.path(name)
     }
 
     /// Another leaf of the labs' root, made the labs' way (so X.509 v1): `<file>.crt` for
