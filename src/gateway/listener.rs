@@ -243,6 +243,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
     }
 
     let timeout = ctx.shared.settings.handshake_timeout;
+    let began = tokio::time::Instant::now();
     let (detected, prefix) = match sniff::detect(&mut tcp, timeout, timeout).await {
         Ok(d) => d,
         Err(e) => {
@@ -256,6 +257,14 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
         Detected::Silent => {
             metrics.gateway_handshake(port, "-", "timeout");
             tracing::info!(%peer, port, "gateway: closed a client that sent nothing");
+            return;
+        }
+        // `detect` calls a ClientHello still incomplete at the deadline malformed; that
+        // client started TLS and stalled (slowly or on purpose): a timeout, not a non-TLS one.
+        Detected::Malformed if began.elapsed() >= timeout => {
+            metrics.gateway_handshake(port, "-", "timeout");
+            tracing::info!(%peer, port, "gateway: closed a client whose ClientHello did not arrive in time");
+            reset(tcp);
             return;
         }
         Detected::Plaintext | Detected::Malformed => {

@@ -106,7 +106,7 @@ impl LabCerts {
 /// `app=<name>`, the request line, then each header as `name: value` with the name
 /// lower-cased. Every response carries `x-app-header: from-app`. `GET /slow...` answers after
 /// 3 s (longer than the routes' timeouts).
-fn echo(stream: TcpStream, app: &str) {
+pub(crate) fn echo(stream: TcpStream, app: &str) {
     let _ = stream.set_nodelay(true);
     let Ok(mut out) = stream.try_clone() else {
         return;

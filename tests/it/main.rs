@@ -34,6 +34,7 @@ mod fuzz_regressions;
 mod gateway;
 mod gateway_certs;
 mod gateway_edge;
+mod gateway_ops;
 mod gateway_reload;
 mod gateway_routes;
 mod hardening;
