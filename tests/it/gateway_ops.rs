@@ -742,7 +742,7 @@ spec:
     }
 
     /// Connections the db sidecar accepted over mTLS from the gateway's identity.
-    fn from_gateway(&self) -> f64 {
+    fn mtls_from_gateway(&self) -> f64 {
         metric_sum(
             &self.db.metrics_text(),
             "istio_tcp_connections_opened_total",
@@ -816,7 +816,7 @@ fn tcp_server_carries_bytes_over_mesh_mtls_and_a_deny_policy_closes_new_connecti
         assert_eq!(back, msg.as_bytes(), "{}", t.run.gateway.logs());
     }
     assert!(
-        eventually(Duration::from_secs(5), || t.from_gateway() == 3.0),
+        eventually(Duration::from_secs(5), || t.mtls_from_gateway() == 3.0),
         "db's sidecar should count 3 mTLS connections from {GATEWAY_ID}:\n{}",
         t.db.metrics_text()
     );
@@ -839,7 +839,7 @@ fn tcp_server_carries_bytes_over_mesh_mtls_and_a_deny_policy_closes_new_connecti
         "the DENY policy never applied: {}",
         t.run.gateway.logs()
     );
-    let (denied, reached) = (t.denied(), t.from_gateway());
+    let (denied, reached) = (t.denied(), t.mtls_from_gateway());
     assert!(denied >= 1.0, "{}", t.run.gateway.metrics_text());
     // Once more: closed, counted, and nothing reached db.
     assert!(denied_now(addr));
@@ -848,7 +848,7 @@ fn tcp_server_carries_bytes_over_mesh_mtls_and_a_deny_policy_closes_new_connecti
         "{}",
         t.run.gateway.metrics_text()
     );
-    assert_eq!(t.from_gateway(), reached, "a denied connection reached db");
+    assert_eq!(t.mtls_from_gateway(), reached, "a denied connection reached db");
 }
 
 /// `remoteIpBlocks` (the client address as the gateway sees it without trusted proxies) denies
@@ -886,6 +886,15 @@ fn a_deny_policy_added_by_reload_closes_open_gateway_tcp_connections() {
         "a connection the new policy denies stayed open after the reload\ngateway: {}",
         t.run.gateway.logs()
     );
+    let closed = metric_sum(
+        &t.run.gateway.metrics_text(),
+        "outrider_connections_closed_on_reload_total",
+        &[
+            ("listener", &t.port.to_string()),
+            ("reason", "denied_by_authorization"),
+        ],
+    );
+    assert_eq!(closed, 1.0, "{}", t.run.gateway.metrics_text());
 }
 
 // ---------------------------------------------------------------------------------------------
