@@ -384,6 +384,7 @@ impl Sidecar {
             addrs,
             addrs_tx,
             gateway,
+            stats: reload_stats.clone(),
         }));
         let handler = crate::admin::sidecar_routes(AdminState {
             store: store.clone(),
@@ -439,6 +440,8 @@ struct Reloads {
     addrs_tx: watch::Sender<serde_json::Value>,
     /// A gateway's listeners and edge certificates.
     gateway: Option<(GatewayListeners, EdgeCertificates)>,
+    /// The watcher's counters: a plan refused here is a failed reload too.
+    stats: Arc<ReloadStats>,
 }
 
 impl Reloads {
@@ -484,35 +487,25 @@ async fn follow_reloads(mut r: Reloads) {
                 // Before the runtime goes out: a source the fetcher already knows publishes
                 // its last good keys into the new slots here, so a reload never fails closed.
                 r.jwks.set_targets(jwks_targets(&plan));
-                // A gateway's new servers need their certificates before any connection can
-                // reach them: a server whose material does not load keeps the old plan.
-                let edge_ready = match (&r.gateway, &plan.gateway) {
-                    (Some((_, edge)), Some(gw)) => match edge.update(gw) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::error!(error = %e, "gateway certificates of the new configuration do not load; keeping the old configuration");
-                            false
-                        }
-                    },
-                    _ => true,
-                };
-                if edge_ready && r.publish(&plan) {
-                    live = plan.clone();
-                    r.listeners.reconcile(&plan).await;
-                    r.addrs.listeners = r.listeners.addrs();
-                    if let (Some((listeners, _)), Some(gw)) = (&mut r.gateway, &plan.gateway) {
-                        listeners.reconcile(gw).await;
-                        r.addrs.gateway = listeners.addrs();
-                    }
-                    r.addrs_tx
-                        .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
-                    tracing::info!("configuration reloaded");
-                } else {
-                    // The old runtime stays: so do the key slots the fetcher fills.
+                if !apply(&mut r, &plan, true).await {
+                    r.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     r.jwks.set_targets(jwks_targets(&live));
+                } else {
+                    live = plan.clone();
                 }
             }
             _ = poll.tick() => {
+                // A plan refused for its gateway certificates waits for them (a Secret
+                // created after its Gateway).
+                if !Arc::ptr_eq(&live, &plan) && plan.gateway.is_some() {
+                    r.jwks.set_targets(jwks_targets(&plan));
+                    if apply(&mut r, &plan, false).await {
+                        live = plan.clone();
+                    } else {
+                        r.jwks.set_targets(jwks_targets(&live));
+                    }
+                    continue;
+                }
                 let now = crate::proxy::runtime::origination_material(&plan);
                 if now != material {
                     material = now;
@@ -527,6 +520,36 @@ async fn follow_reloads(mut r: Reloads) {
     if let Some((listeners, _)) = &r.gateway {
         listeners.stop();
     }
+}
+
+/// Publishes `plan` (edge certificates first, then the runtime, then the listeners);
+/// `false` when it is refused and the old plan stays.
+async fn apply(r: &mut Reloads, plan: &Arc<Plan>, log: bool) -> bool {
+    let edge_ready = match (&r.gateway, &plan.gateway) {
+        (Some((_, edge)), Some(gw)) => match edge.update(gw) {
+            Ok(()) => true,
+            Err(e) => {
+                if log {
+                    tracing::error!(error = %e, "gateway certificates of the new configuration do not load; keeping the old configuration");
+                }
+                false
+            }
+        },
+        _ => true,
+    };
+    if !(edge_ready && r.publish(plan)) {
+        return false;
+    }
+    r.listeners.reconcile(plan).await;
+    r.addrs.listeners = r.listeners.addrs();
+    if let (Some((listeners, _)), Some(gw)) = (&mut r.gateway, &plan.gateway) {
+        listeners.reconcile(gw).await;
+        r.addrs.gateway = listeners.addrs();
+    }
+    r.addrs_tx
+        .send_replace(serde_json::to_value(&r.addrs).unwrap_or_default());
+    tracing::info!("configuration reloaded");
+    true
 }
 
 /// The JWKS fetcher's targets: the remote key sources of every inbound port's

@@ -2,13 +2,15 @@
 //! VirtualService `tls[]`), and TCP or terminated-TLS servers (`tcp[]`). The destination is
 //! reached like any mesh destination — with the gateway's identity over mesh mTLS when the
 //! endpoint has a sidecar — so passed-through TLS travels inside mesh mTLS, as Istio's gateway
-//! sends it. AuthorizationPolicies selecting the gateway are checked once per connection
-//! (their L4 fields; the client has no mesh identity at the edge).
+//! sends it. AuthorizationPolicies selecting the gateway are checked when the connection is
+//! carried (their L4 fields; the client has no mesh identity at the edge), and again by every
+//! reload, which closes it if the new policies deny it.
 
 use crate::config::{GatewayPortPlan, L4Rule};
-use crate::policy::authz::{self, Verdict};
+use crate::policy::authz::Verdict;
 use crate::proxy::copy::CopyStream;
 use crate::proxy::http::route;
+use crate::proxy::live::{AuthzFacts, Registration};
 use crate::proxy::outbound::carry;
 use crate::proxy::{Runtime, Shared};
 
@@ -22,8 +24,9 @@ pub(super) async fn passthrough<S: CopyStream>(
     plan: &GatewayPortPlan,
     rt: &Runtime,
     shared: &Shared,
+    registration: &Registration,
 ) {
-    forward(io, a, plan, rt, shared, Rules::Tls).await;
+    forward(io, a, plan, rt, shared, registration, Rules::Tls).await;
 }
 
 /// Carries a connection to a TCP server, or a TLS server after termination.
@@ -33,8 +36,9 @@ pub(super) async fn tcp<S: CopyStream>(
     plan: &GatewayPortPlan,
     rt: &Runtime,
     shared: &Shared,
+    registration: &Registration,
 ) {
-    forward(io, a, plan, rt, shared, Rules::Tcp).await;
+    forward(io, a, plan, rt, shared, registration, Rules::Tcp).await;
 }
 
 #[derive(Clone, Copy)]
@@ -49,6 +53,7 @@ async fn forward<S: CopyStream>(
     plan: &GatewayPortPlan,
     rt: &Runtime,
     shared: &Shared,
+    registration: &Registration,
     which: Rules,
 ) {
     let Some(index) = a.server else { return };
@@ -62,18 +67,19 @@ async fn forward<S: CopyStream>(
             Rules::Tcp => (&server.tcp, routes.map(|r| r.tcp.as_slice())),
         }
     };
-    if !plan.authorization.is_empty() {
-        let facts = authz::Connection {
-            peer: None,
-            source: a.peer,
-            destination: a.local,
-            sni: a.sni.as_deref(),
-        };
-        if let Verdict::Deny { policy } = plan.authorization.check_connection(&facts).verdict {
-            shared.metrics.authz_denied(a.port, &policy);
-            tracing::info!(peer = %a.peer, port = a.port, %policy, "gateway: connection denied by authorization");
-            return;
-        }
+    // Checked against the port's newest policies, and the facts kept, under the live
+    // registry's lock: a reload either comes first (and this check sees its policies) or
+    // finds this connection and checks it again.
+    let facts = AuthzFacts {
+        peer: None,
+        source: a.peer,
+        destination: a.local,
+        sni: a.sni.clone(),
+    };
+    if let Verdict::Deny { policy } = registration.authorize(facts, &plan.authorization).verdict {
+        shared.metrics.authz_denied(a.port, &policy);
+        tracing::info!(peer = %a.peer, port = a.port, %policy, "gateway: connection denied by authorization");
+        return;
     }
     let Some(rule) = route::select_l4(rules, a.sni.as_deref(), a.port) else {
         shared.metrics.inbound_rejected(a.port, "no_route");

@@ -20,8 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::certs::{handshake_outcome, EdgeCertificates};
-use crate::config::{GatewayPlan, ServerTlsMode};
+use crate::config::{GatewayPlan, GatewayPortPlan, ServerTlsMode};
 use crate::proxy::http::route;
+use crate::proxy::live::{LiveConnections, Registration};
 use crate::proxy::sniff::{self, Detected, Rewind};
 use crate::proxy::{reset, tune, Direction, Runtime, Shared};
 
@@ -87,6 +88,9 @@ struct Running {
     local: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The port's open connections: a reload re-checks the TCP/TLS ones against the port's
+    /// new AuthorizationPolicies.
+    live: Arc<LiveConnections>,
 }
 
 impl GatewayListeners {
@@ -97,8 +101,14 @@ impl GatewayListeners {
 
     /// Brings the listeners in line with a reloaded plan: ports that left it stop accepting
     /// (their open connections go on until they close or the gateway drains); new ports are
-    /// bound (a failure is logged and tried again on the next reload).
+    /// bound (a failure is logged and tried again on the next reload); open TCP/TLS
+    /// connections that a port's new AuthorizationPolicies deny are closed, as a sidecar's.
     pub async fn reconcile(&mut self, plan: &GatewayPlan) {
+        for p in &plan.ports {
+            if let Some(r) = self.ports.get(&p.port) {
+                self.reauthorize(p.port, &r.live, p);
+            }
+        }
         let wanted: Vec<u16> = plan.ports.iter().map(|p| p.port).collect();
         let gone: Vec<u16> = self
             .ports
@@ -132,6 +142,29 @@ impl GatewayListeners {
         }
     }
 
+    /// Installs the port's new authorizer and closes the open connections it denies.
+    fn reauthorize(&self, port: u16, live: &LiveConnections, p: &GatewayPortPlan) {
+        let denied = live.reauthorize(p.authorization.clone());
+        if denied.is_empty() {
+            return;
+        }
+        let metrics = &self.ctx.shared.metrics;
+        metrics.closed_on_reload(
+            "gateway",
+            &port.to_string(),
+            "denied_by_authorization",
+            denied.len(),
+        );
+        for policy in &denied {
+            metrics.authz_denied(port, policy);
+        }
+        tracing::warn!(
+            port,
+            closed = denied.len(),
+            "closed open gateway connections that the port's new AuthorizationPolicies deny"
+        );
+    }
+
     /// Stops accepting on every port.
     pub fn stop(&self) {
         for r in self.ports.values() {
@@ -144,8 +177,21 @@ impl GatewayListeners {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::new(self.ip, port));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, port, self.ctx.clone(), stop_rx));
-        if let Some(old) = self.ports.insert(port, Running { local, stop, task }) {
+        let live = Arc::new(LiveConnections::default());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            port,
+            self.ctx.clone(),
+            live.clone(),
+            stop_rx,
+        ));
+        let running = Running {
+            local,
+            stop,
+            task,
+            live,
+        };
+        if let Some(old) = self.ports.insert(port, running) {
             let _ = old.stop.send(true);
             old.task.abort();
         }
@@ -156,6 +202,7 @@ async fn accept_loop(
     listener: TcpListener,
     port: u16,
     ctx: Arc<GatewayContext>,
+    live: Arc<LiveConnections>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut draining = ctx.shared.shutdown.watch();
@@ -173,10 +220,10 @@ async fn accept_loop(
             continue;
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        live.spawn(move |registration| async move {
             let _permits = permits;
             let _guard = ctx.shared.shutdown.connection();
-            serve_connection(stream, peer, port, &ctx).await;
+            serve_connection(stream, peer, port, &ctx, registration).await;
         });
     }
 }
@@ -200,7 +247,15 @@ pub(super) struct Admitted {
     pub handshake_tls: Option<crate::config::ServerTls>,
 }
 
-async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: &GatewayContext) {
+/// Serves one accepted connection; `registration` is its entry in the port's live
+/// connections (the L4 paths record there what authorization decided on).
+async fn serve_connection(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    ctx: &GatewayContext,
+    registration: Registration,
+) {
     tune(&tcp);
     let local = tcp
         .local_addr()
@@ -237,12 +292,13 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
                 server: Some(0),
                 ..admitted
             };
-            super::l4::tcp(tcp, &admitted, plan, &rt, &ctx.shared).await;
+            super::l4::tcp(tcp, &admitted, plan, &rt, &ctx.shared, &registration).await;
         }
         return;
     }
 
     let timeout = ctx.shared.settings.handshake_timeout;
+    let began = tokio::time::Instant::now();
     let (detected, prefix) = match sniff::detect(&mut tcp, timeout, timeout).await {
         Ok(d) => d,
         Err(e) => {
@@ -256,6 +312,14 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
         Detected::Silent => {
             metrics.gateway_handshake(port, "-", "timeout");
             tracing::info!(%peer, port, "gateway: closed a client that sent nothing");
+            return;
+        }
+        // `detect` calls a ClientHello still incomplete at the deadline malformed; that
+        // client started TLS and stalled (slowly or on purpose): a timeout, not a non-TLS one.
+        Detected::Malformed if began.elapsed() >= timeout => {
+            metrics.gateway_handshake(port, "-", "timeout");
+            tracing::info!(%peer, port, "gateway: closed a client whose ClientHello did not arrive in time");
+            reset(tcp);
             return;
         }
         Detected::Plaintext | Detected::Malformed => {
@@ -291,7 +355,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
     };
     let io = Rewind::new(prefix, tcp);
     if tls.mode == ServerTlsMode::Passthrough {
-        super::l4::passthrough(io, &admitted, plan, &rt, &ctx.shared).await;
+        super::l4::passthrough(io, &admitted, plan, &rt, &ctx.shared, &registration).await;
         return;
     }
     let acceptor = if tls.mode == ServerTlsMode::IstioMutual {
@@ -334,7 +398,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
     if server.protocol.is_http() {
         super::http::serve(stream, admitted, ctx.runtime.clone(), &ctx.shared).await;
     } else {
-        super::l4::tcp(stream, &admitted, plan, &rt, &ctx.shared).await;
+        super::l4::tcp(stream, &admitted, plan, &rt, &ctx.shared, &registration).await;
     }
 }
 

@@ -176,7 +176,7 @@ fn store(ca: &Ca, sa: &str, roots: &str) -> CertStore {
 
 /// Accepts any server certificate: lets the bad peer under test reach outrider's server.
 #[derive(Debug)]
-struct AcceptAnyServer;
+pub(crate) struct AcceptAnyServer;
 
 impl ServerCertVerifier for AcceptAnyServer {
     fn verify_server_cert(

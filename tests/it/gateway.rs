@@ -97,7 +97,7 @@ impl LabCerts {
 /// 3 s (longer than the routes' timeouts); `GET /flaky/...` answers `503` the first time a
 /// request line is seen, `200` after; `GET /hold/<id>` waits until the test calls
 /// [`hold_release`].
-fn echo(stream: TcpStream, app: &str) {
+pub(crate) fn echo(stream: TcpStream, app: &str) {
     let _ = stream.set_nodelay(true);
     let Ok(mut out) = stream.try_clone() else {
         return;

@@ -35,6 +35,7 @@ mod gateway;
 mod gateway_certs;
 mod gateway_edge;
 mod gateway_lifecycle;
+mod gateway_ops;
 mod gateway_reload;
 mod gateway_routes;
 mod hardening;
