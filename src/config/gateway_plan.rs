@@ -89,7 +89,7 @@ impl GatewayProtocol {
 }
 
 /// `tls` of a Gateway server (SEMANTICS §6).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerTls {
     pub mode: ServerTlsMode,
     /// The certificate served (SIMPLE, MUTUAL, OPTIONAL_MUTUAL); `None` otherwise.

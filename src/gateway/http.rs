@@ -10,7 +10,7 @@
 //! client certificate (Istio's gateway default SANITIZE_SET) or removed.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Incoming};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
 
 use super::listener::Admitted;
 use super::routes::destination;
@@ -36,11 +37,13 @@ use crate::proxy::{Runtime, Shared};
 /// What one downstream connection's requests share.
 struct Conn {
     a: Admitted,
-    /// Index of the port in the runtime's gateway plan.
-    port_index: usize,
-    rt: Arc<Runtime>,
+    /// The current plan: every request is routed by the newest one, as Envoy applies new
+    /// routes to open connections.
+    runtime: watch::Receiver<Arc<Runtime>>,
+    /// The runtime the request metrics series below belong to (kept alive with them, so an
+    /// endpoint's address is never reused while its series is cached).
+    current: Mutex<(Arc<Runtime>, Arc<Meters>)>,
     shared: Shared,
-    meters: Meters,
     /// For requests answered by the gateway itself (404, redirects, refusals).
     local: Arc<Meter>,
     log: LogContext,
@@ -49,20 +52,32 @@ struct Conn {
 }
 
 impl Conn {
-    fn plan(&self) -> &GatewayPortPlan {
-        let ports = self.rt.plan.gateway.as_ref().map(|g| g.ports.as_slice());
-        // The listener found the port at this index of this very runtime.
-        &ports.unwrap_or_default()[self.port_index]
+    /// The newest runtime and the metric series cached for it.
+    fn view(&self) -> (Arc<Runtime>, Arc<Meters>) {
+        let rt = self.runtime.borrow().clone();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !Arc::ptr_eq(&current.0, &rt) {
+            *current = (rt, Arc::new(Meters::default()));
+        }
+        (current.0.clone(), current.1.clone())
     }
 }
 
-/// Serves one admitted downstream connection until it closes. `port_index` is the port's
-/// index in `rt`'s gateway plan.
+/// This connection's port in `rt`'s plan.
+fn port_plan(rt: &Runtime, port: u16) -> Option<&GatewayPortPlan> {
+    rt.plan
+        .gateway
+        .as_ref()?
+        .ports
+        .iter()
+        .find(|p| p.port == port)
+}
+
+/// Serves one admitted downstream connection until it closes.
 pub(super) async fn serve<S>(
     mut io: S,
     a: Admitted,
-    port_index: usize,
-    rt: Arc<Runtime>,
+    runtime: watch::Receiver<Arc<Runtime>>,
     shared: &Shared,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -91,6 +106,7 @@ pub(super) async fn serve<S>(
             }
         }
     };
+    let rt = runtime.borrow().clone();
     let labels = TcpLabels {
         reporter: Reporter::Source,
         source: rt.me.clone(),
@@ -114,9 +130,8 @@ pub(super) async fn serve<S>(
             principal: UNKNOWN.into(),
         },
         local: Meter::new(shared.metrics.request_labels(&labels)),
-        meters: Meters::default(),
-        port_index,
-        rt,
+        current: Mutex::new((rt, Arc::new(Meters::default()))),
+        runtime,
         shared: shared.clone(),
         xfcc,
         a,
@@ -147,14 +162,32 @@ async fn handle(
     let authority = authority_of(&req);
     let authority_text = authority.as_ref().map_or("", |a| a.as_str()).to_string();
     let host = route::host::strip_port(&authority_text);
-    let Some(server_index) = conn
-        .a
-        .server
-        .or_else(|| route::server_for_host(&conn.plan().servers, Some(host)))
-    else {
+    let (rt, meters) = conn.view();
+    let Some(plan) = port_plan(&rt, conn.a.port) else {
         return Ok(not_found(finish));
     };
-    let server = &conn.plan().servers[server_index];
+    // TLS: the server of the connection's SNI (in the newest plan); plaintext: the request's
+    // authority chooses.
+    let server_host = if conn.a.tls {
+        conn.a.sni.as_deref()
+    } else {
+        Some(host)
+    };
+    let Some(server_index) = route::server_for_host(&plan.servers, server_host) else {
+        return Ok(not_found(finish));
+    };
+    let server = &plan.servers[server_index];
+    if conn.a.tls && server.tls != conn.a.handshake_tls {
+        // The server's TLS changed since this connection's handshake (a reload made it
+        // MUTUAL, say): its requests need a new handshake.
+        return Ok(local_reply(
+            finish,
+            StatusCode::MISDIRECTED_REQUEST,
+            Bytes::from_static(b"the server's TLS settings changed; reconnect"),
+            None,
+            flags::NONE,
+        ));
+    }
     if server.https_redirect && !conn.a.tls {
         let facts = facts(&conn, &req, &authority_text);
         let location = route::https_redirect_location(&facts);
@@ -172,8 +205,8 @@ async fn handle(
         peer: conn.a.peer,
         peer_id: None,
         sni: conn.a.sni.as_deref(),
-        authorization: &conn.plan().authorization,
-        authentication: &conn.plan().authentication,
+        authorization: &plan.authorization,
+        authentication: &plan.authentication,
         metrics: &conn.shared.metrics,
         direction: "gateway",
     };
@@ -214,8 +247,7 @@ async fn handle(
         return Ok(Failure::NoEndpoint.reply(finish));
     };
     let dest = &action.destinations[dest_index];
-    let out = conn
-        .rt
+    let out = rt
         .gateway
         .as_ref()
         .and_then(|g| g.server(conn.a.port, server_index))
@@ -262,9 +294,9 @@ async fn handle(
     let replayable = body.is_end_stream();
     let to = Forward {
         out: &out,
-        rt: &conn.rt,
+        rt: &rt,
         shared: &conn.shared,
-        meters: &conn.meters,
+        meters: &meters,
         peer: conn.a.peer,
     };
     let counter = finish.request_body.clone();

@@ -2,9 +2,11 @@
 //! VirtualService `tls[]`), and TCP or terminated-TLS servers (`tcp[]`). The destination is
 //! reached like any mesh destination — with the gateway's identity over mesh mTLS when the
 //! endpoint has a sidecar — so passed-through TLS travels inside mesh mTLS, as Istio's gateway
-//! sends it.
+//! sends it. AuthorizationPolicies selecting the gateway are checked once per connection
+//! (their L4 fields; the client has no mesh identity at the edge).
 
 use crate::config::{GatewayPortPlan, L4Rule};
+use crate::policy::authz::{self, Verdict};
 use crate::proxy::copy::CopyStream;
 use crate::proxy::http::route;
 use crate::proxy::outbound::carry;
@@ -60,6 +62,19 @@ async fn forward<S: CopyStream>(
             Rules::Tcp => (&server.tcp, routes.map(|r| r.tcp.as_slice())),
         }
     };
+    if !plan.authorization.is_empty() {
+        let facts = authz::Connection {
+            peer: None,
+            source: a.peer,
+            destination: a.local,
+            sni: a.sni.as_deref(),
+        };
+        if let Verdict::Deny { policy } = plan.authorization.check_connection(&facts).verdict {
+            shared.metrics.authz_denied(a.port, &policy);
+            tracing::info!(peer = %a.peer, port = a.port, %policy, "gateway: connection denied by authorization");
+            return;
+        }
+    }
     let Some(rule) = route::select_l4(rules, a.sni.as_deref(), a.port) else {
         shared.metrics.inbound_rejected(a.port, "no_route");
         tracing::info!(peer = %a.peer, port = a.port, server = %server.name, sni = a.sni.as_deref().unwrap_or(""), "gateway: no route for this connection; closed");

@@ -196,6 +196,8 @@ pub(super) struct Admitted {
     pub client_leaf: Option<CertificateDer<'static>>,
     /// ALPN agreed on h2.
     pub h2_alpn: bool,
+    /// The server TLS settings the handshake was made under (TLS ports).
+    pub handshake_tls: Option<crate::config::ServerTls>,
 }
 
 async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: &GatewayContext) {
@@ -209,7 +211,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
         .gateway
         .as_ref()
         .and_then(|g| g.ports.iter().enumerate().find(|(_, p)| p.port == port));
-    let Some((port_index, plan)) = found else {
+    let Some((_, plan)) = found else {
         // The port left the plan; its listener is being stopped.
         reset(tcp);
         return;
@@ -225,9 +227,10 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
             tls: false,
             client_leaf: None,
             h2_alpn: false,
+            handshake_tls: None,
         };
         if plan.servers.iter().any(|s| s.protocol.is_http()) {
-            super::http::serve(tcp, admitted, port_index, rt.clone(), &ctx.shared).await;
+            super::http::serve(tcp, admitted, ctx.runtime.clone(), &ctx.shared).await;
         } else {
             // A plaintext TCP server: the first one on the port carries it.
             let admitted = Admitted {
@@ -284,6 +287,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
         tls: true,
         client_leaf: None,
         h2_alpn: false,
+        handshake_tls: Some(tls.clone()),
     };
     let io = Rewind::new(prefix, tcp);
     if tls.mode == ServerTlsMode::Passthrough {
@@ -328,7 +332,7 @@ async fn serve_connection(mut tcp: TcpStream, peer: SocketAddr, port: u16, ctx: 
         admitted.h2_alpn = conn.alpn_protocol() == Some(b"h2");
     }
     if server.protocol.is_http() {
-        super::http::serve(stream, admitted, port_index, rt.clone(), &ctx.shared).await;
+        super::http::serve(stream, admitted, ctx.runtime.clone(), &ctx.shared).await;
     } else {
         super::l4::tcp(stream, &admitted, plan, &rt, &ctx.shared).await;
     }
