@@ -318,6 +318,53 @@ fn compose_labs_strict_has_no_exception_for_the_edge() {
     }
 }
 
+/// The compose labs' edge: the ingress gateway's plan in each mesh folder (`gateway.yaml`:
+/// SIMPLE on 8443 from the `sentences-credential` secret, the redirect on 8080, both routed
+/// to `sentences` over mTLS), and the MUTUAL step (`policies/gateway-mutual.yaml` copied over
+/// `gateway.yaml`).
+#[test]
+fn compose_labs_gateway_simple_then_mutual() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose");
+    let check = |configs: &[std::path::PathBuf]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check", "--workload", "ingressgateway"]);
+        for c in configs {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().expect("run outrider check");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+    };
+    for lab in ["mesh", "mesh-explicit"] {
+        let simple = check(&[root.join(lab)]);
+        assert!(
+            simple.contains("server https (Gateway default/sentences-gateway, HTTPS, hosts sentences.example.com): SIMPLE, certificate credential sentences-credential"),
+            "{lab}: {simple}"
+        );
+        assert!(
+            simple.contains("server http (Gateway default/sentences-gateway, HTTP, hosts sentences.example.com): plaintext, httpsRedirect"),
+            "{lab}: {simple}"
+        );
+        assert_eq!(
+            simple
+                .matches("sentences.default.svc.cluster.local:8080")
+                .count(),
+            2,
+            "{lab}: {simple}"
+        );
+        assert!(simple.contains("ISTIO_MUTUAL"), "{lab}: {simple}");
+        let mutual = check(&[
+            root.join(lab).join("mesh.yaml"),
+            root.join("policies/gateway-mutual.yaml"),
+        ]);
+        assert!(
+            mutual.contains("HTTPS, hosts sentences.example.com): MUTUAL, certificate credential sentences-credential"),
+            "{lab}: {mutual}"
+        );
+    }
+}
+
 /// The compose lab's mesh folder with its AuthorizationPolicy step copied in
 /// (`deploy/compose/policies/age-callers.yaml`): only `age` is selected, and `check` warns that
 /// under PERMISSIVE a plaintext client never matches the principal (the lab's 403 step).
