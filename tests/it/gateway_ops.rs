@@ -848,7 +848,11 @@ fn tcp_server_carries_bytes_over_mesh_mtls_and_a_deny_policy_closes_new_connecti
         "{}",
         t.run.gateway.metrics_text()
     );
-    assert_eq!(t.mtls_from_gateway(), reached, "a denied connection reached db");
+    assert_eq!(
+        t.mtls_from_gateway(),
+        reached,
+        "a denied connection reached db"
+    );
 }
 
 /// `remoteIpBlocks` (the client address as the gateway sees it without trusted proxies) denies
