@@ -760,6 +760,14 @@ fn the_demo_mesh_in_a_browser_before_and_after_strict() {
     let front = demo.addr("sentences", "app");
     let age_inbound = demo.addr("age", "sidecar");
     let dashboard = Dashboard::start(&["--scrape", &scrape, "--interval", "1s"]);
+    // The demo's last step (the gateway) leaves the mesh STRICT; this storyline starts from
+    // PERMISSIVE, as the demo's first steps do.
+    let policy = workdir.join("mesh").join("peer-authentication.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    replace_file(&policy, &text.replace("STRICT", "PERMISSIVE"));
+    assert!(eventually(Duration::from_secs(20), || {
+        node(&dashboard.graph("1m"), "default/age").is_some_and(|n| n["mode"] == "PERMISSIVE")
+    }));
 
     // The user's requests and the intruder's, until every edge has been seen. The demo ends
     // PERMISSIVE with its AuthorizationPolicy (only sentences may call age): the intruder's
